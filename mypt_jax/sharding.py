@@ -1,0 +1,80 @@
+"""The mesh and the one table that maps logical parameter/activation axes onto it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis name -> mesh axes. Parameters and activations name their axes logically
+# (see model.py); this table alone decides where each lands on any mesh.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("seq", None),
+    ("layers", None),  # the stacked (scanned) layer axis is never split
+    ("embed", "fsdp"),
+    ("heads", "tensor"),  # qkv output columns / proj input rows, head-major
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),  # head_dim inside the KV cache
+)
+
+
+def resolve_mesh_shape(sizes: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Fills one -1 entry with "the rest" and checks the product equals the device count."""
+    sizes = [int(s) for s in sizes]
+    if len(sizes) != len(MESH_AXES):
+        raise ValueError(f"mesh needs {len(MESH_AXES)} sizes {MESH_AXES}, got {sizes}")
+    free = [i for i, s in enumerate(sizes) if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: sizes must be >= 1 or -1")
+    fixed = math.prod(s for s in sizes if s != -1)
+    if free:
+        if num_devices % fixed:
+            raise ValueError(
+                f"mesh sizes {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
+                f"divisible by the fixed axes' product {fixed}"
+            )
+        sizes[free[0]] = num_devices // fixed
+    if math.prod(sizes) != num_devices:
+        raise ValueError(
+            f"mesh sizes {dict(zip(MESH_AXES, sizes))} use {math.prod(sizes)} devices, "
+            f"but {num_devices} are available"
+        )
+    return tuple(sizes)
+
+
+def make_mesh(sizes: Sequence[int] = (-1, 1, 1), devices: Sequence | None = None) -> Mesh:
+    """A GSPMD-style (Auto axes) mesh over all devices: XLA propagates shardings in between."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = resolve_mesh_shape(sizes, len(devices))
+    return Mesh(
+        np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(shape)
+    )
+
+
+def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:
+    """A mesh axis already taken by an earlier dimension is not reused (the later one is replicated)."""
+    rules = dict(LOGICAL_AXIS_RULES)
+    used: set[str] = set()
+    spec = []
+    for axis in logical_axes:
+        mesh_axes = rules.get(axis) if axis is not None else None
+        names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+        if not names or used.intersection(names):
+            spec.append(None)
+            continue
+        used.update(names)
+        spec.append(mesh_axes)
+    return PartitionSpec(*spec)
+
+
+def named_sharding(mesh: Mesh, logical_axes: Sequence[str | None]) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical_axes))
