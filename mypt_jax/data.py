@@ -1,0 +1,671 @@
+"""The training data loader: the upstream episode batch stream, served through grain.
+
+One row is one episode (no packing): its last `block_size + 1` tokens, right-padded with
+the eot id and mask 0, shifted into `inputs`/`targets`/`loss_mask` (the mask of the
+*target* token weights each prediction).
+
+Epoch mode reproduces the upstream stream exactly. With `G` the valid episodes of a split
+(length >= episode_min_tokens, concatenated over shards in shard order) and `N = len(G)`,
+stream element i is `G[perm_e[i % N]]` with `e = i // N` and
+`perm_e = np.random.RandomState(epoch_seed + e).permutation(N)`; global batch k is stream
+elements `[k*B, (k+1)*B)`, so batches straddle epochs. Random mode draws
+`RandomState(epoch_seed).randint(0, N, size=B)` once per batch, in order.
+
+Both are random-access by global batch index, so the grain iterator state is just
+`{'next_index': k}`: resuming with it (or `start_batch=k`) gives exactly the batches an
+uninterrupted iterator would have given. Process p of P gets rows `[p*B/P, (p+1)*B/P)` of
+every global batch; the rows of all processes in order are the one-host batch.
+
+Deliberate deviations from the upstream (which warned, or said nothing):
+- A missing split is an error naming its path. The upstream silently trained-on/evaluated
+  the train split when val was missing (consuming the train stream); `val_fallback="train"`
+  opts into reading the train episodes for val, as a separate stream with the same seed.
+- `use_loss_mask=True` with a shard lacking mask.bin is an error naming the file (the
+  upstream disabled masking). With `use_loss_mask=False` the loss mask is all ones,
+  padding included, which is the upstream's unmasked plain mean over all B*T positions.
+- A dataset whose token map disagrees with the given tokenizer is an error.
+- A top-level tokens.bin next to `shard_*` dirs is ignored, as upstream (its shard-writing
+  bug), but with a warning naming the file.
+
+CLI: `python -m mypt_jax.data inspect --dataset_dir D --config C [--split train]
+[--num_batches N] [--out F.npz] [--config.batch_size=4 ...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import importlib.util
+import json
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from mypt_jax import episodes
+from mypt_jax.episodes import DatasetError, Shard
+from mypt_jax.tokenizer import Tokenizer, TokenizerError
+
+MODES = ("epoch", "random")
+VAL_FALLBACKS = (None, "train")
+# The stream is endless (epochs repeat); grain needs a length, and any index fits below this.
+STREAM_LENGTH = sys.maxsize
+# Random mode keeps the numpy RNG state every this many batches, so seeking back replays
+# at most this many draws.
+_RNG_SNAPSHOT_EVERY = 1024
+
+Batch = dict[str, np.ndarray]
+
+
+# ----------------------------------------------------------------------------- dataset files
+
+
+def _split_present(split_dir: Path) -> bool:
+    return (split_dir / episodes.TOKENS_FILE).is_file() or any(
+        p.is_dir() for p in split_dir.glob("shard_*")
+    )
+
+
+def resolve_split_dir(dataset_dir: str | Path, split: str, val_fallback: str | None = None) -> Path:
+    """The directory a split is read from; refuses a missing split unless a fallback is named."""
+    if val_fallback not in VAL_FALLBACKS:
+        raise ValueError(f"val_fallback must be one of {VAL_FALLBACKS}, got {val_fallback!r}")
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise DatasetError(f"{dataset_dir}: dataset directory missing")
+    split_dir = dataset_dir / split
+    if _split_present(split_dir):
+        return split_dir
+    what = (
+        "directory missing"
+        if not split_dir.is_dir()
+        else (f"holds neither {episodes.TOKENS_FILE} nor shard_* directories")
+    )
+    if split == "val" and val_fallback == "train":
+        logging.warning("%s: %s; val_fallback='train' reads the train episodes", split_dir, what)
+        return resolve_split_dir(dataset_dir, "train")
+    hint = " (pass val_fallback='train' to evaluate on train episodes)" if split == "val" else ""
+    raise DatasetError(f"{split_dir}: split {split!r} {what}{hint}")
+
+
+def dataset_tokenizer(dataset_dir: str | Path, tokenizer: Tokenizer | None = None) -> Tokenizer:
+    """The dataset's own token map, checked against `tokenizer` when one is given.
+
+    Every special token of the dataset must have the same id in `tokenizer`; extra tags in
+    `tokenizer` are fine since they never occur in the data.
+    """
+    path = Path(dataset_dir) / episodes.TOKENIZER_STATE_FILE
+    if not path.is_file():
+        if tokenizer is None:
+            raise DatasetError(f"{path}: missing, and no tokenizer was given")
+        logging.warning("%s: missing; trusting the given %r", path, tokenizer)
+        return tokenizer
+    try:
+        own = Tokenizer.load(path)
+    except TokenizerError as e:
+        raise DatasetError(str(e)) from None
+    if tokenizer is None:
+        return own
+    wrong = {
+        name: (token_id, tokenizer.ids_by_name.get(name))
+        for name, token_id in own.ids_by_name.items()
+        if tokenizer.ids_by_name.get(name) != token_id
+    }
+    if wrong:
+        detail = ", ".join(
+            f"{n}: dataset {a} vs tokenizer {b}" for n, (a, b) in sorted(wrong.items())
+        )
+        raise DatasetError(f"{path}: token map disagrees with the given tokenizer ({detail})")
+    return tokenizer
+
+
+def check_dataset(
+    dataset_dir: str | Path,
+    tokenizer: Tokenizer | None = None,
+    *,
+    use_loss_mask: bool = True,
+    val_fallback: str | None = None,
+) -> dict:
+    """Validates splits, files and token map up front; returns dataset_metadata.json or {}."""
+    dataset_dir = Path(dataset_dir)
+    tok = dataset_tokenizer(dataset_dir, tokenizer)
+    for split in episodes.SPLITS:
+        split_dir = resolve_split_dir(dataset_dir, split, val_fallback if split == "val" else None)
+        for shard in _read_shards(split_dir):
+            _check_shard(shard, tok, use_loss_mask)
+    return read_metadata(dataset_dir)
+
+
+def read_metadata(dataset_dir: str | Path) -> dict:
+    """dataset_metadata.json, or {} for a dataset without one."""
+    path = Path(dataset_dir) / episodes.METADATA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def _read_shards(split_dir: Path) -> list[Shard]:
+    shards = episodes.read_split(split_dir)
+    stray = split_dir / episodes.TOKENS_FILE
+    if shards[0].path != split_dir and stray.is_file():
+        logging.warning(
+            "%s: ignored because shard_* directories exist (the upstream loader's rule; its "
+            "prepare script wrote the first shard there)",
+            stray,
+        )
+    return shards
+
+
+def _check_shard(shard: Shard, tokenizer: Tokenizer, use_loss_mask: bool) -> None:
+    if use_loss_mask and shard.mask_N is None:
+        raise DatasetError(
+            f"{shard.path / episodes.MASK_FILE}: missing but use_loss_mask is on "
+            "(set use_loss_mask=False to train on every position, padding included)"
+        )
+    if shard.tokens_N.size and int(shard.tokens_N.max()) >= tokenizer.model_vocab_size:
+        raise DatasetError(
+            f"{shard.path / episodes.TOKENS_FILE}: token id {int(shard.tokens_N.max())} >= "
+            f"model_vocab_size {tokenizer.model_vocab_size}"
+        )
+    if use_loss_mask and shard.mask_N.size and int(shard.mask_N.max()) > 1:
+        raise DatasetError(f"{shard.path / episodes.MASK_FILE}: values other than 0/1")
+
+
+# ----------------------------------------------------------------------------- one split
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EpisodeSplit:
+    """The shards of one split and its valid-episode list G, flattened for fast lookup."""
+
+    split_dir: Path
+    shards: tuple[Shard, ...]
+    shard_G: np.ndarray  # int32, the shard of each valid episode, in upstream G order
+    start_G: np.ndarray  # int64, its first token within the shard
+    length_G: np.ndarray  # int64, its token count
+    num_episodes: int  # before the episode_min_tokens filter
+
+    @classmethod
+    def load(
+        cls,
+        dataset_dir: str | Path,
+        split: str,
+        *,
+        tokenizer: Tokenizer | None = None,
+        episode_min_tokens: int = 2,
+        use_loss_mask: bool = True,
+        val_fallback: str | None = None,
+    ) -> EpisodeSplit:
+        split_dir = resolve_split_dir(dataset_dir, split, val_fallback)
+        tok = dataset_tokenizer(dataset_dir, tokenizer)
+        shards = _read_shards(split_dir)
+        for shard in shards:
+            _check_shard(shard, tok, use_loss_mask)
+        shard_G, start_G, length_G = [], [], []
+        for s, shard in enumerate(shards):
+            valid = shard.episodes_Ex2[:, 1] >= episode_min_tokens
+            shard_G.append(np.full(int(valid.sum()), s, np.int32))
+            start_G.append(shard.episodes_Ex2[valid, 0].astype(np.int64))
+            length_G.append(shard.episodes_Ex2[valid, 1].astype(np.int64))
+        out = cls(
+            split_dir=split_dir,
+            shards=tuple(shards),
+            shard_G=np.concatenate(shard_G),
+            start_G=np.concatenate(start_G),
+            length_G=np.concatenate(length_G),
+            num_episodes=sum(len(s.episodes_Ex2) for s in shards),
+        )
+        if not len(out):
+            raise DatasetError(
+                f"{split_dir / episodes.INDEX_FILE}: no episode has >= episode_min_tokens="
+                f"{episode_min_tokens} tokens ({out.num_episodes} episodes in {len(shards)} shard(s))"
+            )
+        return out
+
+    def __len__(self) -> int:
+        return len(self.length_G)
+
+    def stats(self, block_size: int) -> dict[str, Any]:
+        tokens = int(self.length_G.sum())
+        masked = sum(int(s.mask_N.sum()) for s in self.shards if s.mask_N is not None)
+        all_tokens = sum(int(s.tokens_N.size) for s in self.shards)
+        pct = np.percentile(self.length_G, [0, 50, 90, 99, 100]).tolist()
+        return {
+            "split_dir": str(self.split_dir),
+            "shards": len(self.shards),
+            "episodes": self.num_episodes,
+            "valid_episodes": len(self),
+            "valid_tokens": tokens,
+            "mask_ratio": masked / all_tokens if all_tokens else 0.0,
+            "length_percentiles": dict(zip(("min", "p50", "p90", "p99", "max"), pct, strict=True)),
+            "truncated_episodes": int((self.length_G > block_size + 1).sum()),
+        }
+
+
+def _load_split(kwargs: dict) -> EpisodeSplit:
+    return EpisodeSplit.load(**kwargs)
+
+
+# ----------------------------------------------------------------------------- stream order
+
+
+class _EpochOrder:
+    """Stream element i -> index into G, with the last two epochs' permutations cached."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool):
+        self._n, self._seed, self._shuffle = n, seed, shuffle
+        self._perms: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            if epoch in self._perms:
+                self._perms.move_to_end(epoch)
+                return self._perms[epoch]
+        if self._shuffle:
+            perm = np.random.RandomState(self._seed + epoch).permutation(self._n)
+        else:
+            perm = np.arange(self._n)
+        with self._lock:
+            self._perms[epoch] = perm
+            while len(self._perms) > 2:
+                self._perms.popitem(last=False)
+        return perm
+
+    def __call__(self, elements: np.ndarray) -> np.ndarray:
+        epoch_b, pos_b = np.divmod(elements, self._n)
+        out = np.empty_like(elements)
+        for epoch in np.unique(epoch_b):
+            sel = epoch_b == epoch
+            out[sel] = self._perm(int(epoch))[pos_b[sel]]
+        return out
+
+
+class _RandomDraws:
+    """The upstream's stateful per-batch `randint` draws, made random-access by replaying.
+
+    Draw k depends on all earlier draws (randint rejection-samples), so seeking replays from
+    the nearest saved RNG state at or below k. A sequential reader never replays.
+    """
+
+    def __init__(self, n: int, seed: int, batch_size: int):
+        self._n, self._batch_size = n, batch_size
+        self._rng = np.random.RandomState(seed)
+        self._next = 0  # the batch the RNG draws next
+        self._snapshots = {0: self._rng.get_state()}
+        self._recent: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: int) -> np.ndarray:
+        with self._lock:
+            if batch in self._recent:
+                return self._recent[batch]
+            if batch < self._next:
+                self._next = batch - batch % _RNG_SNAPSHOT_EVERY
+                self._rng.set_state(self._snapshots[self._next])
+            while self._next <= batch:
+                if self._next % _RNG_SNAPSHOT_EVERY == 0:
+                    self._snapshots[self._next] = self._rng.get_state()
+                self._recent[self._next] = self._rng.randint(0, self._n, size=self._batch_size)
+                while len(self._recent) > 64:
+                    self._recent.popitem(last=False)
+                self._next += 1
+            return self._recent[batch]
+
+
+# ----------------------------------------------------------------------------- batch source
+
+
+class EpisodeBatchSource:
+    """grain random-access source: item k is this process's rows of global batch k."""
+
+    def __init__(
+        self,
+        split: EpisodeSplit,
+        *,
+        batch_size: int,
+        block_size: int,
+        epoch_seed: int,
+        pad_id: int,
+        mode: str = "epoch",
+        shuffle: bool = True,
+        use_loss_mask: bool = True,
+        process_index: int = 0,
+        process_count: int = 1,
+        split_kwargs: dict | None = None,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"batch_sampling_mode must be one of {MODES}, got {mode!r}")
+        if batch_size < 1 or block_size < 1:
+            raise ValueError(f"batch_size {batch_size} and block_size {block_size} must be >= 1")
+        if process_count < 1 or not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        if batch_size % process_count:
+            raise ValueError(
+                f"batch_size {batch_size} (global) is not divisible by process_count {process_count}"
+            )
+        self.split = split
+        self.batch_size, self.block_size, self.epoch_seed = batch_size, block_size, epoch_seed
+        self.pad_id, self.mode, self.shuffle = pad_id, mode, shuffle
+        self.use_loss_mask = use_loss_mask
+        self.process_index, self.process_count = process_index, process_count
+        self.local_batch_size = batch_size // process_count
+        self._split_kwargs = split_kwargs  # how to reload `split` after pickling
+        self._init_order()
+
+    def _init_order(self) -> None:
+        n = len(self.split)
+        if self.mode == "epoch":
+            self._epoch_order = _EpochOrder(n, self.epoch_seed, self.shuffle)
+        else:
+            self._random_draws = _RandomDraws(n, self.epoch_seed, self.batch_size)
+
+    def __len__(self) -> int:
+        return STREAM_LENGTH
+
+    def episode_ids(self, batch: int) -> np.ndarray:
+        """Indices into G of this process's rows of global batch `batch`."""
+        lo = self.process_index * self.local_batch_size
+        rows = np.arange(lo, lo + self.local_batch_size, dtype=np.int64)
+        if self.mode == "random":
+            return self._random_draws(batch)[rows]
+        return self._epoch_order(batch * self.batch_size + rows)
+
+    def __getitem__(self, batch: int) -> Batch:
+        L = self.block_size + 1
+        split = self.split
+        seq_bxL = np.full((self.local_batch_size, L), self.pad_id, np.int32)
+        mask_bxL = np.zeros((self.local_batch_size, L), np.float32)
+        for row, g in enumerate(self.episode_ids(int(batch))):
+            shard = split.shards[split.shard_G[g]]
+            end = int(split.start_G[g] + split.length_G[g])
+            # Keep the last L tokens: a long episode loses its system prompt first.
+            n = min(int(split.length_G[g]), L)
+            seq_bxL[row, :n] = shard.tokens_N[end - n : end]
+            if self.use_loss_mask:
+                mask_bxL[row, :n] = shard.mask_N[end - n : end]
+        if not self.use_loss_mask:
+            mask_bxL[:] = 1.0
+        return {
+            "inputs": np.ascontiguousarray(seq_bxL[:, :-1]),
+            "targets": np.ascontiguousarray(seq_bxL[:, 1:]),
+            "loss_mask": np.ascontiguousarray(mask_bxL[:, 1:]),
+        }
+
+    # Memmaps, locks and RNG caches do not travel (grain worker processes): reload instead.
+    def __getstate__(self) -> dict:
+        if self._split_kwargs is None:
+            raise TypeError("EpisodeBatchSource built without split_kwargs cannot be pickled")
+        state = {
+            k: v for k, v in self.__dict__.items() if not k.startswith("_") or k == "_split_kwargs"
+        }
+        state.pop("split")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.split = _load_split(self._split_kwargs)
+        self._init_order()
+
+
+def make_iterator(
+    dataset_dir: str | Path,
+    split: str,
+    *,
+    batch_size: int,
+    block_size: int,
+    epoch_seed: int,
+    tokenizer: Tokenizer | None = None,
+    mode: str = "epoch",
+    episode_min_tokens: int = 2,
+    shuffle: bool = True,
+    use_loss_mask: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    val_fallback: str | None = None,
+    start_batch: int = 0,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.DatasetIterator:
+    """An endless iterator of this process's rows of the split's global batches.
+
+    `batch_size` is global. Each item is `{"inputs": int32[b, T], "targets": int32[b, T],
+    "loss_mask": float32[b, T]}` with b = batch_size / process_count, T = block_size.
+    The state (`get_state()`, `{'next_index': k}`) is the next global batch; put it in every
+    checkpoint (grain.checkpoint.CheckpointSave). `start_batch` starts at global batch k
+    (0 after a resume reproduces the upstream, which restarted its loader).
+
+    `tokenizer` defaults to the dataset's tokenizer_state.json; a given one must agree with
+    it. The val stream is its own iterator (same `epoch_seed`, as upstream), kept across
+    evals. `val_fallback="train"` lets a missing val split read the train episodes.
+    `read_options` defaults to no prefetch threads: a 16x512 batch costs ~0.1 ms on one core
+    and threads only added GIL contention (benchmarks/bench_loader.py); prefetching keeps
+    the state exact since items are a pure function of k.
+    """
+    if process_index is None or process_count is None:
+        import jax  # only for the defaults; the loader itself is numpy
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    split_kwargs = dict(
+        dataset_dir=str(dataset_dir),
+        split=split,
+        tokenizer=tokenizer,
+        episode_min_tokens=episode_min_tokens,
+        use_loss_mask=use_loss_mask,
+        val_fallback=val_fallback,
+    )
+    episode_split = _load_split(split_kwargs)
+    pad_id = dataset_tokenizer(dataset_dir, tokenizer).eot_id
+    source = EpisodeBatchSource(
+        episode_split,
+        batch_size=batch_size,
+        block_size=block_size,
+        epoch_seed=epoch_seed,
+        pad_id=pad_id,
+        mode=mode,
+        shuffle=shuffle,
+        use_loss_mask=use_loss_mask,
+        process_index=process_index,
+        process_count=process_count,
+        split_kwargs=split_kwargs,
+    )
+    options = read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    iterator = iter(grain.MapDataset.source(source).to_iter_dataset(options))
+    if start_batch:
+        iterator.set_state({"next_index": int(start_batch)})
+    return iterator
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def global_batch(local_batch: Batch, mesh, spec=None) -> dict[str, Any]:
+    """Assembles every process's local rows into global `jax.Array`s sharded over the batch.
+
+    Needs a mesh whose batch axes give process p the rows `[p*b, (p+1)*b)`, the rows the
+    loader handed it (true for `sharding.make_mesh`, whose device order is process-major).
+    """
+    import jax
+    from jax.sharding import NamedSharding
+
+    from mypt_jax.sharding import logical_to_spec
+
+    sharding = NamedSharding(mesh, spec if spec is not None else logical_to_spec(("batch", "seq")))
+    out = {}
+    for name, local in local_batch.items():
+        rows = local.shape[0]
+        global_shape = (rows * jax.process_count(), *local.shape[1:])
+        index_map = sharding.addressable_devices_indices_map(global_shape)
+        starts = {idx[0].start or 0 for idx in index_map.values()}
+        stops = {
+            global_shape[0] if idx[0].stop is None else idx[0].stop for idx in index_map.values()
+        }
+        first = jax.process_index() * rows
+        if min(starts) != first or max(stops) != first + rows:
+            raise ValueError(
+                f"{name}: this process holds rows [{min(starts)}, {max(stops)}) of the global "
+                f"batch under {sharding.spec}, but the loader gave it rows [{first}, {first + rows})"
+            )
+        out[name] = jax.make_array_from_process_local_data(sharding, local, global_shape)
+    return out
+
+
+# ----------------------------------------------------------------------------- inspect CLI
+
+
+LOADER_CONFIG_FIELDS = {  # flat upstream-named config field -> make_iterator argument
+    "batch_size": "batch_size",
+    "block_size": "block_size",
+    "epoch_seed": "epoch_seed",
+    "batch_sampling_mode": "mode",
+    "episode_min_tokens": "episode_min_tokens",
+    "epoch_shuffle": "shuffle",
+    "use_loss_mask": "use_loss_mask",
+}
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()):
+    """`path.py[:arg]` -> its `get_config([arg])`, with `--config.field=value` overrides."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_mypt_data_config", path)
+    if module_spec is None or not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path}: defines no get_config()")
+    config = module.get_config(arg) if arg else module.get_config()
+    for item in overrides:
+        key, eq, value = item.removeprefix("--config.").partition("=")
+        if not eq or key not in config:
+            raise ValueError(f"{item}: expected --config.<field>=<value> with a field of {path}")
+        current = config[key]
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{item}: expected true/false")
+            config[key] = value.lower() in ("true", "1")
+        else:
+            config[key] = type(current)(value) if current is not None else value
+    return config
+
+
+def iterator_kwargs(config) -> dict[str, Any]:
+    """make_iterator arguments from a config's flat loader fields (absent ones keep defaults)."""
+    missing = [f for f in ("batch_size", "block_size") if f not in config]
+    if missing:
+        raise ValueError(f"config lacks {missing}")
+    kwargs = {arg: config[field] for field, arg in LOADER_CONFIG_FIELDS.items() if field in config}
+    kwargs.setdefault("epoch_seed", 1337)  # the upstream GPTConfig default
+    return kwargs
+
+
+def render_row(tokenizer: Tokenizer, inputs_T, targets_T, loss_mask_T, color: bool = False) -> str:
+    """One row as text, trained targets wrapped in [[ ]] (or green), trailing padding counted."""
+    ids = [int(inputs_T[0]), *map(int, targets_T)]
+    trained = [False, *(float(m) > 0 for m in loss_mask_T)]
+    pad = 0
+    while len(ids) > 1 and ids[-1] == tokenizer.eot_id and not trained[-1]:
+        ids.pop(), trained.pop()
+        pad += 1
+    open_, close = ("\x1b[32m", "\x1b[0m") if color else ("[[", "]]")
+    parts, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or trained[i] != trained[start]:
+            text = tokenizer.decode(ids[start:i])
+            parts.append(f"{open_}{text}{close}" if trained[start] else text)
+            start = i
+    return "".join(parts) + (f" <+{pad} pad>" if pad else "")
+
+
+def inspect(
+    dataset_dir: str | Path,
+    config,
+    *,
+    split: str = "train",
+    num_batches: int = 1,
+    out: str | Path | None = None,
+    color: bool = False,
+) -> dict[str, Any]:
+    """Prints dataset stats and the first row decoded; optionally stacks batches into an npz."""
+    kwargs = iterator_kwargs(config)
+    tokenizer = dataset_tokenizer(dataset_dir)
+    episode_split = EpisodeSplit.load(
+        dataset_dir,
+        split,
+        tokenizer=tokenizer,
+        episode_min_tokens=kwargs.get("episode_min_tokens", 2),
+        use_loss_mask=kwargs.get("use_loss_mask", True),
+    )
+    stats = {
+        "metadata": read_metadata(dataset_dir),
+        split: episode_split.stats(kwargs["block_size"]),
+        "loader": kwargs,
+    }
+    print(json.dumps(stats, indent=2))
+    iterator = make_iterator(
+        dataset_dir, split, tokenizer=tokenizer, process_index=0, process_count=1, **kwargs
+    )
+    batches = [next(iterator) for _ in range(max(num_batches, 1))]
+    iterator.close()
+    first = batches[0]
+    print(f"\nbatch 0, row 0 ({'trained span in green' if color else 'trained span in [[ ]]'}):")
+    print(
+        render_row(tokenizer, first["inputs"][0], first["targets"][0], first["loss_mask"][0], color)
+    )
+    if out is not None:
+        out = Path(out)
+        arrays = {k: np.stack([b[k] for b in batches]) for k in first}
+        tmp = out.with_name(out.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(out)
+        print(
+            f"\nwrote {len(batches)} batches to {out}: "
+            + ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in arrays.items())
+        )
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mypt_jax.data", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("inspect", help="dataset stats, one decoded row, optional npz dump")
+    p.add_argument("--dataset_dir", required=True)
+    p.add_argument("--config", required=True, help="ml_collections config file[:arg]")
+    p.add_argument("--split", default="train", choices=episodes.SPLITS)
+    p.add_argument("--num_batches", type=int, default=1)
+    p.add_argument(
+        "--out", help="write inputs/targets/loss_mask of the batches, stacked, to this .npz"
+    )
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--config.")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    try:
+        config = load_config(args.config, rest)
+        inspect(
+            args.dataset_dir,
+            config,
+            split=args.split,
+            num_batches=args.num_batches,
+            out=args.out,
+            color=sys.stdout.isatty(),
+        )
+    except (DatasetError, TokenizerError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
