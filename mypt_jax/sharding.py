@@ -30,22 +30,23 @@ def resolve_mesh_shape(sizes: Sequence[int], num_devices: int) -> tuple[int, ...
     sizes = [int(s) for s in sizes]
     if len(sizes) != len(MESH_AXES):
         raise ValueError(f"mesh needs {len(MESH_AXES)} sizes {MESH_AXES}, got {sizes}")
+    named = dict(zip(MESH_AXES, sizes, strict=True))
     free = [i for i, s in enumerate(sizes) if s == -1]
     if len(free) > 1:
-        raise ValueError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+        raise ValueError(f"mesh sizes {named}: at most one axis may be -1")
     if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: sizes must be >= 1 or -1")
+        raise ValueError(f"mesh sizes {named}: sizes must be >= 1 or -1")
     fixed = math.prod(s for s in sizes if s != -1)
     if free:
         if num_devices % fixed:
             raise ValueError(
-                f"mesh sizes {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
+                f"mesh sizes {named}: {num_devices} devices are not "
                 f"divisible by the fixed axes' product {fixed}"
             )
         sizes[free[0]] = num_devices // fixed
     if math.prod(sizes) != num_devices:
         raise ValueError(
-            f"mesh sizes {dict(zip(MESH_AXES, sizes))} use {math.prod(sizes)} devices, "
+            f"mesh sizes {named} use {math.prod(sizes)} devices, "
             f"but {num_devices} are available"
         )
     return tuple(sizes)

@@ -240,11 +240,13 @@ class Tokenizer:
         if not encoder:
             # Pre-pinning upstream states: ids were assigned in registration order.
             return cls(model_vocab_size=vocab)
+        if len(set(encoder.values())) != len(encoder):
+            raise TokenizerError(f"{source}: special_token_encoder assigns one id twice: {encoder}")
         name_of_id = {int(i): n for n, i in (state.get("special_tokens_by_name") or {}).items()}
         name_of_string = {s: n for n, s in {**SEED_SPECIAL_TOKENS, **_HEAD_EXTRA_STRINGS}.items()}
         ids_by_name, strings_by_name = {}, {}
         for string, token_id in encoder.items():
-            name = name_of_id.get(int(token_id)) or name_of_string.get(string)
+            name = name_of_string.get(string) or name_of_id.get(int(token_id))
             if name is None:
                 raise TokenizerError(f"{source}: special token {string!r} has no name")
             ids_by_name[name] = int(token_id)

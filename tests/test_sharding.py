@@ -1,0 +1,30 @@
+import pytest
+
+from mypt_jax.sharding import logical_to_spec, resolve_mesh_shape
+
+
+@pytest.mark.parametrize(
+    "sizes, devices, expected",
+    [((-1, 1, 1), 8, (8, 1, 1)), ((2, 2, 2), 8, (2, 2, 2)), ((1, -1, 2), 8, (1, 4, 2)),
+     ((1, 1, 1), 1, (1, 1, 1))],
+)  # fmt: skip
+def test_resolve_mesh_shape(sizes, devices, expected):
+    assert resolve_mesh_shape(sizes, devices) == expected
+
+
+@pytest.mark.parametrize(
+    "sizes, devices, message",
+    [((3, -1, 1), 8, "not divisible"), ((2, 2, 1), 8, "use 4 devices"),
+     ((-1, -1, 1), 8, "at most one"), ((0, 1, 1), 8, ">= 1"), ((2, 2), 4, "needs 3")],
+)  # fmt: skip
+def test_bad_mesh_shapes(sizes, devices, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_mesh_shape(sizes, devices)
+
+
+def test_logical_rules_never_reuse_a_mesh_axis():
+    assert tuple(logical_to_spec(("batch", "seq"))) == (("data", "fsdp"), None)
+    assert tuple(logical_to_spec(("embed", "heads"))) == ("fsdp", "tensor")
+    # batch already uses fsdp, so embed is replicated rather than sharded twice.
+    assert tuple(logical_to_spec(("batch", "seq", "embed"))) == (("data", "fsdp"), None, None)
+    assert tuple(logical_to_spec(("layers", None, "vocab"))) == (None, None, "tensor")
