@@ -1,0 +1,336 @@
+"""What tpu.py and gpu.py share: the shell scripts a worker runs, and dry-running or running commands.
+
+Stdlib only: the launch scripts run on a laptop that has gcloud/ssh but not necessarily jax.
+Every remote action is one shell script string, built with shlex.quote, handed to `ssh` or
+`gcloud ... ssh --command`; the remote login shell parses it, so any argument (a config
+override with spaces or quotes) reaches the trainer unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+JAX_VERSION = "0.10.2"  # the jax pin in pyproject.toml; tests/test_launch.py keeps them equal
+DEFAULT_CONFIG = "configs/phase3a1_gamma.py"
+DEFAULT_REMOTE_DIR = "mypt-jax"  # relative paths on a worker are relative to its login dir ($HOME)
+DEFAULT_PYTHON = "python3.11"  # jax 0.10.2 needs >= 3.11; TPU VM images ship Ubuntu 22.04's 3.10
+VENV_PYTHON = ".venv/bin/python"  # relative to the checkout on the worker
+TARBALL = "mypt-jax-src.tar.gz"  # lands in the worker's login dir, removed after unpacking
+LOG_DIR = "logs"  # relative to the checkout: <run>.log, <run>.pid, latest.log, latest.pid
+LATEST = "latest"
+DATA_DEST = "data/sft_ready"  # setup --data copies here: the configs' dataset_dir layout
+INIT_DEST = "checkpoints"  # setup --init_from copies here by default (the alpha base model's place)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+Command = list[str]
+q = shlex.quote
+
+
+class LaunchError(Exception):
+    """A failure the user can act on; main() prints it as one `error:` line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where commands go: a TPU VM's workers, an ssh host, or this machine.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TpuTarget:
+    name: str
+    zone: str
+    project: str | None = None
+    worker: str = "all"  # gcloud's --worker: "all", an index, a list or a range
+
+    def _where(self) -> Command:
+        flags = [f"--zone={self.zone}"]
+        if self.project:
+            flags.append(f"--project={self.project}")
+        return [*flags, f"--worker={self.worker}"]
+
+    def shell(self, script: str) -> Command:
+        return [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "ssh",
+            self.name,
+            *self._where(),
+            f"--command={script}",
+        ]
+
+    def upload(self, local: str, remote: str, recursive: bool = False) -> Command:
+        recurse = ["--recurse"] if recursive else []
+        return [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "scp",
+            *recurse,
+            local,
+            f"{self.name}:{remote}",
+            *self._where(),
+        ]
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str  # user@host, or a Host alias from ~/.ssh/config
+
+    def shell(self, script: str) -> Command:
+        return ["ssh", self.host, script]
+
+    def upload(self, local: str, remote: str, recursive: bool = False) -> Command:
+        return ["scp", *(["-r"] if recursive else []), local, f"{self.host}:{remote}"]
+
+
+@dataclass(frozen=True)
+class LocalTarget:
+    def shell(self, script: str) -> Command:
+        return ["bash", "-c", script]
+
+    def upload(self, local: str, remote: str, recursive: bool = False) -> Command:
+        raise LaunchError("nothing to upload on this machine")  # callers use paths in place
+
+
+Target = TpuTarget | SshTarget | LocalTarget
+
+
+# ---------------------------------------------------------------------------------------------
+# Shell scripts run on a worker. Each is one line: dry runs print one command per line.
+# ---------------------------------------------------------------------------------------------
+
+
+def unpack_script(remote_dir: str) -> str:
+    return f"mkdir -p {q(remote_dir)} && tar -xzf {TARBALL} -C {q(remote_dir)} && rm -f {TARBALL}"
+
+
+def git_checkout_script(remote_dir: str, repo_url: str, ref: str) -> str:
+    d = q(remote_dir)
+    return (
+        f"if [ -d {d}/.git ]; then git -C {d} fetch -q origin; "
+        f"else git clone -q {q(repo_url)} {d}; fi && git -C {d} checkout -q --detach {q(ref)}"
+    )
+
+
+def install_script(remote_dir: str, python: str, jax_extra: str) -> str:
+    """A .venv (python >= 3.11, from apt when missing), then the project and jax[extra] into it."""
+    py = q(python)
+    # DPkg::Lock::Timeout: a fresh VM's unattended-upgrades holds the apt lock for minutes.
+    apt = "sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"
+    ensure_python = (
+        f"{{ {py} -c {q('import ensurepip, venv')} 2>/dev/null || "
+        f"{{ {apt} update -q && {apt} install -y -q {py} {q(python + '-venv')}; }}; }}"
+    )
+    # An existing .venv is kept (it may be the user's own on this machine).
+    make_venv = f"{{ [ -x {VENV_PYTHON} ] || {{ {ensure_python} && {py} -m venv .venv; }}; }}"
+    pip = f"{VENV_PYTHON} -m pip install -q"
+    return (
+        f"cd {q(remote_dir)} && {make_venv} && "
+        f"{pip} --upgrade pip && {pip} -e . {q(f'jax[{jax_extra}]=={JAX_VERSION}')}"
+    )
+
+
+def gcs_copy_script(remote_dir: str, uri: str, subdir: str) -> str:
+    dest = q(posixpath.join(remote_dir, subdir))
+    return f"mkdir -p {dest} && gsutil -m cp -r {q(uri.rstrip('/'))} {dest}/"
+
+
+def trainer_argv(
+    config: str, workdir: str, dataset_dir: str | None, init_from: str | None, extra: Sequence[str]
+) -> Command:
+    """The trainer command line; `extra` comes last, so an override there wins."""
+    argv = [VENV_PYTHON, "-m", "mypt_jax.train", f"--config={config}", f"--workdir={workdir}"]
+    if dataset_dir:
+        argv.append(f"--config.dataset_dir={dataset_dir}")
+    if init_from:
+        argv.append(f"--config.init_from={init_from}")
+    return argv + list(extra)
+
+
+def start_script(
+    remote_dir: str, run_name: str, argv: Sequence[str], env: Mapping[str, str]
+) -> str:
+    """Starts `argv` detached (own session, so stop can signal its whole process group)."""
+    log, pid = f"{LOG_DIR}/{run_name}.log", f"{LOG_DIR}/{run_name}.pid"
+    env_argv = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+    command = shlex.join([*env_argv, *argv])
+    return (
+        f"set -e; cd {q(remote_dir)}; mkdir -p {LOG_DIR}; "
+        f'if [ -e {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; then '
+        f'echo "run {run_name} is already running on $(hostname) (pid $(cat {pid}))" >&2; exit 1; fi; '
+        f"nohup setsid {command} > {log} 2>&1 < /dev/null & echo $! > {pid}; "
+        f"ln -sfn {run_name}.log {LOG_DIR}/{LATEST}.log; ln -sfn {run_name}.pid {LOG_DIR}/{LATEST}.pid; "
+        f'echo "started run {run_name} on $(hostname): pid $(cat {pid}), log $(pwd)/{log}"'
+    )
+
+
+def stop_script(remote_dir: str, run_name: str, signal: str, pkill: bool) -> str:
+    """Signals the run's process group; with pkill, also any process running `-m mypt_jax.train`."""
+    pid = f"{LOG_DIR}/{run_name}.pid"
+    by_pid = (
+        f'if [ ! -e {pid} ]; then echo "no {pid} on $(hostname)" >&2; '
+        f'else p=$(cat {pid}); if kill -0 "$p" 2>/dev/null; then '
+        f'kill -{signal} -- "-$p" 2>/dev/null || kill -{signal} "$p"; '
+        f'echo "sent SIG{signal} to run {run_name} (pid $p) on $(hostname)"; '
+        f'else echo "run {run_name} (pid $p) is not running on $(hostname)"; fi; fi'
+    )
+    script = f"cd {q(remote_dir)} || exit 1; {by_pid}"
+    if pkill:
+        # "[.]" keeps the pattern from matching this very shell's command line.
+        script += f"; pkill -{signal} -f -- {q('-m mypt_jax[.]train')} || true"
+    return script
+
+
+def tail_script(remote_dir: str, run_name: str, lines: int, follow: bool) -> str:
+    log = q(posixpath.join(remote_dir, LOG_DIR, f"{run_name}.log"))
+    return f"tail -n {int(lines)} {'-F ' if follow else ''}{log}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command lists for the subcommands both scripts share.
+# ---------------------------------------------------------------------------------------------
+
+
+def tarball_path(tag: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", tag)
+    return os.path.join(tempfile.gettempdir(), f"mypt-jax-src-{safe}.tar.gz")
+
+
+def archive_command(ref: str, output: str) -> Command:
+    # git archive ships the committed tree at `ref`: uncommitted edits are not included.
+    return ["git", "-C", REPO_ROOT, "archive", "--format=tar.gz", f"--output={output}", ref]
+
+
+def setup_commands(
+    target: Target,
+    remote_dir: str,
+    *,
+    repo_url: str | None,
+    ref: str | None,
+    tarball: str,
+    python: str,
+    jax_extra: str,
+    data: str | None,
+    init_from: str | None,
+    init_dest: str = INIT_DEST,
+    install: bool = True,
+) -> tuple[list[Command], list[str]]:
+    """Returns (commands, notes): the source, the venv, then data/checkpoint copies.
+
+    Copies land where configs/phase3a*.py look by default (data/sft_ready/<name>,
+    checkpoints/<name> or, with init_dest="runs", a previous run's workdir runs/<name>).
+    """
+    commands: list[Command] = []
+    notes: list[str] = []
+    if repo_url:
+        commands.append(
+            target.shell(git_checkout_script(remote_dir, repo_url, ref or "origin/HEAD"))
+        )
+    elif not isinstance(target, LocalTarget):
+        commands.append(archive_command(ref or "HEAD", tarball))
+        commands.append(target.upload(tarball, TARBALL))
+        commands.append(target.shell(unpack_script(remote_dir)))
+    if install:
+        commands.append(target.shell(install_script(remote_dir, python, jax_extra)))
+    for uri, subdir, flag, field in (
+        (data, DATA_DEST, "data", "dataset_dir"),
+        (init_from, init_dest, "init_from", "init_from"),
+    ):
+        if not uri:
+            continue
+        name = posixpath.basename(uri.rstrip("/"))
+        if uri.startswith("gs://"):
+            commands.append(target.shell(gcs_copy_script(remote_dir, uri, subdir)))
+        elif isinstance(target, LocalTarget):
+            notes.append(f"{uri} is on this machine already: run with --{field}={uri}")
+            continue
+        else:
+            if not os.path.exists(uri):
+                raise LaunchError(
+                    f"--{flag} {uri}: no such local path (give a gs:// URI or an existing path)"
+                )
+            commands.append(target.shell(f"mkdir -p {q(posixpath.join(remote_dir, subdir))}"))
+            commands.append(
+                target.upload(
+                    uri.rstrip("/"),
+                    posixpath.join(remote_dir, subdir) + "/",
+                    recursive=os.path.isdir(uri),
+                )
+            )
+        notes.append(f"copied {uri}: run with --{field}={subdir}/{name}")
+    return commands, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument helpers and the runner.
+# ---------------------------------------------------------------------------------------------
+
+
+def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Splits at the first `--`: what follows goes to the trainer verbatim."""
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def run_name_arg(value: str) -> str:
+    """argparse type: the run name is part of file names on every worker."""
+    if not _RUN_NAME_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    return value
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not _ENV_NAME_RE.fullmatch(key):
+            raise LaunchError(f"--env {pair!r}: expected NAME=VALUE")
+        env[key] = value
+    return env
+
+
+def execute(commands: Sequence[Command], dry_run: bool) -> None:
+    """Dry run: print each command (shlex.join, one per line). Else run each, stopping at a failure."""
+    if dry_run:
+        for command in commands:
+            print(shlex.join(command))
+        return
+    for command in commands:
+        if shutil.which(command[0]) is None:
+            raise LaunchError(
+                f"{command[0]} not found on PATH; it is needed for: {shlex.join(command)}"
+            )
+    for command in commands:
+        print(f"+ {shlex.join(command)}", file=sys.stderr, flush=True)
+        try:
+            subprocess.run(command, check=True)
+        except subprocess.CalledProcessError as e:
+            raise LaunchError(
+                f"command failed (exit status {e.returncode}): {shlex.join(command)}"
+            ) from None
+
+
+def report(error: LaunchError, prog: str) -> int:
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 1

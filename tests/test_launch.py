@@ -1,0 +1,688 @@
+"""launch/tpu.py and launch/gpu.py: the commands their dry runs print, and the scripts they run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "launch"
+sys.path.insert(0, str(LAUNCH))  # tpu.py / gpu.py import their sibling launchlib.py
+
+import launchlib  # noqa: E402
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"mypt_launch_{name}", LAUNCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tpu = _load("tpu")
+gpu = _load("gpu")
+
+TRAINER = [".venv/bin/python", "-m", "mypt_jax.train"]
+# An override that a naive f-string would break: space, both quote kinds, $, ; and a glob.
+NASTY = '--config.note=it\'s a "test"; $HOME *'
+
+
+def dry_with_notes(main, argv: list[str], capsys) -> tuple[list[list[str]], str]:
+    """Runs main(argv) (a dry run): each printed line split back into argv, and stderr."""
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return [shlex.split(line) for line in out.splitlines()], err
+
+
+def dry(main, argv: list[str], capsys) -> list[list[str]]:
+    return dry_with_notes(main, argv, capsys)[0]
+
+
+def script_of(command: list[str]) -> str:
+    """The shell script inside a `gcloud ... ssh --command=...`, `ssh host ...` or `bash -c ...`."""
+    if command[0] == "gcloud":
+        (arg,) = [a for a in command if a.startswith("--command=")]
+        return arg[len("--command=") :]
+    return command[-1]
+
+
+def trainer_argv_in(script: str) -> list[str]:
+    words = shlex.split(script)
+    start = words.index("setsid") + 1
+    return words[start : words.index(">", start)]
+
+
+def launch(script: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(LAUNCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kwargs,
+    )
+
+
+def wait_for(path: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.05)
+
+
+# --- tpu.py -------------------------------------------------------------------------------
+
+
+def test_tpu_create_v4_8_and_v5p_32(capsys):
+    assert dry(
+        tpu.main,
+        [
+            "create",
+            "--name",
+            "t",
+            "--zone",
+            "us-central2-b",
+            "--accelerator_type",
+            "v4-8",
+            "--dry_run",
+        ],
+        capsys,
+    ) == [
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "create",
+            "t",
+            "--zone=us-central2-b",
+            "--accelerator-type=v4-8",
+            "--version=tpu-ubuntu2204-base",
+        ]
+    ]
+    assert dry(
+        tpu.main,
+        [
+            "create",
+            "--name",
+            "p",
+            "--zone",
+            "us-east5-a",
+            "--project",
+            "proj",
+            "--accelerator_type",
+            "v5p-32",
+            "--spot",
+            "--dry_run",
+        ],
+        capsys,
+    ) == [
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "create",
+            "p",
+            "--zone=us-east5-a",
+            "--project=proj",
+            "--accelerator-type=v5p-32",
+            "--version=v2-alpha-tpuv5",
+            "--spot",
+        ]
+    ]
+
+
+def test_tpu_create_rejects_unknown_accelerators(capsys):
+    assert (
+        tpu.main(
+            ["create", "--name", "t", "--zone", "z", "--accelerator_type", "v9x-8", "--dry_run"]
+        )
+        == 1
+    )
+    assert "pass --version" in capsys.readouterr().err
+    assert (
+        tpu.main(
+            ["create", "--name", "t", "--zone", "z", "--accelerator_type", "tpu8", "--dry_run"]
+        )
+        == 1
+    )
+    assert "expected a name like v4-8" in capsys.readouterr().err
+    # An explicit runtime makes a new generation usable.
+    (command,) = dry(
+        tpu.main,
+        [
+            "create",
+            "--name",
+            "t",
+            "--zone",
+            "z",
+            "--accelerator_type",
+            "v9x-8",
+            "--version",
+            "v2-alpha-tpuv9",
+            "--dry_run",
+        ],
+        capsys,
+    )
+    assert "--version=v2-alpha-tpuv9" in command
+
+
+def test_missing_required_flag_is_an_argparse_error():
+    result = launch("tpu.py", "create", "--zone", "z", "--dry_run")
+    assert result.returncode == 2
+    assert "the following arguments are required: --name, --accelerator_type" in result.stderr
+    assert result.stdout == ""
+    result = launch("gpu.py", "--dry_run")
+    assert result.returncode == 2 and "required: SUBCOMMAND" in result.stderr
+
+
+def test_tpu_setup_ships_the_checkout_installs_and_copies_data(capsys, tmp_path):
+    checkpoint = tmp_path / "base_ckpt"
+    checkpoint.mkdir()
+    commands, err = dry_with_notes(
+        tpu.main,
+        [
+            "setup",
+            "--name",
+            "t",
+            "--zone",
+            "z",
+            "--dry_run",
+            "--data",
+            "gs://bucket/sft/phase3a1/",
+            "--init_from",
+            str(checkpoint),
+        ],
+        capsys,
+    )
+    where = ["--zone=z", "--worker=all"]
+    ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "t", *where]
+    tarball = launchlib.tarball_path("t")
+    assert commands[0] == [
+        "git",
+        "-C",
+        str(ROOT),
+        "archive",
+        "--format=tar.gz",
+        f"--output={tarball}",
+        "HEAD",
+    ]
+    assert commands[1] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "scp",
+        tarball,
+        "t:mypt-jax-src.tar.gz",
+        *where,
+    ]
+    assert commands[2][:-1] == ssh and "tar -xzf mypt-jax-src.tar.gz -C mypt-jax" in commands[2][-1]
+    install = script_of(commands[3])
+    assert commands[3][:-1] == ssh
+    assert shlex.split(install)[-3:] == ["-e", ".", "jax[tpu]==0.10.2"]
+    assert "python3.11 -m venv .venv" in install and "python3.11-venv" in install
+    assert script_of(commands[4]) == (
+        "mkdir -p mypt-jax/data/sft_ready && "
+        "gsutil -m cp -r gs://bucket/sft/phase3a1 mypt-jax/data/sft_ready/"
+    )
+    assert script_of(commands[5]) == "mkdir -p mypt-jax/checkpoints"
+    assert commands[6] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "scp",
+        "--recurse",
+        str(checkpoint),
+        "t:mypt-jax/checkpoints/",
+        *where,
+    ]
+    assert len(commands) == 7
+    assert (
+        "--dataset_dir=data/sft_ready/phase3a1" in err
+        and "--init_from=checkpoints/base_ckpt" in err
+    )
+
+
+def test_tpu_setup_from_git_and_bad_local_data(capsys):
+    commands = dry(
+        tpu.main,
+        [
+            "setup",
+            "--name",
+            "t",
+            "--zone",
+            "z",
+            "--repo_url",
+            "https://example.com/me/mypt-jax.git",
+            "--ref",
+            "v1",
+            "--dry_run",
+        ],
+        capsys,
+    )
+    assert len(commands) == 2  # checkout, install: nothing shipped from here
+    assert shlex.split(script_of(commands[0]))[-6:] == [
+        "-C",
+        "mypt-jax",
+        "checkout",
+        "-q",
+        "--detach",
+        "v1",
+    ]
+    assert "git clone -q https://example.com/me/mypt-jax.git mypt-jax" in script_of(commands[0])
+    assert (
+        tpu.main(["setup", "--name", "t", "--zone", "z", "--data", "/no/such/dir", "--dry_run"])
+        == 1
+    )
+    assert "/no/such/dir: no such local path" in capsys.readouterr().err
+
+
+def test_tpu_run_quotes_overrides_for_the_remote_shell(capsys):
+    (command,) = dry(
+        tpu.main,
+        [
+            "run",
+            "--name",
+            "t",
+            "--zone",
+            "z",
+            "--run_name",
+            "a1",
+            "--dataset_dir",
+            "data/phase3a1",
+            "--init_from",
+            "gs://b/ckpt",
+            "--dry_run",
+            "--",
+            "--config.batch_size=16",
+            NASTY,
+        ],
+        capsys,
+    )
+    assert command[:8] == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "ssh",
+        "t",
+        "--zone=z",
+        "--worker=all",
+    ]
+    script = script_of(command)
+    assert trainer_argv_in(script) == [
+        *TRAINER,
+        "--config=configs/phase3a1_gamma.py",
+        "--workdir=runs/a1",
+        "--config.dataset_dir=data/phase3a1",
+        "--config.init_from=gs://b/ckpt",
+        "--config.batch_size=16",
+        NASTY,
+    ]
+    words = shlex.split(script)
+    assert words[words.index(">") + 1] == "logs/a1.log" and "nohup" in words
+
+
+def test_tpu_tail_stop_delete(capsys):
+    (tail,) = dry(
+        tpu.main, ["tail", "--name", "t", "--zone", "z", "--worker", "3", "--dry_run"], capsys
+    )
+    assert "--worker=3" in tail and script_of(tail) == "tail -n 100 -F mypt-jax/logs/latest.log"
+    (stop,) = dry(
+        tpu.main,
+        ["stop", "--name", "t", "--zone", "z", "--run_name", "a1", "--pkill", "--dry_run"],
+        capsys,
+    )
+    assert "--worker=all" in stop
+    assert 'kill -TERM -- "-$p"' in script_of(stop) and "logs/a1.pid" in script_of(stop)
+    assert shlex.split(script_of(stop))[-7:] == [
+        "pkill",
+        "-TERM",
+        "-f",
+        "--",
+        "-m mypt_jax[.]train",
+        "||",
+        "true",
+    ]
+    assert dry(
+        tpu.main, ["delete", "--name", "t", "--zone", "z", "--yes", "--dry_run"], capsys
+    ) == [["gcloud", "compute", "tpus", "tpu-vm", "delete", "t", "--zone=z", "--quiet"]]
+
+
+def test_bad_arguments_are_clear_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        tpu.main(["stop", "--name", "t", "--zone", "z", "--dry_run", "--", "--config.x=1"])
+    assert e.value.code == 2 and "only `run` takes them" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tpu.main(["run", "--name", "t", "--zone", "z", "--run_name", "../x", "--dry_run"])
+    assert "'../x': use letters" in capsys.readouterr().err
+    assert tpu.main(["run", "--name", "t", "--zone", "z", "--run_name", "latest", "--dry_run"]) == 1
+    assert "reserved" in capsys.readouterr().err
+    assert gpu.main(["run", "--env", "NOEQUALS", "--dry_run"]) == 1
+    assert "--env 'NOEQUALS': expected NAME=VALUE" in capsys.readouterr().err
+    assert gpu.main(["setup", "--repo_url", "https://example.com/x.git", "--dry_run"]) == 1
+    assert "--repo_url needs --host" in capsys.readouterr().err
+
+
+def test_every_generated_script_is_valid_bash(capsys, tmp_path):
+    argvs = [
+        (
+            tpu.main,
+            [
+                "setup",
+                "--name",
+                "t",
+                "--zone",
+                "z",
+                "--data",
+                "gs://b/d",
+                "--init_from",
+                str(tmp_path),
+            ],
+        ),
+        (tpu.main, ["setup", "--name", "t", "--zone", "z", "--repo_url", "https://e.com/r.git"]),
+        (tpu.main, ["run", "--name", "t", "--zone", "z", "--env", "A=b c", "--", NASTY]),
+        (tpu.main, ["stop", "--name", "t", "--zone", "z", "--pkill"]),
+        (tpu.main, ["tail", "--name", "t", "--zone", "z"]),
+        (gpu.main, ["setup", "--host", "u@h", "--data", "gs://b/d"]),
+        (gpu.main, ["run", "--host", "u@h", "--", NASTY]),
+        (gpu.main, ["stop"]),
+    ]
+    scripts = []
+    for main, argv in argvs:
+        for command in dry(main, [*argv[:1], "--dry_run", *argv[1:]], capsys):
+            if command[0] in ("gcloud", "ssh", "bash") and "scp" not in command[:5]:
+                scripts.append(script_of(command))
+    assert len(scripts) >= 10
+    for script in scripts:
+        result = subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True)
+        assert result.returncode == 0, (script, result.stderr)
+
+
+# --- gpu.py -------------------------------------------------------------------------------
+
+
+def test_gpu_run_over_ssh_sets_xla_env(capsys):
+    (command,) = dry(
+        gpu.main,
+        [
+            "run",
+            "--host",
+            "me@box",
+            "--run_name",
+            "g1",
+            "--gpus",
+            "0,1",
+            "--xla_flag=--xla_dump_to=/tmp/hlo",
+            "--env",
+            "MY_VAR=x y",
+            "--dry_run",
+            "--",
+            "--config.mesh_data=-1",
+            NASTY,
+        ],
+        capsys,
+    )
+    assert command[:2] == ["ssh", "me@box"] and len(command) == 3
+    words = shlex.split(command[2])
+    env = words[words.index("env") + 1 : words.index(TRAINER[0])]
+    assert env == [
+        "XLA_PYTHON_CLIENT_MEM_FRACTION=0.90",
+        "XLA_FLAGS=" + " ".join([*gpu.DEFAULT_XLA_FLAGS, "--xla_dump_to=/tmp/hlo"]),
+        "CUDA_VISIBLE_DEVICES=0,1",
+        "MY_VAR=x y",
+    ]
+    assert "--xla_gpu_enable_latency_hiding_scheduler=true" in gpu.DEFAULT_XLA_FLAGS
+    assert trainer_argv_in(command[2])[-2:] == ["--config.mesh_data=-1", NASTY]
+    assert "cd mypt-jax;" in command[2]
+
+
+def test_gpu_setup_local_and_remote(capsys):
+    # This machine: no shipping, only the venv, with the CUDA 12 wheel of the pinned jax.
+    (install,) = dry(gpu.main, ["setup", "--dry_run"], capsys)
+    assert install[:2] == ["bash", "-c"]
+    assert shlex.split(install[2])[:2] == ["cd", str(ROOT)]
+    assert shlex.split(install[2])[-1] == "jax[cuda12]==0.10.2"
+    commands = dry(gpu.main, ["setup", "--host", "me@box", "--cuda", "13", "--dry_run"], capsys)
+    assert [c[0] for c in commands] == ["git", "scp", "ssh", "ssh"]
+    assert commands[1] == ["scp", launchlib.tarball_path("me@box"), "me@box:mypt-jax-src.tar.gz"]
+    assert shlex.split(commands[3][2])[-1] == "jax[cuda13]==0.10.2"
+
+
+def test_gpu_default_xla_flags_are_known_to_the_installed_jaxlib():
+    """XLA aborts on an unknown XLA_FLAGS entry; flags get renamed and removed between releases."""
+    probe = "import jax.numpy as jnp; jnp.ones(2).sum().block_until_ready()"
+
+    def run_with(flags):
+        env = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
+        return subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    result = run_with(gpu.DEFAULT_XLA_FLAGS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The check can fail: a flag this jaxlib does not know is fatal.
+    result = run_with([*gpu.DEFAULT_XLA_FLAGS, "--xla_gpu_graph_level=0"])
+    assert result.returncode != 0 and "Unknown flag" in result.stderr
+
+
+# --- running for real (bash on this machine stands in for the remote shell) ------------------
+
+FAKE_TRAINER = """#!{python}
+import json, os, signal, sys, time
+def on_term(*_):
+    open("terminated", "w").close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+names = ("XLA_FLAGS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "MY_VAR")
+record = {{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in names}},
+          "pid": os.getpid(), "pgid": os.getpgid(0)}}
+with open("record.json.tmp", "w") as f:
+    json.dump(record, f)
+os.replace("record.json.tmp", "record.json")
+print("hello from the fake trainer", flush=True)
+time.sleep(60)
+"""
+
+
+def make_checkout(root: Path) -> Path:
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(FAKE_TRAINER.format(python=sys.executable))
+    python.chmod(0o755)
+    return root
+
+
+def end(record_path: Path) -> None:
+    """Kills the fake trainer this test started (by its pid), if it is still running."""
+    if record_path.exists() and not (record_path.parent / "terminated").exists():
+        try:
+            os.kill(json.loads(record_path.read_text())["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_gpu_local_run_tail_stop_end_to_end(tmp_path):
+    checkout = make_checkout(tmp_path / "checkout")
+    record = checkout / "record.json"
+    base = ["--remote_dir", str(checkout)]
+    try:
+        result = launch(
+            "gpu.py",
+            "run",
+            *base,
+            "--run_name",
+            "e2e",
+            "--env",
+            "MY_VAR=x y",
+            "--",
+            "--config.batch_size=16",
+            NASTY,
+        )
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"started run e2e on .*: pid \d+", result.stdout)
+        wait_for(record)
+        seen = json.loads(record.read_text())
+        assert seen["argv"] == [
+            "-m",
+            "mypt_jax.train",
+            "--config=configs/phase3a1_gamma.py",
+            "--workdir=runs/e2e",
+            "--config.batch_size=16",
+            NASTY,
+        ]
+        assert seen["env"] == {
+            "XLA_FLAGS": " ".join(gpu.DEFAULT_XLA_FLAGS),
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.90",
+            "MY_VAR": "x y",
+        }
+        assert seen["pgid"] == seen["pid"]  # its own process group: stop signals the group
+        assert (checkout / "logs" / "e2e.pid").read_text().strip() == str(seen["pid"])
+
+        again = launch("gpu.py", "run", *base, "--run_name", "e2e")
+        assert again.returncode == 1 and "run e2e is already running" in again.stderr
+        assert "command failed (exit status 1): bash -c" in again.stderr
+
+        deadline = time.monotonic() + 20
+        while (
+            "hello from the fake trainer"
+            not in (tail := launch("gpu.py", "tail", *base, "--no_follow", "--lines", "5")).stdout
+        ):
+            assert time.monotonic() < deadline, tail
+            time.sleep(0.1)
+
+        stop = launch("gpu.py", "stop", *base)
+        assert stop.returncode == 0, stop.stderr
+        assert f"sent SIGTERM to run latest (pid {seen['pid']})" in stop.stdout
+        wait_for(checkout / "terminated")
+    finally:
+        end(record)
+
+
+def test_tpu_scripts_run_in_a_real_shell(capsys, tmp_path):
+    """The --command strings, run by bash in a stand-in home dir, start and stop the trainer."""
+    make_checkout(tmp_path / "mypt-jax")
+    record = tmp_path / "mypt-jax" / "record.json"
+    (run,) = dry(
+        tpu.main,
+        ["run", "--name", "t", "--zone", "z", "--run_name", "r1", "--dry_run", "--", NASTY],
+        capsys,
+    )
+    (stop,) = dry(
+        tpu.main, ["stop", "--name", "t", "--zone", "z", "--run_name", "r1", "--dry_run"], capsys
+    )
+    try:
+        started = subprocess.run(
+            ["bash", "-c", script_of(run)], cwd=tmp_path, capture_output=True, text=True, timeout=30
+        )
+        assert started.returncode == 0, started.stderr
+        wait_for(record)
+        assert json.loads(record.read_text())["argv"][-1] == NASTY
+        stopped = subprocess.run(
+            ["bash", "-c", script_of(stop)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert stopped.returncode == 0 and "sent SIGTERM to run r1" in stopped.stdout
+        wait_for(tmp_path / "mypt-jax" / "terminated")
+    finally:
+        end(record)
+
+
+def test_failed_command_and_missing_gcloud_are_named(tmp_path):
+    result = launch("gpu.py", "stop", "--remote_dir", str(tmp_path / "missing"))
+    assert result.returncode == 1
+    assert "launch/gpu.py: error: command failed (exit status 1): bash -c" in result.stderr
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = launch(
+        "tpu.py", "delete", "--name", "t", "--zone", "z", env={**os.environ, "PATH": str(empty)}
+    )
+    assert result.returncode == 1
+    assert "error: gcloud not found on PATH" in result.stderr
+    assert "gcloud compute tpus tpu-vm delete t --zone=z" in result.stderr
+
+
+# --- the README and the pins ----------------------------------------------------------------
+
+
+def readme_commands() -> list[list[str]]:
+    text = (LAUNCH / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S)
+    joined = "\n".join(blocks).replace("\\\n", " ")
+    return [
+        shlex.split(line, comments=True)
+        for line in joined.splitlines()
+        if line.strip().startswith("python launch/")
+    ]
+
+
+def test_readme_commands_parse_and_dry_run(capsys):
+    commands = readme_commands()
+    scripts = {words[1] for words in commands}
+    assert scripts == {"launch/tpu.py", "launch/gpu.py"}
+    accelerators = {
+        w.split("=")[-1] for words in commands for w in words if w.startswith("--accelerator_type")
+    } | {
+        words[i + 1] for words in commands for i, w in enumerate(words) if w == "--accelerator_type"
+    }
+    assert {"v4-8", "v5p-32"} <= accelerators
+    for words in commands:
+        main = tpu.main if words[1] == "launch/tpu.py" else gpu.main
+        argv = [words[2], "--dry_run", *words[3:]]
+        assert main(argv) == 0, (words, capsys.readouterr().err)
+    capsys.readouterr()
+
+
+def test_jax_version_matches_pyproject_pin():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [d for d in deps if re.fullmatch(r"jax==\S+", d)]
+    assert pin == f"jax=={launchlib.JAX_VERSION}"
+
+
+def test_readme_trainer_flags_are_accepted_by_the_trainer():
+    """The README's overrides parse with the real trainer flags and give the documented mesh."""
+    runs = [w for w in readme_commands() if w[2] == "run"]
+    assert len(runs) == 3
+    expected = {  # (mesh_data, mesh_fsdp, mesh_tensor, batch_size, grad_accum_steps, distributed)
+        "mypt-v4": (1, -1, 1, 16, 1, False),
+        "mypt-v5p": (1, -1, 1, 16, 1, True),
+        "me@h100-box": (-1, 1, 1, 16, 1, False),
+    }
+    probe = (
+        "import json, sys\n"
+        "from absl import flags\n"
+        "import mypt_jax.train\n"
+        "flags.FLAGS(sys.argv)\n"
+        "c = flags.FLAGS.config\n"
+        "print(json.dumps([c.mesh_data, c.mesh_fsdp, c.mesh_tensor, c.batch_size,"
+        " c.grad_accum_steps, flags.FLAGS.distributed]))"
+    )
+    for words in runs:
+        machine = words[words.index("--name" if "--name" in words else "--host") + 1]
+        extra = words[words.index("--") + 1 :]
+        result = subprocess.run(
+            [sys.executable, "-c", probe, f"--config={launchlib.DEFAULT_CONFIG}", *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, (words, result.stderr[-2000:])
+        assert tuple(json.loads(result.stdout.splitlines()[-1])) == expected[machine], words
