@@ -1,0 +1,618 @@
+"""The MyPT decoder-only transformer in Flax NNX, numerically matching both upstream generations.
+
+One module builds both upstream architectures from config fields (UPSTREAM_MODEL.md §1, §5):
+the seed era (learned positions, LayerNorm with bias, exact-erf GELU MLP with biases) and the
+newer LLaMA-style options (RoPE with position interpolation, SwiGLU, RMSNorm), in any mix.
+
+Layout decisions (the converter in upstream.py maps PyTorch keys onto these):
+- Layers are stacked: every per-layer parameter has a leading layer axis and the forward runs
+  one `jax.lax.scan` over them, so compile time does not grow with depth.
+- Kernels are stored (in, out) so `x @ kernel`; the fused qkv kernel's output columns are
+  [q | k | v], each head-major (head h owns columns h*D..(h+1)*D-1), as upstream.
+- Logical axis names live in one table, `param_logical_axes(config)`, shaped like
+  `nnx.to_pure_dict(nnx.state(model, nnx.Param))`. They are not attached as variable metadata
+  because annotated variables need a mesh at creation time in flax 0.12 (eager sharding);
+  `param_shardings(model, mesh)` turns the table into shardings via `sharding.logical_to_spec`.
+- Precision: parameters are stored in `param_dtype`; matmul inputs are cast to `dtype`
+  (compute). Like upstream under autocast, the residual stream, the norms, the attention
+  softmax and RoPE run in float32; logits come back in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from mypt_jax import sharding
+
+_MASK_VALUE = -1e30  # finite: a fully masked row gives a uniform softmax instead of NaNs
+_LAYERNORM_EPS = 1e-5
+_RMSNORM_EPS = 1e-6
+_INIT_STD = 0.02
+
+POS_ENCODINGS = ("learned", "rope")
+MLP_TYPES = ("gelu", "swiglu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots")
+
+# Architecture fields and the upstream GPTConfig defaults a config.json without them implies.
+UPSTREAM_ARCH_DEFAULTS: dict[str, Any] = {
+    "block_size": 256,
+    "vocab_size": 50304,
+    "n_embd": 384,
+    "n_head": 6,
+    "n_layer": 6,
+    "dropout": 0.2,
+    "bias": False,
+    "tie_weights": False,
+    "pos_encoding": "learned",
+    "mlp_type": "gelu",
+    "norm_type": "layernorm",
+    "rope_theta": 10000.0,
+    "rope_scale": 1.0,
+}
+# Upstream GPTConfig fields that only steer training or data loading, with their defaults;
+# `to_upstream` writes them so every upstream version's loader finds its fields.
+UPSTREAM_TRAINING_DEFAULTS: dict[str, Any] = {
+    "batch_size": 32,
+    "use_checkpoint": False,
+    "device": "cpu",
+    "use_loss_mask": False,
+    "save_dtype": None,
+    "batch_sampling_mode": "epoch",
+    "pad_token_id": None,
+    "episode_min_tokens": 2,
+    "epoch_seed": 1337,
+    "epoch_shuffle": True,
+    "epoch_drop_last": True,
+    "segment_position_reset": True,
+    "neftune_alpha": 0.0,
+}
+_FIELD_TYPES = {
+    "block_size": int, "vocab_size": int, "n_embd": int, "n_head": int, "n_layer": int,
+    "dropout": float, "bias": bool, "tie_weights": bool, "pos_encoding": str, "mlp_type": str,
+    "norm_type": str, "rope_theta": float, "rope_scale": float,
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    block_size: int = 256  # max context; rows of the learned position table
+    vocab_size: int = 50304  # GPT-2's 50257 ids + special tags + padding to a multiple of 64
+    n_embd: int = 384  # model width C
+    n_head: int = 6  # attention heads; head_dim = n_embd // n_head
+    n_layer: int = 6  # transformer blocks
+    dropout: float = 0.2  # one rate for attention probs, after attn proj and after MLP down
+    bias: bool = False  # biases on the qkv and attn proj linears only (MLP biases follow mlp_type)
+    tie_weights: bool = True  # lm_head reuses the token embedding; its bias stays separate
+    pos_encoding: str = "learned"  # "learned" absolute table | "rope" split-half rotary
+    mlp_type: str = "gelu"  # "gelu": 4C MLP with biases | "swiglu": gated, no biases
+    norm_type: str = "layernorm"  # "layernorm" (eps 1e-5, bias) | "rmsnorm" (eps 1e-6, no bias)
+    rope_theta: float = 10000.0  # RoPE base frequency
+    rope_scale: float = 1.0  # RoPE position interpolation: positions are divided by this
+    param_dtype: str = "float32"  # ours: storage dtype of the parameters
+    dtype: str = "float32"  # ours: compute dtype of the matmuls and of the returned logits
+    remat: str = "none"  # ours: per-layer rematerialisation in training, "none" | "full" | "dots"
+
+    def __post_init__(self):
+        for name, kind in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if kind is bool and not isinstance(value, bool):
+                raise ConfigError(f"model config {name}={value!r}: expected true or false")
+            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"model config {name}={value!r}: expected an integer")
+        for name in ("block_size", "vocab_size", "n_embd", "n_head", "n_layer"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model config {name}={getattr(self, name)}: must be >= 1")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model config: n_embd {self.n_embd} is not divisible by n_head {self.n_head}"
+            )
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            raise ConfigError(f"model config: rope needs an even head_dim, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model config dropout={self.dropout}: expected 0 <= dropout < 1")
+        if self.rope_scale <= 0 or self.rope_theta <= 0:
+            raise ConfigError("model config: rope_theta and rope_scale must be > 0")
+        for name, allowed in (
+            ("pos_encoding", POS_ENCODINGS), ("mlp_type", MLP_TYPES), ("norm_type", NORM_TYPES),
+            ("param_dtype", DTYPES), ("dtype", DTYPES), ("remat", REMAT_POLICIES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"model config {name}={getattr(self, name)!r}: expected one of {allowed}"
+                )
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.mlp_type == "gelu":
+            return 4 * self.n_embd
+        # Upstream's SwiGLU rule: int(8C/3) rounded up to a multiple of 64 (C=1280 -> 3456).
+        return (int(8 * self.n_embd / 3) + 63) // 64 * 64
+
+    @property
+    def norm_eps(self) -> float:
+        return _LAYERNORM_EPS if self.norm_type == "layernorm" else _RMSNORM_EPS
+
+    @property
+    def generation(self) -> str:
+        """"seed" for the seed-era architecture, "head" for the LLaMA-style one, else "mixed"."""
+        arch = (self.pos_encoding, self.mlp_type, self.norm_type)
+        if arch == ("learned", "gelu", "layernorm"):
+            return "seed"
+        return "head" if arch == ("rope", "swiglu", "rmsnorm") else "mixed"
+
+    # ----- upstream config.json -----
+    @classmethod
+    def from_upstream(cls, cfg: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
+        """Architecture fields of an upstream config.json; absent ones take upstream defaults."""
+        values = {}
+        for name, default in UPSTREAM_ARCH_DEFAULTS.items():
+            value = cfg.get(name, default)
+            if _FIELD_TYPES[name] is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            values[name] = value
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def to_upstream(self, training_fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every upstream GPTConfig field (seed and newer); training fields default or given."""
+        out = dict(UPSTREAM_TRAINING_DEFAULTS)
+        for name, value in (training_fields or {}).items():
+            if name in UPSTREAM_TRAINING_DEFAULTS:
+                out[name] = value
+        out.update({name: getattr(self, name) for name in UPSTREAM_ARCH_DEFAULTS})
+        out["device"] = "cpu"  # upstream GPT.load moves the model to this device
+        return out
+
+    # ----- our checkpoints -----
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "model config") -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown model config fields {unknown}")
+        try:
+            return cls(**dict(d))
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def diff(self, other: ModelConfig) -> list[str]:
+        """Architecture differences (fields that change parameter shapes or numerics)."""
+        return [
+            f"{name}: {getattr(self, name)!r} != {getattr(other, name)!r}"
+            for name in UPSTREAM_ARCH_DEFAULTS
+            if name != "dropout" and getattr(self, name) != getattr(other, name)
+        ]
+
+
+# ----------------------------------------------------------------------------------------
+# Parameter table: names, shapes, logical axes, init
+# ----------------------------------------------------------------------------------------
+
+def _param_specs(cfg: ModelConfig) -> dict[str, dict[str, tuple[tuple[int, ...], tuple, str]]]:
+    """{group: {name: (shape, logical_axes, init)}}; group "" = top level, "blocks" = stacked."""
+    L, C, V, F = cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.mlp_hidden
+    top: dict[str, tuple] = {"wte": ((V, C), ("vocab", "embed"), "normal")}
+    if cfg.pos_encoding == "learned":
+        top["wpe"] = ((cfg.block_size, C), (None, "embed"), "normal")
+    blocks: dict[str, tuple] = {}
+
+    def norm(prefix: str, group: dict, lead: tuple[int, ...], lead_axes: tuple) -> None:
+        group[f"{prefix}_scale"] = (lead + (C,), lead_axes + ("embed",), "ones")
+        if cfg.norm_type == "layernorm":
+            group[f"{prefix}_bias"] = (lead + (C,), lead_axes + ("embed",), "zeros")
+
+    layer, layer_axes = (L,), ("layers",)
+    norm("ln1", blocks, layer, layer_axes)
+    blocks["qkv_kernel"] = ((L, C, 3 * C), ("layers", "embed", "heads"), "normal")
+    if cfg.bias:
+        blocks["qkv_bias"] = ((L, 3 * C), ("layers", "heads"), "zeros")
+    blocks["proj_kernel"] = ((L, C, C), ("layers", "heads", "embed"), "normal")
+    if cfg.bias:
+        blocks["proj_bias"] = ((L, C), ("layers", "embed"), "zeros")
+    norm("ln2", blocks, layer, layer_axes)
+    if cfg.mlp_type == "gelu":
+        blocks["fc_kernel"] = ((L, C, F), ("layers", "embed", "mlp"), "normal")
+        blocks["fc_bias"] = ((L, F), ("layers", "mlp"), "zeros")
+        blocks["out_kernel"] = ((L, F, C), ("layers", "mlp", "embed"), "normal_scaled")
+        blocks["out_bias"] = ((L, C), ("layers", "embed"), "zeros")
+    else:
+        blocks["gate_kernel"] = ((L, C, F), ("layers", "embed", "mlp"), "normal")
+        blocks["up_kernel"] = ((L, C, F), ("layers", "embed", "mlp"), "normal")
+        blocks["down_kernel"] = ((L, F, C), ("layers", "mlp", "embed"), "normal_scaled")
+    norm("ln_f", top, (), ())
+    if not cfg.tie_weights:
+        top["lm_head_kernel"] = ((V, C), ("vocab", "embed"), "normal")
+    top["lm_head_bias"] = ((V,), ("vocab",), "zeros")
+    return {"": top, "blocks": blocks}
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, Any]:
+    """Pure-dict tree of parameter shapes, shaped like `nnx.state(model, nnx.Param)`."""
+    specs = _param_specs(cfg)
+    out: dict[str, Any] = {k: v[0] for k, v in specs[""].items()}
+    out["blocks"] = {k: v[0] for k, v in specs["blocks"].items()}
+    return out
+
+
+def param_logical_axes(cfg: ModelConfig) -> dict[str, Any]:
+    """Pure-dict tree of logical axis names per parameter dimension (one source of truth)."""
+    specs = _param_specs(cfg)
+    out: dict[str, Any] = {k: v[1] for k, v in specs[""].items()}
+    out["blocks"] = {k: v[1] for k, v in specs["blocks"].items()}
+    return out
+
+
+def param_shardings(model_or_state: Any, mesh: jax.sharding.Mesh, config: ModelConfig | None = None):
+    """NamedShardings for every parameter, via `sharding.LOGICAL_AXIS_RULES`.
+
+    Given a GPT (or an `nnx.State` of its params) returns an `nnx.State` of the same structure
+    whose leaves are shardings, usable as `jax.jit(out_shardings=...)` / `jax.device_put`.
+    Given a ModelConfig returns the pure nested dict.
+    """
+    if isinstance(model_or_state, ModelConfig):
+        config, state = model_or_state, None
+    elif isinstance(model_or_state, GPT):
+        config, state = model_or_state.config, nnx.state(model_or_state, nnx.Param)
+    else:
+        state = model_or_state
+        if config is None:
+            raise ValueError("param_shardings(state, mesh) needs config=")
+    axes = param_logical_axes(config)
+    pure = jax.tree.map(
+        lambda names: sharding.named_sharding(mesh, names), axes,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+    if state is None:
+        return pure
+    out = jax.tree.map(lambda x: x, state)  # a copy we may overwrite
+    nnx.replace_by_pure_dict(out, pure)
+    return out
+
+
+def _init_param(key: jax.Array, shape: tuple[int, ...], init: str, cfg: ModelConfig) -> jax.Array:
+    dtype = jnp.dtype(cfg.param_dtype)
+    if init == "ones":
+        return jnp.ones(shape, dtype)
+    if init == "zeros":
+        return jnp.zeros(shape, dtype)
+    # Upstream HEAD init: N(0, 0.02); MLP output projections 0.02/sqrt(2 n_layer).
+    std = _INIT_STD / math.sqrt(2 * cfg.n_layer) if init == "normal_scaled" else _INIT_STD
+    return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Pure building blocks
+# ----------------------------------------------------------------------------------------
+
+def _norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None, cfg: ModelConfig) -> jax.Array:
+    x = x.astype(jnp.float32)
+    if cfg.norm_type == "layernorm":
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
+    else:
+        y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + cfg.norm_eps)
+    y = y * scale.astype(jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y
+
+
+def rope_tables(positions_BxT: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    """cos/sin of shape (B, T, D/2) in float32, upstream's formula with position interpolation."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))
+    t_BxT = positions_BxT.astype(jnp.float32) / jnp.float32(cfg.rope_scale)
+    angles = t_BxT[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def _apply_rope(x_BxTxHxD: jax.Array, cos_BxTxK: jax.Array, sin_BxTxK: jax.Array) -> jax.Array:
+    # Split-half (rotate-half) convention, not interleaved pairs.
+    x = x_BxTxHxD.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos_BxTxK[:, :, None, :], sin_BxTxK[:, :, None, :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _attend(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask_BxTxS, cfg: ModelConfig, key) -> jax.Array:
+    dtype = jnp.dtype(cfg.dtype)
+    scores_BxHxTxS = jnp.einsum(
+        "bthd,bshd->bhts", q_BxTxHxD.astype(dtype), k_BxSxHxD.astype(dtype),
+        preferred_element_type=jnp.float32,
+    ) * jnp.float32(1.0 / math.sqrt(cfg.head_dim))
+    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, _MASK_VALUE)
+    probs_BxHxTxS = _dropout(jax.nn.softmax(scores_BxHxTxS, axis=-1), cfg.dropout, key)
+    return jnp.einsum("bhts,bshd->bthd", probs_BxHxTxS.astype(dtype), v_BxSxHxD.astype(dtype))
+
+
+def _linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype) -> jax.Array:
+    y = jnp.einsum("...i,io->...o", x.astype(dtype), kernel.astype(dtype))
+    return y if bias is None else y + bias.astype(dtype)
+
+
+def _mlp(x_BxTxC: jax.Array, p: Mapping[str, jax.Array], cfg: ModelConfig) -> jax.Array:
+    dtype = jnp.dtype(cfg.dtype)
+    if cfg.mlp_type == "gelu":
+        h = _linear(x_BxTxC, p["fc_kernel"], p["fc_bias"], dtype)
+        h = jax.nn.gelu(h.astype(jnp.float32), approximate=False).astype(dtype)  # exact erf form
+        return _linear(h, p["out_kernel"], p["out_bias"], dtype)
+    gate = _linear(x_BxTxC, p["gate_kernel"], None, dtype)
+    up = _linear(x_BxTxC, p["up_kernel"], None, dtype)
+    h = (jax.nn.silu(gate.astype(jnp.float32)) * up.astype(jnp.float32)).astype(dtype)
+    return _linear(h, p["down_kernel"], None, dtype)
+
+
+def _qkv(x_BxTxC, p, cfg: ModelConfig, rope) -> tuple[jax.Array, jax.Array, jax.Array]:
+    B, T, C = x_BxTxC.shape
+    H, D = cfg.n_head, cfg.head_dim
+    h = _norm(x_BxTxC, p["ln1_scale"], p.get("ln1_bias"), cfg)
+    qkv_BxTx3C = _linear(h, p["qkv_kernel"], p.get("qkv_bias"), jnp.dtype(cfg.dtype))
+    q, k, v = (a.reshape(B, T, H, D) for a in jnp.split(qkv_BxTx3C, 3, axis=-1))
+    if rope is not None:
+        q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+    return q, k, v
+
+
+def _block_tail(x_BxTxC, attn_BxTxHxD, p, cfg: ModelConfig, keys) -> jax.Array:
+    """Attention output projection, both residual adds and the MLP (residual stream in f32)."""
+    B, T, C = x_BxTxC.shape
+    dtype = jnp.dtype(cfg.dtype)
+    y = _linear(attn_BxTxHxD.reshape(B, T, C), p["proj_kernel"], p.get("proj_bias"), dtype)
+    x_BxTxC = x_BxTxC + _dropout(y, cfg.dropout, keys[1]).astype(jnp.float32)
+    h = _norm(x_BxTxC, p["ln2_scale"], p.get("ln2_bias"), cfg)
+    y = _mlp(h, p, cfg)
+    return x_BxTxC + _dropout(y, cfg.dropout, keys[2]).astype(jnp.float32)
+
+
+def _remat(fn, cfg: ModelConfig):
+    if cfg.remat == "full":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
+    if cfg.remat == "dots":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    return fn
+
+
+# ----------------------------------------------------------------------------------------
+# KV cache
+# ----------------------------------------------------------------------------------------
+
+@struct.dataclass
+class KVCache:
+    k_LxBxSxHxD: jax.Array  # keys after RoPE (if any), slot s = absolute cache slot
+    v_LxBxSxHxD: jax.Array
+
+    @property
+    def max_len(self) -> int:
+        return self.k_LxBxSxHxD.shape[2]
+
+
+# ----------------------------------------------------------------------------------------
+# The module
+# ----------------------------------------------------------------------------------------
+
+class Blocks(nnx.Module):
+    """All transformer blocks' parameters, stacked on a leading layer axis."""
+
+    def __init__(self, cfg: ModelConfig, keys: dict[str, jax.Array]):
+        for name, (shape, _, init) in _param_specs(cfg)["blocks"].items():
+            setattr(self, name, nnx.Param(_init_param(keys[name], shape, init, cfg)))
+
+    def arrays(self) -> dict[str, jax.Array]:
+        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+class GPT(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        specs = _param_specs(config)
+        names = [("", n) for n in specs[""]] + [("blocks", n) for n in specs["blocks"]]
+        keys = dict(zip(names, jax.random.split(rngs.params(), len(names)), strict=True))
+        for name, (shape, _, init) in specs[""].items():
+            setattr(self, name, nnx.Param(_init_param(keys["", name], shape, init, config)))
+        self.blocks = Blocks(config, {n: keys["blocks", n] for n in specs["blocks"]})
+        # Stored dropout stream (like nnx.Dropout); a call may pass its own rngs instead.
+        self.dropout_rngs = rngs["dropout"].fork()
+
+    # ----- helpers -----
+    def _embed(self, tokens_BxT: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+        # Note: a learned-position lookup at position >= block_size clamps under jit
+        # (upstream raises); callers keep positions < block_size.
+        x = jnp.take(self.wte[...], tokens_BxT, axis=0).astype(jnp.float32)
+        if self.config.pos_encoding == "learned":
+            x = x + jnp.take(self.wpe[...], positions_BxT, axis=0).astype(jnp.float32)
+        return x
+
+    def _rope(self, positions_BxT: jax.Array):
+        return rope_tables(positions_BxT, self.config) if self.config.pos_encoding == "rope" else None
+
+    def _final(self, x_BxTxC: jax.Array) -> jax.Array:
+        ln_f_bias = self.ln_f_bias[...] if self.config.norm_type == "layernorm" else None
+        return _norm(x_BxTxC, self.ln_f_scale[...], ln_f_bias, self.config).astype(self.config.dtype)
+
+    def _dropout_keys(self, deterministic: bool, rngs) -> jax.Array | None:
+        if deterministic or self.config.dropout == 0.0:
+            return None
+        if rngs is None:
+            rngs = self.dropout_rngs
+        if isinstance(rngs, nnx.Rngs):
+            key = rngs["dropout"]()
+        elif isinstance(rngs, nnx.RngStream):
+            key = rngs()
+        else:
+            key = rngs
+        # one key per layer and dropout site (attention probs, attn residual, mlp residual)
+        return jax.random.split(key, (self.config.n_layer, 3))
+
+    # ----- full-sequence forward (training, scoring) -----
+    def hidden(
+        self,
+        tokens_BxT: jax.Array,
+        *,
+        positions_BxT: jax.Array | None = None,
+        segment_ids_BxT: jax.Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ) -> jax.Array:
+        """Final-norm hidden states (B, T, C) in the compute dtype.
+
+        Attention is causal; with `segment_ids_BxT` (packed rows) a query also only sees keys
+        of its own segment.
+        """
+        cfg = self.config
+        B, T = tokens_BxT.shape
+        if positions_BxT is None:
+            positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        x_BxTxC = self._embed(tokens_BxT, positions_BxT)
+        rope = self._rope(positions_BxT)
+        mask_BxTxT = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (B, T, T))
+        if segment_ids_BxT is not None:
+            mask_BxTxT = mask_BxTxT & (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])
+        keys = self._dropout_keys(deterministic, rngs)
+
+        def layer(x, scanned):
+            p, layer_keys = scanned
+            ks = (None, None, None) if layer_keys is None else tuple(layer_keys)
+            q, k, v = _qkv(x, p, cfg, rope)
+            attn = _attend(q, k, v, mask_BxTxT, cfg, ks[0])
+            return _block_tail(x, attn, p, cfg, ks), None
+
+        x_BxTxC, _ = jax.lax.scan(_remat(layer, cfg), x_BxTxC, (self.blocks.arrays(), keys))
+        return self._final(x_BxTxC)
+
+    def logits_from_hidden(self, h_BxTxC: jax.Array) -> jax.Array:
+        dtype = jnp.dtype(self.config.dtype)
+        w_VxC = self.wte[...] if self.config.tie_weights else self.lm_head_kernel[...]
+        logits = jnp.einsum("btc,vc->btv", h_BxTxC.astype(dtype), w_VxC.astype(dtype))
+        return logits + self.lm_head_bias[...].astype(dtype)
+
+    def __call__(
+        self,
+        tokens_BxT: jax.Array,
+        *,
+        positions_BxT: jax.Array | None = None,
+        segment_ids_BxT: jax.Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits (B, T, V) in the compute dtype for every position."""
+        h = self.hidden(
+            tokens_BxT, positions_BxT=positions_BxT, segment_ids_BxT=segment_ids_BxT,
+            deterministic=deterministic, rngs=rngs,
+        )
+        return self.logits_from_hidden(h)
+
+    # ----- incremental decoding -----
+    def init_cache(self, batch_size: int, max_len: int, dtype: Any = None) -> KVCache:
+        cfg = self.config
+        shape = (cfg.n_layer, batch_size, max_len, cfg.n_head, cfg.head_dim)
+        dtype = jnp.dtype(dtype or cfg.dtype)
+        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+    def decode(
+        self,
+        tokens_BxT: jax.Array,
+        positions_BxT: jax.Array,
+        cache: KVCache,
+        cache_index: jax.Array | int,
+        key_valid_BxS: jax.Array,
+    ) -> tuple[jax.Array, KVCache]:
+        """Runs a chunk of T tokens against the cache; returns logits (B, T, V) and the new cache.
+
+        The chunk's K/V land in slots [cache_index, cache_index + T) of every row (the caller
+        keeps cache_index + T <= max_len: dynamic_update_slice would clamp the start). Query t
+        sees slots s <= cache_index + t where key_valid_BxS[b, s] is true. `positions_BxT` are
+        the absolute positions for the position table / RoPE.
+        """
+        cfg = self.config
+        B, T = tokens_BxT.shape
+        S = cache.max_len
+        cache_index = jnp.asarray(cache_index, jnp.int32)
+        x_BxTxC = self._embed(tokens_BxT, positions_BxT)
+        rope = self._rope(positions_BxT)
+        slot_T = cache_index + jnp.arange(T, dtype=jnp.int32)
+        causal_TxS = jnp.arange(S, dtype=jnp.int32)[None, :] <= slot_T[:, None]
+        mask_BxTxS = causal_TxS[None] & key_valid_BxS[:, None, :].astype(bool)
+        zero = jnp.int32(0)
+
+        def layer(x, scanned):
+            p, k_cache_BxSxHxD, v_cache_BxSxHxD = scanned
+            q, k, v = _qkv(x, p, cfg, rope)
+            start = (zero, cache_index, zero, zero)
+            k_cache_BxSxHxD = jax.lax.dynamic_update_slice(
+                k_cache_BxSxHxD, k.astype(k_cache_BxSxHxD.dtype), start)
+            v_cache_BxSxHxD = jax.lax.dynamic_update_slice(
+                v_cache_BxSxHxD, v.astype(v_cache_BxSxHxD.dtype), start)
+            attn = _attend(q, k_cache_BxSxHxD, v_cache_BxSxHxD, mask_BxTxS, cfg, None)
+            x = _block_tail(x, attn, p, cfg, (None, None, None))
+            return x, (k_cache_BxSxHxD, v_cache_BxSxHxD)
+
+        x_BxTxC, (k_new, v_new) = jax.lax.scan(
+            layer, x_BxTxC, (self.blocks.arrays(), cache.k_LxBxSxHxD, cache.v_LxBxSxHxD)
+        )
+        logits = self.logits_from_hidden(self._final(x_BxTxC))
+        return logits, KVCache(k_new, v_new)
+
+
+def abstract_model(config: ModelConfig) -> GPT:
+    """A GPT whose parameters are ShapeDtypeStructs (no memory), for restore targets."""
+    return nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
+
+
+def from_params(config: ModelConfig, params: Mapping[str, Any], *, seed: int = 0) -> GPT:
+    """A GPT holding `params` (pure nested dict, shapes of `param_shapes`), cast to param_dtype.
+
+    Builds the module abstractly first, so no random init is materialised.
+    """
+    expected = param_shapes(config)
+    flat_want = jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0]
+    for path, shape in flat_want:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        node: Any = params
+        for k in path:
+            node = node.get(getattr(k, "key", k)) if isinstance(node, Mapping) else None
+        if node is None:
+            raise ValueError(f"params: missing parameter {name!r}")
+        if tuple(node.shape) != tuple(shape):
+            raise ValueError(f"params: {name!r} has shape {tuple(node.shape)}, expected {shape}")
+    model = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(seed)))
+    state = nnx.state(model, nnx.Param)
+    dtype = jnp.dtype(config.param_dtype)
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: jnp.asarray(a, dtype), dict(params)))
+    nnx.update(model, state)
+    model.dropout_rngs = nnx.Rngs(dropout=seed)["dropout"].fork()
+    return model
