@@ -56,7 +56,16 @@ class MyPTModel:
         out = np.asarray(self._forward(self._state, jnp.asarray(batch, jnp.int32)))
         return out[0] if ids.ndim == 1 else out
 
-    # ----- generation: the decoding engineer adds `generate(...)` here -----
+    def generate(self, prompts: str | Sequence[str], **sampling) -> list:
+        """Batched generation (jitted KV-cache loop); keywords as `decode.generate_text`.
+
+        Greedy when `temperature <= 0`; `preset=` takes the upstream presets by name.
+        Returns one `decode.Generation` (prompt, completion, ids, stopped_by) per prompt.
+        """
+        from mypt_jax import decode
+
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return decode.generate_text(self, self.tokenizer, prompts, **sampling)
 
     def __repr__(self) -> str:
         c = self.config

@@ -1,0 +1,208 @@
+"""Eval prompts: the upstream eval-prompts JSON, one batched greedy generation, exact scores.
+
+The file format is the upstream one (`--eval_prompts_file` of train.py):
+`{"description": ..., "system_prompt": ..., "prompts": {name: full prompt text},
+"expected_outputs": {name: expected completion}}`. Prompts without an expected output are
+generated and reported but not scored.
+
+    python -m mypt_jax.evaluate --model PATH --eval_prompts_file F [--max_new_tokens 64] [--out F.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mypt_jax import decode
+from mypt_jax.tokenizer import SEED_SPECIAL_TOKENS, Tokenizer
+
+# Same strings in the seed and the newer token maps; only their ids moved.
+_STOP_TAGS = (SEED_SPECIAL_TOKENS["myPT_assistant_close"], SEED_SPECIAL_TOKENS["myPT_eot"])
+_TRAILING_PUNCTUATION = ".!?"
+
+
+class EvalPromptsError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPrompts:
+    prompts: dict[str, str]  # name -> full prompt text (system block, user turn, open tag)
+    expected: dict[str, str]  # name -> expected completion without the stop tag
+    system_prompt: str | None = None
+    description: str | None = None
+
+
+def load_eval_prompts(path: str | os.PathLike) -> EvalPrompts:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvalPromptsError(f"{path}: eval prompts file not found") from None
+    except json.JSONDecodeError as e:
+        raise EvalPromptsError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise EvalPromptsError(f"{path}: expected a JSON object with a 'prompts' key")
+
+    def text_map(key: str, required: bool) -> dict[str, str]:
+        value = data.get(key)
+        if value is None and not required:
+            return {}
+        if not isinstance(value, dict) or (required and not value):
+            raise EvalPromptsError(f"{path}: {key!r} must be a non-empty object name -> text")
+        for name, text in value.items():
+            if not isinstance(text, str):
+                raise EvalPromptsError(f"{path}: {key}[{name!r}] must be a string, got {text!r}")
+        return dict(value)
+
+    prompts = text_map("prompts", required=True)
+    expected = text_map("expected_outputs", required=False)
+    unknown = sorted(set(expected) - set(prompts))
+    if unknown:
+        raise EvalPromptsError(f"{path}: expected_outputs names {unknown} that are not in prompts")
+    for key in ("system_prompt", "description"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise EvalPromptsError(f"{path}: {key!r} must be a string")
+    return EvalPrompts(prompts, expected, data.get("system_prompt"), data.get("description"))
+
+
+def strip_stop_tag(completion: str) -> str:
+    for tag in _STOP_TAGS:
+        if completion.endswith(tag):
+            return completion[: -len(tag)]
+    return completion
+
+
+def normalize(text: str) -> str:
+    return text.strip().casefold().rstrip(_TRAILING_PUNCTUATION).strip()
+
+
+def score(completion: str, expected: str) -> dict[str, bool]:
+    """exact: completion (stop tag removed) == expected; normalized: ignoring case,
+    surrounding whitespace and trailing `.!?`."""
+    answer = strip_stop_tag(completion)
+    return {"exact": answer == expected, "normalized": normalize(answer) == normalize(expected)}
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Tokenizer | None,
+    eval_prompts: EvalPrompts,
+    max_new_tokens: int = 64,
+) -> list[dict[str, Any]]:
+    """Greedy completions of all prompts in one batch, each scored against its expected output.
+
+    Returns one dict per prompt (file order): name, prompt, completion (stop tag removed),
+    expected (None if the file has none), exact, normalized (None when not scored),
+    stopped_by.
+    """
+    names = list(eval_prompts.prompts)
+    generations = decode.generate_text(
+        model, tokenizer, [eval_prompts.prompts[n] for n in names],
+        max_new_tokens=max_new_tokens, temperature=0.0, top_k=0, top_p=1.0,
+        repetition_penalty=1.0,
+    )
+    results = []
+    for name, gen in zip(names, generations, strict=True):
+        expected = eval_prompts.expected.get(name)
+        scores = score(gen.completion, expected) if expected is not None else {
+            "exact": None, "normalized": None}
+        results.append({
+            "name": name,
+            "prompt": gen.prompt,
+            "completion": strip_stop_tag(gen.completion),
+            "expected": expected,
+            **scores,
+            "stopped_by": gen.stopped_by,
+        })
+    return results
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:
+    scored = [r for r in results if r["exact"] is not None]
+    return {
+        "scored": len(scored),
+        "exact": sum(r["exact"] for r in scored),
+        "normalized": sum(r["normalized"] for r in scored),
+    }
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    def mark(value):
+        return "-" if value is None else ("yes" if value else "no")
+
+    rows = [("name", "exact", "norm", "completion", "expected")]
+    rows += [(r["name"], mark(r["exact"]), mark(r["normalized"]), repr(r["completion"]),
+              "" if r["expected"] is None else repr(r["expected"])) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+             for row in rows]
+    s = summarize(results)
+    lines.append(f"exact {s['exact']}/{s['scored']}, normalized {s['normalized']}/{s['scored']}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_out_path(model: str, eval_prompts_file: str) -> Path:
+    """eval_results/<model dir name>__<prompts file stem>.json under the working directory."""
+    return Path("eval_results") / f"{Path(model).name}__{Path(eval_prompts_file).stem}.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mypt_jax.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--model_name", "--model", dest="model", required=True,
+                   help="checkpoint directory (ours or upstream), or a name under ./checkpoints/")
+    p.add_argument("--eval_prompts_file", required=True)
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--out", default=None,
+                   help="JSON results (default eval_results/<model>__<prompts file>.json)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import mypt_jax
+    from mypt_jax.generate import resolve_model_path
+
+    args = build_parser().parse_args(argv)
+    try:
+        eval_prompts = load_eval_prompts(args.eval_prompts_file)
+        path = resolve_model_path(args.model)
+        model = mypt_jax.load(path)
+        results = evaluate(model, model.tokenizer, eval_prompts, args.max_new_tokens)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    out = Path(args.out) if args.out else default_out_path(args.model, args.eval_prompts_file)
+    write_json_atomic(out, {
+        "model": str(path),
+        "eval_prompts_file": str(args.eval_prompts_file),
+        "max_new_tokens": args.max_new_tokens,
+        "summary": summarize(results),
+        "results": results,
+    })
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
