@@ -1,0 +1,82 @@
+"""Shared defaults of every training preset: one flat ConfigDict, upstream names where they exist.
+
+Presets import `get_config()` from here and change a few fields. Any field can be overridden on
+the command line (`--config.learning_rate=3e-5`); an unknown field fails naming it.
+"""
+
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+    c = config_dict.ConfigDict()
+
+    # ----- model (upstream config.json names) -----
+    c.n_layer = 32  # transformer blocks
+    c.n_embd = 1280  # model width
+    c.n_head = 20  # attention heads
+    c.block_size = 512  # context length of a training row (upstream configs say 512; see init)
+    c.vocab_size = 50304  # GPT-2 50257 + special tags, padded to a multiple of 64
+    c.dropout = 0.05  # attention-prob, attention-residual and MLP-residual dropout
+    c.bias = False  # biases on the qkv / attention projection
+    c.tie_weights = True  # lm_head shares the token embedding
+    c.pos_encoding = "learned"  # "learned" | "rope"
+    c.mlp_type = "gelu"  # "gelu" | "swiglu"
+    c.norm_type = "layernorm"  # "layernorm" | "rmsnorm"
+    c.rope_theta = 10000.0  # RoPE base (pos_encoding="rope" only)
+    c.rope_scale = 1.0  # RoPE position interpolation factor
+    c.param_dtype = ""  # storage dtype of the weights; "" = chosen by `precision`
+    c.dtype = ""  # matmul compute dtype; "" = chosen by `precision`
+    c.remat = "none"  # per-layer rematerialisation: "none" | "full" | "dots"
+
+    # ----- data -----
+    c.dataset_dir = ""  # prepared episode dataset (train/, val/, tokenizer_state.json)
+    c.batch_size = 16  # global episodes per optimizer step (all processes together)
+    c.batch_sampling_mode = "epoch"  # "epoch": seeded permutation per epoch | "random"
+    c.episode_min_tokens = 2  # episodes shorter than this are skipped (upstream default)
+    c.epoch_seed = 1337  # epoch e is shuffled with RandomState(epoch_seed + e)
+    c.epoch_shuffle = True  # False = file order every epoch
+    c.use_loss_mask = True  # train only on assistant tokens (mask.bin); False = every position
+
+    # ----- optimisation -----
+    c.learning_rate = 3e-4  # peak learning rate
+    c.max_iters = 1000  # optimizer steps
+    c.warmup_iters = 0.0  # warmup steps; a float in (0, 1) is a fraction of max_iters (upstream)
+    c.lr_schedule = "constant"  # after warmup: "constant" (upstream) | "cosine" down to min_lr
+    c.min_lr = 0.0  # floor of the cosine schedule
+    c.grad_clip = 1.0  # global-norm clip, upstream formula min(1, clip/(norm+1e-6)); 0 = off
+    c.weight_decay = 0.1  # AdamW decoupled decay, on the 2-D block matrices only
+    c.beta1 = 0.9  # AdamW beta1
+    c.beta2 = 0.95  # AdamW beta2
+    c.adam_eps = 1e-8  # AdamW epsilon (torch default)
+    c.grad_accum_steps = 1  # microbatches per step; the loss is normalised once over all of them
+    c.precision = "mixed"  # "mixed": f32 weights, bf16 matmuls | "fp32" | "bf16_pure" (upstream)
+    c.loss_chunk_size = 0  # >0: vocab projection + CE over sequence chunks of this many tokens
+    c.loss_positions = 0  # >0: project only each row's first K trained tokens (checked per batch)
+    c.seed = 0  # model init (fresh runs) and the dropout stream (fold_in(seed, step))
+
+    # ----- evaluation -----
+    c.eval_interval = 100  # eval (val loss + generations) at step 0 and every this many steps
+    c.eval_iters = 200  # val batches per eval (upstream's default)
+    c.eval_prompts_file = ""  # JSON {"prompts": {...}, "expected_outputs": {...}}; "" = none
+    c.eval_max_new_tokens = 64  # greedy tokens generated per eval prompt
+    c.simple_prompts_after = 500  # health check: simple prompts must start passing by this step
+    c.log_interval = 10  # train-metric JSONL/console line every this many steps
+
+    # ----- checkpoints and logs -----
+    c.workdir = ""  # where the run lives (checkpoints/, tb/, log.jsonl); --workdir sets it too
+    c.checkpoint_interval = 0  # save every this many steps; 0 = at every eval (upstream)
+    c.keep_checkpoints = 2  # most recent checkpoints kept
+    c.keep_best = 1  # plus this many best by val loss
+    c.export_upstream = False  # also write the final weights as an upstream checkpoint dir
+    c.log_file = ""  # JSONL log; "" = <workdir>/log.jsonl
+    c.tensorboard = True  # write TensorBoard event files to <workdir>/tb
+
+    # ----- initialisation -----
+    c.init_from = ""  # our model dir | upstream checkpoint dir | another run's workdir; "" = fresh
+    c.inherit_init_config = False  # True: take block_size and the loader fields from init_from (upstream quirk)
+
+    # ----- mesh (-1 = all remaining devices) -----
+    c.mesh_data = -1  # data-parallel axis
+    c.mesh_fsdp = 1  # fully-sharded data-parallel axis (params and optimizer state split)
+    c.mesh_tensor = 1  # tensor-parallel axis (heads / mlp / vocab split)
+    return c

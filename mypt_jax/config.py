@@ -1,0 +1,393 @@
+"""Training config: validation, precision and init-checkpoint resolution, before anything compiles.
+
+The config (one flat ConfigDict, `configs/base.py`) is the source of truth. The upstream
+silently took `block_size` and the loader fields (`epoch_seed`, `episode_min_tokens`,
+`batch_sampling_mode`, `epoch_shuffle`) from the `--init_from_model` checkpoint, so its
+Phase 3a runs used block 1024 and seed 1337 instead of the declared 512 and 4501-4504.
+Here the config's values apply; `inherit_init_config=True` reproduces the upstream rule.
+
+Every check raises `ConfigError` whose message starts with the offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ml_collections import config_dict
+
+from mypt_jax import episodes, sharding
+from mypt_jax.model import ConfigError as ModelConfigError
+from mypt_jax.model import ModelConfig, param_logical_axes, param_shapes
+from mypt_jax.tokenizer import Tokenizer, TokenizerError
+
+MODEL_FIELDS = (
+    "block_size", "vocab_size", "n_embd", "n_head", "n_layer", "dropout", "bias", "tie_weights",
+    "pos_encoding", "mlp_type", "norm_type", "rope_theta", "rope_scale", "param_dtype", "dtype",
+    "remat",
+)
+# Fields the upstream took from the init checkpoint instead of the config.
+INHERITED_FIELDS = (
+    "block_size", "epoch_seed", "episode_min_tokens", "batch_sampling_mode", "epoch_shuffle",
+)
+# precision -> (param_dtype, compute dtype)
+PRECISIONS = {
+    "mixed": ("float32", "bfloat16"),
+    "fp32": ("float32", "float32"),
+    "bf16_pure": ("bfloat16", "bfloat16"),
+}
+_CHOICES = {
+    "lr_schedule": ("constant", "cosine"),
+    "precision": tuple(PRECISIONS),
+    "batch_sampling_mode": ("epoch", "random"),
+}
+CHECKPOINTS_DIR = "checkpoints"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message starts with the field name."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSource:
+    """What `init_from` points at, read without loading any weights."""
+
+    kind: str  # "run" (another run's workdir) | "model" (our model dir) | "upstream"
+    path: Path
+    model_config: ModelConfig
+    tokenizer: Tokenizer | None
+    fields: dict[str, Any]  # the init's loader/training fields where it records them
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    config: config_dict.ConfigDict  # validated, with workdir/log_file/precision dtypes filled in
+    model_config: ModelConfig
+    tokenizer: Tokenizer
+    mesh_shape: tuple[int, int, int]
+    warmup_steps: int
+    init: InitSource | None
+    notes: tuple[str, ...]  # deviations worth printing (inherited fields, sliced tables)
+
+
+def default_fields() -> config_dict.ConfigDict:
+    """configs/base.py: the one list of fields (importable from the repository root)."""
+    try:
+        from configs import base
+    except ImportError:  # run from elsewhere: load it beside the package
+        import importlib.util
+
+        path = Path(__file__).resolve().parents[1] / "configs" / "base.py"
+        spec = importlib.util.spec_from_file_location("_mypt_configs_base", path)
+        base = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(base)
+    return base.get_config()
+
+
+def warmup_steps(warmup_iters: float, max_iters: int) -> int:
+    """Upstream: a float strictly in (0, 1) is a fraction of max_iters, else truncated steps."""
+    if isinstance(warmup_iters, float) and 0.0 < warmup_iters < 1.0:
+        return int(warmup_iters * max_iters)
+    return int(warmup_iters)
+
+
+def model_config(config: config_dict.ConfigDict) -> ModelConfig:
+    param_dtype, dtype = PRECISIONS[config.precision]
+    values = {name: config[name] for name in MODEL_FIELDS}
+    values["param_dtype"] = config.param_dtype or param_dtype
+    values["dtype"] = config.dtype or dtype
+    values["rope_theta"] = float(values["rope_theta"])
+    values["rope_scale"] = float(values["rope_scale"])
+    values["dropout"] = float(values["dropout"])
+    try:
+        return ModelConfig(**values)
+    except ModelConfigError as e:
+        raise ConfigError(str(e).removeprefix("model config ")) from None
+
+
+# ----------------------------------------------------------------------------- init_from
+
+
+def _read_json(path: Path, field: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{field}: cannot read {path}: {e}") from None
+
+
+def _model_config_from_json(cfg: dict, path: Path, field: str) -> ModelConfig:
+    try:
+        if "param_dtype" in cfg:  # ours (ModelConfig.to_dict)
+            return ModelConfig.from_dict(cfg, source=str(path))
+        return ModelConfig.from_upstream(cfg, source=str(path))
+    except ModelConfigError as e:
+        raise ConfigError(f"{field}: {e}") from None
+
+
+def _tokenizer(path: Path, field: str) -> Tokenizer | None:
+    if not path.is_file():
+        return None
+    try:
+        return Tokenizer.load(path)
+    except TokenizerError as e:
+        raise ConfigError(f"{field}: {e}") from None
+
+
+def latest_run_meta(workdir: str | Path) -> dict | None:
+    """The JSON record of a run's newest committed checkpoint, or None (read without orbax)."""
+    ckpt_dir = Path(workdir) / CHECKPOINTS_DIR
+    if not ckpt_dir.is_dir():
+        return None
+    steps = sorted(
+        (int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / "meta").is_dir()),
+        reverse=True,
+    )
+    for step in steps:
+        meta_file = ckpt_dir / str(step) / "meta" / "metadata"
+        if meta_file.is_file():
+            return json.loads(meta_file.read_text(encoding="utf-8"))
+    return None
+
+
+def describe_init(path: str | Path, field: str = "init_from") -> InitSource:
+    """Classifies `init_from` and reads its architecture and token map."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{field}: {path} does not exist")
+    meta = latest_run_meta(path)
+    if meta is not None:
+        mc = _model_config_from_json(meta["model_config"], path, field)
+        tok = Tokenizer.from_state(meta["tokenizer"], source=str(path)) if meta.get("tokenizer") else None
+        return InitSource("run", path, mc, tok, dict(meta.get("config", {})))
+    if (path / CHECKPOINTS_DIR).is_dir():
+        raise ConfigError(f"{field}: {path} is a run directory without a finished checkpoint")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(
+            f"{field}: {path} is neither a run workdir (checkpoints/), our model dir "
+            "(config.json + params/) nor an upstream checkpoint (config.json + model.pt)"
+        )
+    cfg = _read_json(config_file, field)
+    mc = _model_config_from_json(cfg, config_file, field)
+    tok = _tokenizer(path / "tokenizer.json", field)
+    kind = "model" if (path / "params").is_dir() else "upstream"
+    if kind == "upstream" and not (path / "model.pt").is_file():
+        raise ConfigError(f"{field}: {path} has config.json but neither params/ nor model.pt")
+    fields = {k: cfg[k] for k in INHERITED_FIELDS if k in cfg}
+    return InitSource(kind, path, mc, tok, fields)
+
+
+def token_map_diff(a: Tokenizer, b: Tokenizer) -> list[str]:
+    names = sorted(set(a.ids_by_name) | set(b.ids_by_name))
+    return [
+        f"{n}: {a.ids_by_name.get(n)} != {b.ids_by_name.get(n)}"
+        for n in names
+        if a.ids_by_name.get(n) != b.ids_by_name.get(n)
+    ]
+
+
+def check_architecture(ours: ModelConfig, theirs: ModelConfig, field: str) -> list[str]:
+    """Raises naming every differing field; a shorter learned block_size is a note (sliced)."""
+    diffs = [d for d in ours.diff(theirs) if not d.startswith("block_size")]
+    notes = []
+    if ours.block_size != theirs.block_size:
+        if ours.pos_encoding == "learned" and ours.block_size > theirs.block_size:
+            diffs.append(
+                f"block_size: {ours.block_size} > {theirs.block_size} (the init's position "
+                "table has too few rows)"
+            )
+        else:
+            notes.append(
+                f"block_size {ours.block_size} (config) vs {theirs.block_size} (init checkpoint): "
+                + ("the position table is cut to the first rows" if ours.pos_encoding == "learned"
+                   else "RoPE needs no table")
+            )
+    if diffs and diffs != ["tie_weights: True != False"]:
+        raise ConfigError(
+            f"{field}: architecture differs from the config (config != init): " + "; ".join(diffs)
+        )
+    if diffs:
+        notes.append("tie_weights: the untied init's embedding and lm_head are averaged (upstream)")
+    return notes
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_fields(config: config_dict.ConfigDict) -> None:
+    known = default_fields()
+    unknown = sorted(set(config.keys()) - set(known.keys()))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown config field (known: see configs/base.py)")
+    missing = sorted(set(known.keys()) - set(config.keys()))
+    if missing:
+        raise ConfigError(f"{missing[0]}: missing from the config")
+    for name, default in known.items():
+        value = config[name]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    for name, allowed in _CHOICES.items():
+        if config[name] not in allowed:
+            raise ConfigError(f"{name}: expected one of {allowed}, got {config[name]!r}")
+    positive = ("batch_size", "max_iters", "eval_interval", "eval_iters", "grad_accum_steps",
+                "keep_checkpoints", "log_interval", "eval_max_new_tokens")
+    for name in positive:
+        if config[name] < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {config[name]}")
+    for name in ("learning_rate", "min_lr", "grad_clip", "weight_decay", "warmup_iters",
+                 "loss_chunk_size", "loss_positions", "checkpoint_interval", "keep_best", "adam_eps"):
+        if config[name] < 0:
+            raise ConfigError(f"{name}: must be >= 0, got {config[name]}")
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= config[name] < 1.0:
+            raise ConfigError(f"{name}: expected 0 <= {name} < 1, got {config[name]}")
+    if config.lr_schedule == "cosine" and config.min_lr > config.learning_rate:
+        raise ConfigError(f"min_lr: {config.min_lr} exceeds learning_rate {config.learning_rate}")
+    if warmup_steps(config.warmup_iters, config.max_iters) > config.max_iters:
+        raise ConfigError(f"warmup_iters: {config.warmup_iters} steps exceed max_iters {config.max_iters}")
+    if config.precision == "bf16_pure" and (config.param_dtype or "bfloat16") != "bfloat16":
+        raise ConfigError("param_dtype: precision='bf16_pure' stores bfloat16 weights")
+    span = config.loss_positions or config.block_size
+    if config.loss_positions > config.block_size:
+        raise ConfigError(f"loss_positions: {config.loss_positions} exceeds block_size {config.block_size}")
+    if config.loss_chunk_size and span % config.loss_chunk_size:
+        raise ConfigError(
+            f"loss_chunk_size: {config.loss_chunk_size} does not divide "
+            + ("loss_positions" if config.loss_positions else "block_size") + f" {span}"
+        )
+
+
+def _check_mesh(config, mc: ModelConfig, num_devices: int, process_count: int) -> tuple[int, ...]:
+    sizes = (config.mesh_data, config.mesh_fsdp, config.mesh_tensor)
+    try:
+        shape = sharding.resolve_mesh_shape(sizes, num_devices)
+    except ValueError as e:
+        raise ConfigError(f"mesh_data/mesh_fsdp/mesh_tensor: {e}") from None
+    axis_size = dict(zip(sharding.MESH_AXES, shape, strict=True))
+    batch_ways = axis_size["data"] * axis_size["fsdp"]
+    micro = config.batch_size // config.grad_accum_steps
+    if config.batch_size % config.grad_accum_steps:
+        raise ConfigError(
+            f"grad_accum_steps: {config.grad_accum_steps} does not divide batch_size {config.batch_size}"
+        )
+    if micro % batch_ways:
+        raise ConfigError(
+            f"batch_size: the microbatch of {micro} rows (batch_size / grad_accum_steps) is not "
+            f"divisible by mesh_data * mesh_fsdp = {batch_ways}"
+        )
+    if config.batch_size % process_count:
+        raise ConfigError(f"batch_size: {config.batch_size} not divisible by {process_count} processes")
+    # Every sharded parameter dimension must split evenly over its mesh axes.
+    shapes, axes = param_shapes(mc), param_logical_axes(mc)
+    flat = [("", shapes, axes)]
+    while flat:
+        prefix, s, a = flat.pop()
+        for name in s:
+            if isinstance(s[name], dict):
+                flat.append((f"{prefix}{name}.", s[name], a[name]))
+                continue
+            spec = sharding.logical_to_spec(a[name])
+            for dim, mesh_axes in zip(s[name], spec, strict=False):
+                names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+                ways = math.prod(axis_size[n] for n in names)
+                if dim % ways:
+                    raise ConfigError(
+                        f"mesh_{names[0]}: parameter {prefix}{name} {tuple(s[name])} has a "
+                        f"dimension of {dim} that {'x'.join(names)}={ways} devices cannot split "
+                        "(change the mesh or the model width/heads/vocab)"
+                    )
+    return shape
+
+
+def _check_dataset(config) -> Tokenizer:
+    from mypt_jax import data
+
+    if not config.dataset_dir:
+        raise ConfigError("dataset_dir: empty; point it at a prepared dataset")
+    try:
+        data.check_dataset(config.dataset_dir, use_loss_mask=config.use_loss_mask)
+        tok = data.dataset_tokenizer(config.dataset_dir)
+    except (episodes.DatasetError, TokenizerError, OSError) as e:
+        raise ConfigError(f"dataset_dir: {e}") from None
+    if tok.model_vocab_size > config.vocab_size:
+        raise ConfigError(
+            f"vocab_size: {config.vocab_size} is smaller than the dataset's token space "
+            f"{tok.model_vocab_size}"
+        )
+    return tok
+
+
+def _check_eval_prompts(config) -> None:
+    if not config.eval_prompts_file:
+        return
+    path = Path(config.eval_prompts_file)
+    if not path.is_file():
+        raise ConfigError(f"eval_prompts_file: {path} does not exist")
+    prompts = _read_json(path, "eval_prompts_file").get("prompts")
+    if not isinstance(prompts, dict) or not prompts:
+        raise ConfigError(f"eval_prompts_file: {path} has no non-empty 'prompts' object")
+
+
+def resolve(
+    config: config_dict.ConfigDict,
+    workdir: str | None = None,
+    *,
+    num_devices: int | None = None,
+    process_count: int | None = None,
+) -> Resolved:
+    """Validates `config` and resolves derived values; raises ConfigError naming the field."""
+    config = config_dict.ConfigDict(config.to_dict())  # an unlocked copy we may fill in
+    _check_fields(config)
+    if workdir:
+        config.workdir = str(workdir)
+    if not config.workdir:
+        raise ConfigError("workdir: empty; pass --workdir or set config.workdir")
+    if not config.log_file:
+        config.log_file = str(Path(config.workdir) / "log.jsonl")
+    if not config.checkpoint_interval:
+        config.checkpoint_interval = config.eval_interval
+    notes: list[str] = []
+
+    init = None
+    if config.init_from:
+        init = describe_init(config.init_from)
+        if config.inherit_init_config:
+            for name in INHERITED_FIELDS:
+                value = init.model_config.block_size if name == "block_size" else init.fields.get(name)
+                if value is not None and value != config[name]:
+                    notes.append(f"{name}: {value!r} from init_from (config said {config[name]!r})")
+                    config[name] = value
+    mc = model_config(config)
+    config.param_dtype, config.dtype = mc.param_dtype, mc.dtype
+    if init is not None:
+        notes += check_architecture(mc, init.model_config, "init_from")
+
+    if num_devices is None or process_count is None:
+        import jax
+
+        num_devices = jax.device_count() if num_devices is None else num_devices
+        process_count = jax.process_count() if process_count is None else process_count
+    mesh_shape = _check_mesh(config, mc, num_devices, process_count)
+    tok = _check_dataset(config)
+    if init is not None and init.tokenizer is not None:
+        diff = token_map_diff(tok, init.tokenizer)
+        if diff:
+            raise ConfigError(
+                "init_from: token map differs from the dataset's (dataset != init): " + "; ".join(diff)
+            )
+    _check_eval_prompts(config)
+    return Resolved(
+        config=config,
+        model_config=mc,
+        tokenizer=tok,
+        mesh_shape=mesh_shape,
+        warmup_steps=warmup_steps(config.warmup_iters, config.max_iters),
+        init=init,
+        notes=tuple(notes),
+    )

@@ -1,0 +1,224 @@
+"""Train state and the sharded, jitted train and eval steps (pure functions over explicit state).
+
+The model is split once into its graph definition and a pure-dict parameter tree; the step
+merges them inside `jax.jit` (`jax.value_and_grad` over the pure tree, no nnx transforms).
+Shardings come from the model's logical axes and `sharding.LOGICAL_AXIS_RULES` on an Auto
+(GSPMD) mesh; the state is donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mypt_jax import loss as loss_lib
+from mypt_jax import sharding
+from mypt_jax.model import GPT, ModelConfig, param_shardings
+
+Params = dict[str, Any]
+Batch = dict[str, jax.Array]
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer updates applied so far
+    params: Params  # pure dict, shaped like nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+    """Everything but the parameters: rebuilds a GPT around any parameter tree."""
+
+    config: ModelConfig
+    graphdef: Any
+    param_template: Any  # nnx.State of abstract params (structure only)
+    rest: Any  # the model's non-parameter state (its stored dropout stream, unused here)
+
+    def merge(self, params: Params) -> GPT:
+        state = jax.tree.map(lambda x: x, self.param_template)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state, self.rest)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return sharding.named_sharding(mesh, ("batch", "seq"))
+
+
+def init_model(config: ModelConfig, mesh: Mesh, seed: int) -> tuple[ModelDef, Params]:
+    """A fresh model, each parameter created directly in its sharded layout."""
+    abstract = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
+    graphdef, template, _ = nnx.split(abstract, nnx.Param, ...)
+    p_sh = param_shardings(config, mesh)
+
+    def make():
+        model = GPT(config, rngs=nnx.Rngs(params=seed, dropout=seed))
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return nnx.to_pure_dict(params), rest
+
+    params, rest = jax.jit(make, out_shardings=(p_sh, replicated(mesh)))()
+    return ModelDef(config, graphdef, template, rest), params
+
+
+def model_def(config: ModelConfig) -> ModelDef:
+    """The ModelDef alone, for parameters that come from a checkpoint (no weights built)."""
+    abstract = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
+    graphdef, template, rest = nnx.split(abstract, nnx.Param, ...)
+    # The stored dropout stream is never used (steps pass their own key); any value will do.
+    rest = jax.tree.map(
+        lambda x: jax.random.key(0) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+        else jnp.zeros(x.shape, x.dtype),
+        rest,
+    )
+    return ModelDef(config, graphdef, template, rest)
+
+
+def abstract_params(config: ModelConfig, mesh: Mesh) -> Params:
+    """ShapeDtypeStructs of the params carrying this mesh's shardings (restore targets)."""
+    abstract = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
+    shapes = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        shapes, param_shardings(config, mesh),
+    )
+
+
+def state_shardings(tx: optax.GradientTransformation, config: ModelConfig, mesh: Mesh) -> TrainState:
+    p_sh = param_shardings(config, mesh)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params(config, mesh))
+    opt_sh = optax.tree_utils.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, p_sh,
+        transform_non_params=lambda _: replicated(mesh),
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+    )
+    return TrainState(step=replicated(mesh), params=p_sh, opt_state=opt_sh)
+
+
+def abstract_state(tx: optax.GradientTransformation, config: ModelConfig, mesh: Mesh) -> TrainState:
+    """The train state as ShapeDtypeStructs with this mesh's shardings (for orbax restore)."""
+    params = abstract_params(config, mesh)
+    shapes = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        opt_state=jax.eval_shape(tx.init, params),
+    )
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        shapes, state_shardings(tx, config, mesh),
+    )
+
+
+def init_state(params: Params, tx: optax.GradientTransformation, config: ModelConfig, mesh: Mesh) -> TrainState:
+    sh = state_shardings(tx, config, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=sh.opt_state)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), sh.step)
+    return TrainState(step=step, params=params, opt_state=opt_state)
+
+
+def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_size: int,
+               loss_positions: int = 0):
+    """(masked CE sum, mask count) of a batch.
+
+    `loss_positions` K > 0 projects only each row's first K trained positions onto the
+    vocabulary (SFT rows train on few tokens; the [T, V] projection dominates small models).
+    """
+    model = mdef.merge(params)
+    deterministic = key is None
+    targets, mask = batch["targets"], batch["loss_mask"]
+    if not (loss_chunk_size or loss_positions):
+        logits = model(batch["inputs"], deterministic=deterministic, rngs=key)
+        return loss_lib.masked_ce_sums(logits, targets, mask)
+    h = model.hidden(batch["inputs"], deterministic=deterministic, rngs=key)
+    if loss_positions:
+        idx_BxK = loss_lib.trained_positions_BxK(mask, loss_positions)
+        h, targets, mask = (loss_lib.gather_positions(x, idx_BxK) for x in (h, targets, mask))
+    if loss_chunk_size:
+        return loss_lib.chunked_ce_sums(h, model.logits_from_hidden, targets, mask, loss_chunk_size)
+    return loss_lib.masked_ce_sums(model.logits_from_hidden(h), targets, mask)
+
+
+def make_train_step(
+    mdef: ModelDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    *,
+    seed: int,
+    grad_accum_steps: int = 1,
+    loss_chunk_size: int = 0,
+    loss_positions: int = 0,
+):
+    """`step(state, batch) -> (state, metrics)`, jitted over `mesh` with the state donated.
+
+    The global batch is cut into `grad_accum_steps` microbatches (rows i::k) and scanned;
+    loss numerators and mask counts are summed and divided once by max(total mask, 1), so
+    any k gives the loss and gradient of the whole batch. The dropout key of update i is
+    fold_in(key(seed), i): no RNG state to checkpoint, and resume is exact.
+    """
+    k = grad_accum_steps
+    base_key = jax.random.key(seed)
+    state_sh = state_shardings(tx, mdef.config, mesh)
+    micro_sh = NamedSharding(mesh, PartitionSpec(None, *batch_sharding(mesh).spec))
+
+    def step(state: TrainState, batch: Batch):
+        key = jax.random.fold_in(base_key, state.step)
+        micro = jax.tree.map(
+            lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch
+        )
+        micro = jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sh, micro))
+        grad_fn = jax.value_and_grad(
+            lambda p, b, kk: _loss_sums(mdef, p, b, kk, loss_chunk_size, loss_positions), has_aux=True
+        )
+
+        def body(carry, xs):
+            g_acc, s_acc, c_acc = carry
+            i, mb = xs
+            (s, c), g = grad_fn(state.params, mb, jax.random.fold_in(key, i))
+            g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+            return (g_acc, s_acc + s, c_acc + c), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        zero = jnp.zeros((), jnp.float32)
+        (g_sum, loss_sum, count), _ = jax.lax.scan(
+            body, (zeros, zero, zero), (jnp.arange(k), micro)
+        )
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), g_sum, state.params)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "train_loss": loss_sum / denom,
+            "grad_norm": grad_norm,
+            "lr": schedule(state.step),
+            "loss_tokens": count,
+        }
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    metrics_sh = replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, batch_sharding(mesh)),
+        out_shardings=(state_sh, metrics_sh),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(mdef: ModelDef, mesh: Mesh, *, loss_chunk_size: int = 0, loss_positions: int = 0):
+    """`eval_step(params, batch) -> (masked CE sum, mask count)`, deterministic."""
+    p_sh = param_shardings(mdef.config, mesh)
+    return jax.jit(
+        lambda params, batch: _loss_sums(mdef, params, batch, None, loss_chunk_size, loss_positions),
+        in_shardings=(p_sh, batch_sharding(mesh)),
+        out_shardings=replicated(mesh),
+    )

@@ -1,0 +1,433 @@
+"""The training loop: `train(config, workdir) -> summary`.
+
+Order of one iteration, as upstream: at `step % eval_interval == 0` (step 0 included) the
+val loss and eval-prompt generations are computed *before* that step's update, then the
+checkpoint is saved, then one optimizer step runs. A checkpoint at step s holds the weights
+after s updates, the train iterator positioned at global batch s and the val iterator
+after that eval, so rerunning the same command continues exactly where it stopped.
+
+Deliberate differences from the upstream loop: the train loss, learning rate, gradient
+norm, throughput and step time are logged; a final eval at `max_iters` is logged with
+`"final": true` and recorded in the last checkpoint; the final checkpoint is step
+`max_iters` (upstream wrote `max_iters - 1`); resuming restores the data position and does
+not repeat any update; a finished run rerun does nothing but report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_dict
+
+from mypt_jax import checkpoint as ckpt_lib
+from mypt_jax import config as cfg_lib
+from mypt_jax import data, health, optim, sharding
+from mypt_jax import train_step as ts
+from mypt_jax.metrics import MetricsWriter
+from mypt_jax.model import ModelConfig, param_shardings
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- init weights
+
+
+def adapt_params(params: dict, source: ModelConfig, target: ModelConfig) -> dict:
+    """Init-checkpoint params -> this run's layout: tie (average, as upstream), cut wpe, cast."""
+    params = dict(params)
+    if target.tie_weights and not source.tie_weights:
+        params["wte"] = (params["wte"].astype(jnp.float32)
+                         + params.pop("lm_head_kernel").astype(jnp.float32)) / 2
+    if "wpe" in params and params["wpe"].shape[0] > target.block_size:
+        params["wpe"] = params["wpe"][: target.block_size]
+    return jax.tree.map(lambda x: jnp.asarray(x).astype(target.param_dtype), params)
+
+
+def _init_source_params(init: cfg_lib.InitSource, mesh) -> dict:
+    if init.kind == "run":
+        abstract = ts.abstract_params(init.model_config, mesh)
+        params, _ = ckpt_lib.restore_params(init.path, abstract)
+        return params
+    if init.kind == "upstream":
+        from mypt_jax import upstream
+
+        return upstream.read_upstream(init.path).params
+    from mypt_jax import model_io  # our model dir (config.json + tokenizer.json + params/)
+
+    return model_io.load_params(init.path, init.model_config, mesh=mesh)
+
+
+def initial_params(r: cfg_lib.Resolved, mesh) -> tuple[ts.ModelDef, dict]:
+    mc = r.model_config
+    if r.init is None:
+        return ts.init_model(mc, mesh, r.config.seed)
+    source = _init_source_params(r.init, mesh)
+    params = jax.jit(
+        lambda p: adapt_params(p, r.init.model_config, mc),
+        out_shardings=param_shardings(mc, mesh),
+    )(source)
+    return ts.model_def(mc), params
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _load_eval_prompts(path: str):
+    if not path:
+        return None
+    from mypt_jax import evaluate
+
+    return evaluate.load_eval_prompts(path)
+
+
+def _generate(model, tokenizer, eval_prompts, max_new_tokens: int) -> list[dict]:
+    if eval_prompts is None:
+        return []
+    from mypt_jax import evaluate
+
+    return list(evaluate.evaluate(model, tokenizer, eval_prompts, max_new_tokens=max_new_tokens))
+
+
+def device_batch(local: dict, mesh, loss_positions: int) -> dict:
+    """This process's rows -> the global sharded batch, after the loss_positions check."""
+    if loss_positions:
+        most = int(local["loss_mask"].sum(axis=1).max(initial=0))
+        if most > loss_positions:
+            raise ValueError(
+                f"loss_positions: a batch row trains on {most} tokens but loss_positions is "
+                f"{loss_positions}; raise it (or set 0 for all positions)"
+            )
+    return data.global_batch(local, mesh)
+
+
+def val_loss(eval_fn, params, val_iter, mesh, eval_iters: int, loss_positions: int = 0):
+    """(mean of per-batch masked means = upstream val_loss, token-weighted mean)."""
+    sums = [eval_fn(params, device_batch(next(val_iter), mesh, loss_positions))
+            for _ in range(eval_iters)]
+    s_N, c_N = (np.asarray(x, np.float64) for x in zip(*jax.device_get(sums), strict=True))
+    per_batch = s_N / np.maximum(c_N, 1.0)
+    return float(per_batch.mean()), float(s_N.sum() / max(c_N.sum(), 1.0))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Run:
+    """Mutable bookkeeping of one train() call."""
+
+    def __init__(self, r: cfg_lib.Resolved, writer: MetricsWriter, ckpt: ckpt_lib.Checkpointer,
+                 schedule):
+        self.r, self.c, self.writer, self.ckpt = r, r.config, writer, ckpt
+        self.schedule = schedule
+        self.val_history: list[tuple[int, float]] = []
+        self.last_saved: int | None = None
+        self.last_eval: dict[str, Any] = {}
+        self.first_val_loss: float | None = None
+        self.pending: tuple[int, Any] | None = None
+        self.window_t = time.perf_counter()
+        self.window_steps = 0
+        self.tokens_per_step = self.c.batch_size * self.c.block_size
+
+    def nan_stop(self, what: str, value: float, step: int) -> None:
+        self.ckpt.wait()
+        where = (
+            f"step {self.last_saved} at {self.ckpt.path(self.last_saved)}"
+            if self.last_saved is not None else "none"
+        )
+        self.writer.write({"iter": step, "error": f"{what} is {value}", "last_good_checkpoint": where})
+        raise FloatingPointError(f"{what} is {value} at step {step}; last good checkpoint: {where}")
+
+    def flush(self) -> None:
+        """Fetches the previous step's metrics (one step late, so dispatch never waits)."""
+        if self.pending is None:
+            return
+        step, metrics = self.pending
+        self.pending = None
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(m["train_loss"]):
+            self.nan_stop("train loss", m["train_loss"], step)
+        self.window_steps += 1
+        done = step + 1
+        if done % self.c.log_interval == 0 or done == self.c.max_iters:
+            now = time.perf_counter()
+            step_time = (now - self.window_t) / max(self.window_steps, 1)
+            self.window_t, self.window_steps = now, 0
+            record = {
+                "iter": step, "train_loss": m["train_loss"], "lr": m["lr"],
+                "grad_norm": m["grad_norm"], "tokens_per_s": self.tokens_per_step / step_time,
+                "step_time": step_time, "loss_tokens": m["loss_tokens"],
+            }
+            self.writer.write(record)
+            self.writer.scalars(step, {k: v for k, v in record.items() if k != "iter"})
+            postfix = {"loss": f"{m['train_loss']:.4f}", "lr": f"{m['lr']:.2e}"}
+            self.writer.progress(done, postfix)
+            if not self.writer.interactive:
+                self.writer.print(
+                    f"step {step}: train {m['train_loss']:.4f} | lr {m['lr']:.2e} | grad norm "
+                    f"{m['grad_norm']:.3f} | {record['tokens_per_s']:.0f} tok/s"
+                )
+
+    def evaluate(self, step: int, state, eval_fn, val_iter, mesh, mdef, eval_prompts, final=False):
+        c = self.c
+        t0 = time.perf_counter()
+        v, v_tok = val_loss(eval_fn, state.params, val_iter, mesh, c.eval_iters, c.loss_positions)
+        if not math.isfinite(v):
+            self.nan_stop("val loss", v, step)
+        results = _generate(mdef.merge(state.params), self.r.tokenizer, eval_prompts,
+                            c.eval_max_new_tokens)
+        self.val_history.append((step, v))
+        if self.first_val_loss is None:
+            self.first_val_loss = v
+        findings = health.check(
+            self.val_history, results, step=step,
+            tag_strings=list(self.r.tokenizer.id_by_string), simple_prompts_after=c.simple_prompts_after,
+        )
+        record: dict[str, Any] = {"iter": step, "val_loss": v, "val_loss_token_weighted": v_tok}
+        if results:
+            record["gen"] = {g["name"]: g["completion"] for g in results}
+            record["gen_scores"] = {
+                g["name"]: {"exact": g.get("exact"), "normalized": g.get("normalized")}
+                for g in results
+            }
+        if findings:
+            record["red_lines"] = findings
+        if final:
+            record["final"] = True
+        record["eval_time"] = time.perf_counter() - t0
+        self.writer.write(record)
+        self.writer.scalars(step, {"val_loss": v, "val_loss_token_weighted": v_tok})
+        if results:
+            self.writer.text(step, "gen", "\n\n".join(
+                f"**{g['name']}**: `{g['completion']}`" for g in results))
+        lr = float(jax.device_get(self.schedule(min(step, c.max_iters - 1))))
+        self.writer.print(f"step {step}: val {v:.4f} (token-weighted {v_tok:.4f}) | lr {lr:.2e}")
+        for g in results:
+            mark = "ok" if g.get("exact") or g.get("normalized") else "--"
+            self.writer.print(f"  [{mark}] {g['name']}: {g['completion']!r}")
+        for f in findings:
+            self.writer.print(f"  RED LINE: {f}")
+        self.last_eval = record
+        return record
+
+    def save(self, step: int, state, train_iter, val_iter, evaluated: bool, finished=False, summary=None):
+        meta = {
+            "step": step,
+            "config": self.c.to_dict(),
+            "model_config": self.r.model_config.to_dict(),
+            "tokenizer": self.r.tokenizer.get_state(),
+            "evaluated": evaluated,
+            "metrics": {k: v for k, v in self.last_eval.items() if k != "gen"} if evaluated else {},
+            "val_history": self.val_history,
+            "first_val_loss": self.first_val_loss,
+            "finished": finished,
+            "summary": summary,
+        }
+        self.ckpt.save(
+            step, state, train_data=train_iter.get_state(), val_data=val_iter.get_state(),
+            meta=meta, val_loss=self.last_eval.get("val_loss") if evaluated else None,
+        )
+        self.last_saved = step
+
+
+def _make_iterators(c, tokenizer, train_state: dict, val_state: dict):
+    common = dict(
+        batch_size=c.batch_size, block_size=c.block_size, epoch_seed=c.epoch_seed,
+        tokenizer=tokenizer, mode=c.batch_sampling_mode, episode_min_tokens=c.episode_min_tokens,
+        shuffle=c.epoch_shuffle, use_loss_mask=c.use_loss_mask,
+    )
+    train_iter = data.make_iterator(c.dataset_dir, "train", **common)
+    val_iter = data.make_iterator(c.dataset_dir, "val", **common)
+    train_iter.set_state(train_state)
+    val_iter.set_state(val_state)
+    return train_iter, val_iter
+
+
+def _check_resume(meta: dict, r: cfg_lib.Resolved, workdir: str) -> list[str]:
+    saved = ModelConfig.from_dict(meta["model_config"], source=f"{workdir} checkpoint")
+    diff = r.model_config.diff(saved)
+    if saved.param_dtype != r.model_config.param_dtype:
+        diff.append(f"param_dtype: {r.model_config.param_dtype!r} != {saved.param_dtype!r}")
+    if diff:
+        raise cfg_lib.ConfigError(
+            f"workdir: {workdir} holds a run of another architecture (config != checkpoint): "
+            + "; ".join(diff) + " (use a new --workdir)"
+        )
+    saved_cfg = meta.get("config", {})
+    return [
+        f"{k}: {saved_cfg[k]!r} -> {r.config[k]!r}"
+        for k in r.config.keys()
+        if k in saved_cfg and saved_cfg[k] != r.config[k]
+    ]
+
+
+def _export_upstream(r: cfg_lib.Resolved, params, step: int) -> Path:
+    from mypt_jax import upstream
+
+    c = r.config
+    dst = Path(c.workdir) / "upstream"
+    if dst.exists():
+        import shutil
+
+        shutil.rmtree(dst)
+    from jax.experimental import multihost_utils
+
+    host = jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
+    if jax.process_index() != 0:
+        return dst
+    fields = {
+        "batch_size": c.batch_size, "use_loss_mask": c.use_loss_mask,
+        "batch_sampling_mode": c.batch_sampling_mode, "episode_min_tokens": c.episode_min_tokens,
+        "epoch_seed": c.epoch_seed, "epoch_shuffle": c.epoch_shuffle, "save_dtype": "bf16",
+    }
+    # The upstream saves bf16 (its fit() hard-codes save_dtype); so do we.
+    return upstream.write_upstream(
+        dst, host, r.model_config, r.tokenizer, dtype="bf16",
+        training_state={"step": step}, training_fields=fields,
+    )
+
+
+def _save_model_dir(r: cfg_lib.Resolved, params) -> Path:
+    """The final weights as our model dir (`<workdir>/model`), for generate/evaluate/convert."""
+    import shutil
+
+    from mypt_jax import model_io
+
+    dst = Path(r.config.workdir) / "model"
+    if dst.exists():
+        shutil.rmtree(dst)
+    host = jax.tree.map(np.asarray, jax.device_get(params))
+    return model_io.save_model(dst, host, r.model_config, r.tokenizer,
+                               source={"run": str(Path(r.config.workdir).resolve()),
+                                       "step": r.config.max_iters})
+
+
+def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
+    """Trains (or resumes, or reports a finished run) and returns a summary dict."""
+    t_start = time.perf_counter()
+    r = cfg_lib.resolve(config, workdir)
+    with contextlib.ExitStack() as stack:
+        ckpt = ckpt_lib.Checkpointer(
+            r.config.workdir, keep=r.config.keep_checkpoints, keep_best=r.config.keep_best)
+        stack.callback(ckpt.close)
+        return _train(r, ckpt, stack, t_start)
+
+
+def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.ExitStack,
+           t_start: float) -> dict[str, Any]:
+    c = r.config
+    is_main = jax.process_index() == 0
+    mesh = sharding.make_mesh(r.mesh_shape)
+    tx, schedule = optim.optimizer_from_config(c)
+    latest = ckpt.latest_step()
+    notes = list(r.notes)
+
+    # ----- resume, report, or start -----
+    meta: dict[str, Any] = {}
+    if latest is not None:
+        meta = ckpt.restore_meta(latest)
+        changed = _check_resume(meta, r, c.workdir)
+        if meta.get("finished") and latest >= c.max_iters:
+            summary = dict(meta.get("summary") or {})
+            summary["already_finished"] = True
+            if is_main:
+                print(f"{c.workdir}: finished at step {latest}; nothing to do", flush=True)
+            return summary
+        if latest > c.max_iters:
+            raise cfg_lib.ConfigError(
+                f"max_iters: {c.max_iters} is below step {latest} already reached in {c.workdir}")
+        notes += [f"resume: config changed {d}" for d in changed]
+
+    writer = MetricsWriter(
+        c.log_file, Path(c.workdir) / "tb" if c.tensorboard else None, enabled=is_main,
+        total_steps=c.max_iters, start_step=latest or 0,
+    )
+    stack.callback(writer.close)
+    run = _Run(r, writer, ckpt, schedule)
+    if latest is not None:
+        mdef = ts.model_def(r.model_config)
+        state, train_state, val_state, meta = ckpt.restore(
+            latest, ts.abstract_state(tx, r.model_config, mesh))
+        run.val_history = [tuple(x) for x in meta.get("val_history", [])]
+        run.first_val_loss = meta.get("first_val_loss")
+        run.last_eval = dict(meta.get("metrics") or {})
+        run.last_saved = latest
+        writer.print(f"resuming {c.workdir} from step {latest}")
+    else:
+        mdef, params = initial_params(r, mesh)
+        state = ts.init_state(params, tx, r.model_config, mesh)
+        train_state = val_state = {"next_index": 0}
+    start = latest or 0
+    evaluated_at_start = bool(meta.get("evaluated")) and latest is not None
+
+    for note in notes:
+        writer.print(f"note: {note}")
+    writer.write({"iter": start, "event": "start", "resumed": latest is not None, "notes": notes,
+                  "mesh": dict(zip(sharding.MESH_AXES, r.mesh_shape, strict=True)),
+                  "devices": jax.device_count(), "processes": jax.process_count()})
+
+    # ----- data, steps -----
+    train_iter, val_iter = _make_iterators(c, r.tokenizer, train_state, val_state)
+    stack.callback(train_iter.close)
+    stack.callback(val_iter.close)
+    eval_prompts = _load_eval_prompts(c.eval_prompts_file)
+    step_fn = ts.make_train_step(
+        mdef, tx, schedule, mesh, seed=c.seed, grad_accum_steps=c.grad_accum_steps,
+        loss_chunk_size=c.loss_chunk_size, loss_positions=c.loss_positions,
+    )
+    eval_fn = ts.make_eval_step(
+        mdef, mesh, loss_chunk_size=c.loss_chunk_size, loss_positions=c.loss_positions)
+
+    # ----- the loop: eval, save, update -----
+    step = start
+    while step < c.max_iters:
+        do_eval = step % c.eval_interval == 0 and not (step == start and evaluated_at_start)
+        do_save = step % c.checkpoint_interval == 0 and step != run.last_saved
+        if do_eval or do_save:
+            run.flush()  # a NaN must stop the run before it reaches a checkpoint
+        if do_eval:
+            run.evaluate(step, state, eval_fn, val_iter, mesh, mdef, eval_prompts)
+        if do_save:
+            run.save(step, state, train_iter, val_iter, evaluated=do_eval)
+        batch = device_batch(next(train_iter), mesh, c.loss_positions)
+        state, metrics = step_fn(state, batch)
+        run.flush()
+        run.pending = (step, metrics)
+        step += 1
+    run.flush()
+
+    # ----- final eval, checkpoint, exports -----
+    record = run.evaluate(c.max_iters, state, eval_fn, val_iter, mesh, mdef, eval_prompts,
+                          final=True)
+    summary = {
+        "workdir": c.workdir,
+        "steps": c.max_iters,
+        "first_val_loss": run.first_val_loss,
+        "final_val_loss": record["val_loss"],
+        "final_val_loss_token_weighted": record["val_loss_token_weighted"],
+        "gen": record.get("gen", {}),
+        "gen_scores": record.get("gen_scores", {}),
+        "red_lines": record.get("red_lines", []),
+        "resumed_from": latest,
+        "wall_time_s": time.perf_counter() - t_start,
+    }
+    run.save(c.max_iters, state, train_iter, val_iter, evaluated=True, finished=True,
+             summary=summary)
+    ckpt.wait()
+    summary["checkpoint"] = str(ckpt.path(c.max_iters))
+    if jax.process_count() == 1:
+        summary["model_dir"] = str(_save_model_dir(r, state.params))
+    if c.export_upstream:
+        summary["upstream_export"] = str(_export_upstream(r, state.params, c.max_iters))
+    writer.write({"iter": c.max_iters, "event": "finished", **{
+        k: summary[k] for k in ("final_val_loss", "wall_time_s")}})
+    writer.print(f"finished {c.max_iters} steps in {summary['wall_time_s']:.1f}s; "
+                 f"val {summary['first_val_loss']:.4f} -> {summary['final_val_loss']:.4f}")
+    return summary

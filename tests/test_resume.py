@@ -1,0 +1,73 @@
+"""SIGKILL a CPU training run at a random step, rerun the same command: bit-identical params."""
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+import train_helpers
+
+OVERRIDES = {
+    "max_iters": 16, "eval_interval": 5, "checkpoint_interval": 5, "log_interval": 1,
+    "eval_iters": 1, "dropout": 0.1, "n_embd": 32, "block_size": 32, "batch_size": 8,
+    "tensorboard": False, "eval_prompts_file": "",
+}
+
+
+def _cli(dataset, workdir):
+    return train_helpers.train_cli(
+        "configs/cpu_tiny.py", workdir, {**OVERRIDES, "dataset_dir": dataset})
+
+
+def _env():
+    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                JAX_PLATFORMS="cpu")
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
+    dataset = train_helpers.make_dataset(tmp_path)
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    out = train_helpers.run_module(_cli(dataset, ref))
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    kill_after = random.Random().randint(6, 13)  # strictly between checkpoints 5 and 15
+    proc = subprocess.Popen([train_helpers.PYTHON, *_cli(dataset, killed)],
+                            cwd=train_helpers.REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            steps = [r["iter"] for r in train_helpers.read_log(killed / "log.jsonl")
+                     if "train_loss" in r]
+            if steps and max(steps) >= kill_after:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    steps = [r["iter"] for r in train_helpers.read_log(killed / "log.jsonl") if "train_loss" in r]
+    assert 6 <= max(steps) < 15, steps
+
+    out = train_helpers.run_module(_cli(dataset, killed))
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = train_helpers.read_log(killed / "log.jsonl")
+    assert [r["resumed"] for r in log if r.get("event") == "start"] == [False, True]
+
+    a, b = train_helpers.final_params(ref), train_helpers.final_params(killed)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    ref_losses = {r["iter"]: r["train_loss"] for r in train_helpers.read_log(ref / "log.jsonl")
+                  if "train_loss" in r}
+    new_losses = {r["iter"]: r["train_loss"] for r in log if "train_loss" in r}
+    assert all(new_losses[k] == ref_losses[k] for k in new_losses)
+
+    # A finished run rerun only reports.
+    out = train_helpers.run_module(_cli(dataset, killed))
+    assert out.returncode == 0 and "nothing to do" in out.stdout, out.stdout[-2000:]

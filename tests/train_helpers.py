@@ -1,0 +1,94 @@
+"""Shared by the training tests: a tiny prepared dataset, tiny configs, subprocess runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+WORDS = ["apple", "blue", "cat", "door", "egg", "fish", "green", "house", "ice", "jam",
+         "kite", "lamp", "moon", "nest", "owl", "pear", "queen", "red", "sun", "tree"]
+
+
+def write_chat_jsonl(path: Path, n: int = 60) -> Path:
+    with path.open("w") as f:
+        for i in range(n):
+            w = WORDS[i % len(WORDS)]
+            word = w.capitalize() if i % 3 == 0 else w
+            f.write(json.dumps({"messages": [
+                {"role": "user", "content": f"Say {word}."},
+                {"role": "assistant", "content": f"{word}."},
+            ]}) + "\n")
+    return path
+
+
+def make_dataset(tmp: Path, n: int = 60) -> Path:
+    from mypt_jax.prepare import prepare
+
+    out = tmp / "ds"
+    prepare(write_chat_jsonl(tmp / "chat.jsonl", n), out, val_split=0.2, progress=False)
+    return out
+
+
+def tiny_config(dataset_dir: Path | str, workdir: Path | str, **overrides):
+    from configs import cpu_tiny
+
+    c = cpu_tiny.get_config()
+    c.dataset_dir = str(dataset_dir)
+    c.workdir = str(workdir)
+    c.block_size = 32
+    c.n_embd = 32
+    c.batch_size = 8
+    c.eval_iters = 2
+    c.tensorboard = False
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def run_module(args: list[str], *, devices: int = 1, timeout: float = 600, env=None):
+    full_env = dict(os.environ, **(env or {}))
+    full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    full_env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run(
+        [PYTHON, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def train_cli(config_file: str, workdir: Path, overrides: dict) -> list[str]:
+    return ["-m", "mypt_jax.train", f"--config={config_file}", f"--workdir={workdir}",
+            *[f"--config.{k}={v}" for k, v in overrides.items()]]
+
+
+def read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            pass
+    return lines
+
+
+def final_params(workdir: Path, step: int | None = None) -> dict:
+    """The params of a run's newest (or given) checkpoint, as host numpy arrays."""
+    import jax
+
+    from mypt_jax import checkpoint, config, sharding, train_step
+
+    meta = config.latest_run_meta(workdir)
+    from mypt_jax.model import ModelConfig
+
+    mc = ModelConfig.from_dict(meta["model_config"])
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    params, _ = checkpoint.restore_params(workdir, train_step.abstract_params(mc, mesh), step)
+    return jax.tree.map(np.asarray, params)
