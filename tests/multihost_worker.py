@@ -1,0 +1,64 @@
+"""One process of the multi-host test: join (or not), train 2 steps, train on to 4 from the checkpoint.
+
+    python tests/multihost_worker.py --dataset D --workdir W [--port P --process_id I --num_processes N]
+
+The parent sets XLA_FLAGS (devices per process) and JAX_PLATFORMS=cpu. Every process gets the
+same workdir: orbax has each write its own shards of the checkpoint and restore its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+# Steps 0-2, a checkpoint at 2, then a second train() call that restores it and goes on to 4.
+FIRST_STEPS, TOTAL_STEPS = 2, 4
+OVERRIDES = {
+    "eval_interval": 2, "log_interval": 1, "eval_iters": 1, "dropout": 0.1, "n_embd": 32,
+    "block_size": 32, "batch_size": 8, "tensorboard": False, "eval_prompts_file": "",
+    "warmup_iters": 1, "mesh_data": 4, "mesh_fsdp": 2, "mesh_tensor": 1,
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--process_id", type=int, default=0)
+    p.add_argument("--num_processes", type=int, default=1)
+    p.add_argument("--eval_prompts_file", default="", help="also generate at every eval")
+    args = p.parse_args()
+
+    from mypt_jax import distributed
+
+    if args.num_processes > 1:
+        distributed.maybe_initialize(
+            coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
+            process_id=args.process_id, timeout_s=120)
+    import jax
+    import train_helpers
+
+    from mypt_jax import trainer
+
+    summaries = []
+    for steps in (FIRST_STEPS, TOTAL_STEPS):
+        config = train_helpers.tiny_config(args.dataset, args.workdir, max_iters=steps,
+                                           **{**OVERRIDES, "eval_prompts_file": args.eval_prompts_file})
+        summaries.append(trainer.train(config))
+    report = {
+        "process_index": jax.process_index(), "process_count": jax.process_count(),
+        "devices": jax.device_count(), "local_devices": jax.local_device_count(),
+        "resumed_from": summaries[1].get("resumed_from"),
+        "final_val_loss": summaries[1]["final_val_loss"],
+    }
+    print("REPORT " + json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The Phase 3a pipeline: its phase table, skip rules, the loss-curve PNG, and `--phase all` on CPU.
+
+The end-to-end test checks that the summary is true by recounting everything from disk
+independently (JSONL lines, episode files, the checkpoint, the model directory, the log).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mypt_jax import episodes, pipeline, plot
+
+REPO = Path(__file__).resolve().parents[1]
+# Tiny training for the end-to-end test; data is the real generators' output.
+TINY = {"max_iters": 2, "eval_interval": 2, "eval_iters": 1, "n_embd": 32, "batch_size": 8,
+        "log_interval": 1, "warmup_iters": 1}
+
+
+def _lines(path: str | Path) -> int:
+    return sum(1 for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def test_phase_table_matches_the_seed_order_and_the_configs():
+    assert list(pipeline.PHASES) == ["3a1_alpha", "3a1_beta", "3a1_gamma", "3a2"]
+    previous = None
+    for name, phase in pipeline.PHASES.items():
+        assert phase.previous == previous
+        previous = name
+        assert all(k in pipeline.GENERATED for k in phase.datasets)
+        assert (REPO / phase.test_prompts).is_file()
+        real = pipeline.phase_config(Path("."), phase, "real", None, {})
+        assert real.dataset_dir == phase.prepared  # the configs' own paths agree with the table
+    alpha = pipeline.PHASES["3a1_alpha"]
+    assert pipeline.GENERATED[alpha.datasets[0]].path == (
+        "data/sft_format_lock_alpha/mypt_format_lock_v1.jsonl")
+    assert pipeline.PHASES["3a1_gamma"].datasets == ("echo_gamma", "echo_beta")
+
+
+def test_cpu_phases_share_one_architecture():
+    cfgs = [pipeline.phase_config(Path("r"), p, "cpu", None, {}) for p in pipeline.PHASES.values()]
+    fields = ("n_layer", "n_embd", "n_head", "block_size", "vocab_size", "pos_encoding")
+    assert len({tuple(c[f] for f in fields) for c in cfgs}) == 1
+    assert [c.workdir for c in cfgs] == [f"r/runs/cpu/phase{n}" for n in pipeline.PHASES]
+    assert all(c.dataset_dir.startswith("r/data/sft_ready/") for c in cfgs)
+
+
+def test_overrides_and_errors(tmp_path):
+    assert pipeline.parse_overrides(["max_iters=3", "precision=fp32", "dropout=0.1"]) == {
+        "max_iters": 3, "precision": "fp32", "dropout": 0.1}
+    with pytest.raises(pipeline.PipelineError, match="expected field=value"):
+        pipeline.parse_overrides(["max_iters"])
+    phase = pipeline.PHASES["3a1_alpha"]
+    c = pipeline.phase_config(tmp_path, phase, "cpu", None, {"learning_rate": 1})
+    assert isinstance(c.learning_rate, float) and c.learning_rate == 1.0
+    with pytest.raises(pipeline.PipelineError, match="--set nope"):
+        pipeline.phase_config(tmp_path, phase, "cpu", None, {"nope": 1})
+    with pytest.raises(pipeline.PipelineError, match="--set workdir: set by the pipeline"):
+        pipeline.phase_config(tmp_path, phase, "cpu", None, {"workdir": "x"})
+    # Beta alone needs alpha's run; the error says how to get it.
+    with pytest.raises(pipeline.PipelineError, match="run `--phase 3a1_alpha` first"):
+        pipeline.run("3a1_beta", root=tmp_path, preset="cpu", steps=["train"])
+    with pytest.raises(pipeline.PipelineError, match="mypt_jax.convert import"):
+        pipeline.run("3a1_alpha", root=tmp_path, preset="real", steps=["train"])
+    assert pipeline.main(["--phase", "3a1_alpha", "--root", str(tmp_path), "--steps", "bogus"]) == 2
+
+
+# ----------------------------------------------------------------------------- skip rules
+
+
+def test_data_steps_skip_when_complete_and_redo_when_not(tmp_path):
+    beta = pipeline.PHASES["3a1_beta"]
+    for key in beta.datasets:
+        assert pipeline.generate_step(tmp_path, key)["status"] == "done"
+        assert pipeline.generate_step(tmp_path, key)["status"] == pipeline.SKIPPED
+    alpha_file = tmp_path / pipeline.GENERATED["format_lock_alpha"].path
+    alpha_file.write_text(alpha_file.read_text()[:-1])  # damaged: last newline gone
+    assert pipeline.generate_step(tmp_path, "format_lock_alpha")["status"] == "done"
+
+    first = pipeline.mix_step(tmp_path, beta, None)
+    n_inputs = sum(_lines(tmp_path / pipeline.GENERATED[k].path) for k in beta.datasets)
+    assert first["status"] == "done" and first["records"] == n_inputs == _lines(first["path"])
+    assert pipeline.mix_step(tmp_path, beta, None)["status"] == pipeline.SKIPPED
+    # Another replay share is another mix, redone: beta whole, alpha replay 15% of the output.
+    shared = pipeline.mix_step(tmp_path, beta, 0.15)
+    n_beta = _lines(tmp_path / pipeline.GENERATED["echo_beta"].path)
+    assert shared["status"] == "done" and shared["records"] == n_beta + round(n_beta * 0.15 / 0.85)
+
+    assert pipeline.prepare_step(tmp_path, beta)["status"] == "done"
+    assert pipeline.prepare_step(tmp_path, beta)["status"] == pipeline.SKIPPED
+    mixed = tmp_path / beta.mix_output
+    mixed.write_text(mixed.read_text() + mixed.read_text().splitlines()[0] + "\n")
+    assert pipeline.prepare_step(tmp_path, beta)["status"] == "done"
+    meta = json.loads((tmp_path / beta.prepared / episodes.METADATA_FILE).read_text())
+    assert meta["num_conversations"] == shared["records"] + 1
+
+
+# ----------------------------------------------------------------------------- the plot
+
+
+def _read_png(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(kind + body)
+        chunks[kind] = chunks.get(kind, b"") + body
+        pos += 12 + length
+    w, h, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, color) == (8, 2)
+    rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(h, 1 + 3 * w)
+    assert not rows[:, 0].any()  # filter type 0 on every row
+    return rows[:, 1:].reshape(h, w, 3)
+
+
+def test_loss_curve_png_draws_both_series(tmp_path):
+    out = plot.loss_curve_png({"train_loss": [(0, 10.0), (50, 2.0), (100, 1.0)],
+                               "val_loss": [(0, 10.5), (100, 1.5)]}, tmp_path / "a" / "loss.png")
+    img = _read_png(out)
+    assert img.shape == (plot.H, plot.W, 3)
+    for color in plot.COLORS.values():
+        assert (img == color).all(axis=2).sum() > 100
+    # Train loss falls: its leftmost pixels sit higher (smaller row) than its rightmost.
+    rows, cols = np.nonzero((img == plot.COLORS["train_loss"]).all(axis=2))
+    assert rows[cols == cols.min()].mean() < rows[cols == cols.max()].mean()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _check_summary_is_true(s: dict, root: Path) -> None:
+    import mypt_jax
+    from mypt_jax.config import latest_run_meta
+
+    phase = pipeline.PHASES[s["phase"]]
+    for path, n in s["data"]["generated"].items():
+        assert n == _lines(path)
+    if phase.mix_output:
+        assert s["data"]["mixed"]["records"] == _lines(root / phase.mix_output) == sum(
+            s["data"]["generated"].values())  # the seed mixes: whole files
+    p = s["data"]["prepared"]
+    counted = {}
+    for split in episodes.SPLITS:
+        shards = episodes.read_split(Path(p["dir"]) / split)
+        counted[split] = (sum(len(sh.episodes_Ex2) for sh in shards),
+                          sum(len(sh.tokens_N) for sh in shards))
+    assert (p["train_episodes"], p["train_tokens"]) == counted["train"]
+    assert (p["val_episodes"], p["val_tokens"]) == counted["val"]
+    assert p["records"] == _lines(p["source"]) == p["train_episodes"] + p["val_episodes"]
+
+    t = s["train"]
+    meta = latest_run_meta(t["workdir"])
+    assert meta["finished"] and meta["step"] == t["steps"] == TINY["max_iters"]
+    assert Path(t["checkpoint"]).name == str(t["steps"]) and Path(t["checkpoint"]).is_dir()
+    log = [json.loads(line) for line in Path(t["log"]).read_text().splitlines()]
+    final = [r for r in log if r.get("final")]
+    assert final and final[-1]["val_loss"] == t["final_val_loss"]
+    assert Path(t["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
+    model = mypt_jax.load(t["model_dir"])
+    assert model.config.n_embd == TINY["n_embd"]
+
+    prompts = json.loads((REPO / phase.test_prompts).read_text())
+    test = s["test"]
+    assert [r["name"] for r in test["results"]] == list(prompts["prompts"])
+    for r in test["results"]:
+        assert r["expected"] == prompts["expected_outputs"][r["name"]]
+        assert r["exact"] == (r["completion"] == r["expected"])
+    assert test["exact"] == sum(r["completion"] == r["expected"] for r in test["results"])
+    assert (s["verdict"] == "ok") == (s["red_lines"] == [])
+    assert json.loads(Path(s["summary_file"]).read_text())["train"] == t
+
+
+@pytest.mark.slow
+def test_all_phases_on_cpu_chain_and_report_truly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default root "." (relative paths must work end to end)
+    summaries = pipeline.run("all", preset="cpu", overrides=TINY)
+    assert [s["phase"] for s in summaries] == list(pipeline.PHASES)
+    from mypt_jax.config import latest_run_meta
+
+    previous_workdir = ""
+    for s in summaries:
+        _check_summary_is_true(s, tmp_path)
+        assert s["train"]["init_from"] == (previous_workdir or None)
+        assert latest_run_meta(s["train"]["workdir"])["config"]["init_from"] == previous_workdir
+        previous_workdir = s["train"]["workdir"]
+    seen = set()  # a dataset that an earlier phase generated is already complete
+    for s in summaries:
+        for step, v in s["steps"].items():
+            assert v["status"] == (pipeline.SKIPPED if step in seen else "done"), (s["phase"], step)
+            if step.startswith("generate "):
+                seen.add(step)
+
+    again = pipeline.run("all", preset="cpu", overrides=TINY)
+    assert all(v["status"] == pipeline.SKIPPED for s in again for v in s["steps"].values())
+    for a, b in zip(summaries, again, strict=True):
+        assert (a["data"], a["train"], a["test"], a["verdict"]) == (
+            b["data"], b["train"], b["test"], b["verdict"])
