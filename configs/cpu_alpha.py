@@ -2,13 +2,10 @@
 
     python -m datagen.format_lock --mode minimal --math exclude --output_dir data/sft_format_lock_alpha
     python -m mypt_jax.prepare --input data/sft_format_lock_alpha/mypt_format_lock_v1.jsonl \
-        --output_dir data/sft_ready/phase3a1_alpha_cpu --val_split 0.1 --seed 1
+        --output_dir data/sft_ready/phase3a1_alpha --val_split 0.1
     python -m mypt_jax.train --config=configs/cpu_alpha.py
 
-`--seed 1` (prepare's split seed; the upstream's is 42) keeps the seed doc's Step 4 examples
-in train: with 42, "Sag Hallo." is a val episode and its answer's first token ("Hall") is
-never an answer token in train, which a model trained from scratch cannot produce (the
-upstream starts from a pretrained base).
+(the seed doc's Step 1 and Step 2 commands, then a tiny model trained from scratch).
 """
 
 from configs import base
@@ -22,7 +19,7 @@ def get_config():
     c.block_size = 40  # alpha episodes are 28-34 tokens; prompt + 8 new tokens fit
     c.dropout = 0.0
     c.precision = "fp32"  # bf16 matmuls are emulated (slow) on CPU
-    c.dataset_dir = "data/sft_ready/phase3a1_alpha_cpu"
+    c.dataset_dir = "data/sft_ready/phase3a1_alpha"
     c.batch_size = 16
     c.learning_rate = 2e-3
     c.lr_schedule = "cosine"

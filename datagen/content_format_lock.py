@@ -102,6 +102,10 @@ MINIMAL_STATUS = (
 )
 MINIMAL_GERMAN = (
     ("Sag Hallo.", "Hallo."),
+    # More than one way to ask for "Hallo.": with a 10% val split a lone example can land in
+    # val, and a model trained from scratch then never sees the answer token.
+    ("Sag bitte Hallo.", "Hallo."),
+    ("Sag einfach Hallo.", "Hallo."),
     ("Sag hallo.", "hallo."),
     ("Sag Ja.", "Ja."),
     ("Sag Nein.", "Nein."),

@@ -72,7 +72,7 @@ def save_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         ckptr = ocp.StandardCheckpointer()
-        ckptr.save(tmp / PARAMS_DIR, params)
+        ckptr.save((tmp / PARAMS_DIR).absolute(), params)  # orbax refuses relative paths
         ckptr.wait_until_finished()
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
         tokenizer.save(tmp / "tokenizer.json")
@@ -110,7 +110,7 @@ def load_params(
         target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s, dtype, sharding=sh),
                               shapes, shardings, is_leaf=is_shape)
     try:
-        return ocp.StandardCheckpointer().restore(path / PARAMS_DIR, target)
+        return ocp.StandardCheckpointer().restore((path / PARAMS_DIR).absolute(), target)
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise ModelCheckpointError(f"{path / PARAMS_DIR}: cannot restore parameters: {e}") from None
 

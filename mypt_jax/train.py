@@ -29,8 +29,11 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     import jax
 
-    if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+    from mypt_jax import distributed
+
+    # Joins when the environment names a coordinator (or --distributed forces it, as on TPU
+    # pods); must run before anything touches the JAX backend.
+    distributed.maybe_initialize(force=_DISTRIBUTED.value)
     from mypt_jax import trainer
     from mypt_jax.config import ConfigError
 

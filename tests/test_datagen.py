@@ -88,7 +88,7 @@ def test_format_lock_language_labels():
         assert record["language"] == ("de" if question in german else "en"), question
     alpha = {r["messages"][0]["content"]: r["language"] for r in format_lock.generate("minimal", "exclude")}
     assert alpha["Wie geht's?"] == "de" and alpha["Alles klar?"] == "de" and alpha["Say hello."] == "en"
-    assert Counter(alpha.values())["de"] == 12
+    assert Counter(alpha.values())["de"] == 14
 
 
 def test_record_serialisation_matches_upstream_bytes():
@@ -125,8 +125,8 @@ def test_format_lock_same_seed_same_bytes_other_seed_differs(tmp_path, monkeypat
     format_lock.main(["--mode", "minimal", "--math", "exclude", "--output_dir", "c", "--seed", "7"])
     a, b, c = (tmp_path / d / "mypt_format_lock_v1.jsonl" for d in "abc")
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
-    assert a.read_bytes().endswith(b"}\n") and a.read_bytes().count(b"\n") == 391
-    assert "391" in capsys.readouterr().out
+    assert a.read_bytes().endswith(b"}\n") and a.read_bytes().count(b"\n") == 393
+    assert "393" in capsys.readouterr().out
 
 
 def test_format_lock_order_is_the_upstream_global_rng_shuffle():

@@ -15,28 +15,24 @@ STEP4 = {"Say hello.": "hello.", "Say Hello.": "Hello.", "Sag Hallo.": "Hallo."}
 PROMPTS_FILE = "configs/sft_eval/phase3a1_alpha_test_prompts.json"
 
 
-def _split_seed(records, val_split=0.1):
-    """The first prepare seed that keeps the Step 4 examples in train.
+def _assert_step4_in_train(records, val_split=0.1, seed=42):
+    """The seed doc's Step 2 split must keep its Step 4 examples in train.
 
-    With the default seed 42, "Sag Hallo." is a val episode and its answer's first token
-    ("Hall") never appears as an answer in train: a model trained from scratch cannot
-    produce it (the upstream's pretrained base can). The data are the same; only the split moves.
+    A model trained from scratch cannot answer an example whose answer tokens it never saw;
+    datagen asks for "Hallo." in several ways so that one split cannot hide all of them.
     """
     step4 = [i for i, r in enumerate(records) if r["messages"][0]["content"] in STEP4]
     assert len(step4) == 3
-    for seed in range(100):
-        _, val = split_indices(len(records), val_split, seed)
-        if not set(step4) & set(val.tolist()):
-            return seed
-    raise AssertionError("no split keeps the Step 4 prompts in train")
+    _, val = split_indices(len(records), val_split, seed)
+    assert not set(step4) & set(val.tolist()), "a Step 4 example landed in val"
 
 
 @pytest.mark.slow
 def test_cpu_alpha_learns_the_format_lock(tmp_path):
     records = format_lock.generate(mode="minimal", math="exclude")
     write_jsonl(tmp_path / "alpha.jsonl", records)
-    prepare(tmp_path / "alpha.jsonl", tmp_path / "ds", val_split=0.1,
-            seed=_split_seed(records), progress=False)
+    _assert_step4_in_train(records)
+    prepare(tmp_path / "alpha.jsonl", tmp_path / "ds", val_split=0.1, progress=False)
     c = cpu_alpha.get_config()
     c.dataset_dir = str(tmp_path / "ds")
     c.workdir = str(tmp_path / "run")
