@@ -200,26 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BUILDERS = {"setup": setup_commands, "tail": tail_commands, "stop": stop_commands}
+BUILDERS = {
+    "setup": setup_commands, "run": run_commands, "tail": tail_commands, "stop": stop_commands,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    own, extra = ll.split_passthrough(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(own)
-    if extra and args.subcommand != "run":
-        parser.error(f"arguments after -- go to the trainer; only `run` takes them (got {extra})")
-    try:
-        if args.subcommand == "run":
-            commands = run_commands(args, extra)
-        else:
-            commands = BUILDERS[args.subcommand](args)
-        ll.execute(commands, args.dry_run)
-    except ll.LaunchError as e:
-        return ll.report(e, parser.prog)
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return ll.run_cli(argv, build_parser(), BUILDERS)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 JAX_VERSION = "0.10.2"  # the jax pin in pyproject.toml; tests/test_launch.py keeps them equal
@@ -334,3 +334,28 @@ def execute(commands: Sequence[Command], dry_run: bool) -> None:
 def report(error: LaunchError, prog: str) -> int:
     print(f"{prog}: error: {error}", file=sys.stderr)
     return 1
+
+
+def run_cli(
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    builders: Mapping[str, Callable[..., list[Command]]],
+) -> int:
+    """The shared `main` of the launch scripts: parse, build the subcommand's commands, run.
+
+    `builders[sub](args)` builds a subcommand's commands; the `run` builder also gets the
+    trainer arguments that followed `--`.
+    """
+    own, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(own)
+    if extra and args.subcommand != "run":
+        parser.error(f"arguments after -- go to the trainer; only `run` takes them (got {extra})")
+    try:
+        build = builders[args.subcommand]
+        commands = build(args, extra) if args.subcommand == "run" else build(args)
+        execute(commands, args.dry_run)
+    except LaunchError as e:
+        return report(e, parser.prog)
+    except KeyboardInterrupt:
+        return 130
+    return 0
