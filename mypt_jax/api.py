@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils.epath import Path
 from flax import nnx
 
 from mypt_jax import model_io, upstream
 from mypt_jax.model import GPT, ModelConfig, from_params
+from mypt_jax.paths import as_path
 from mypt_jax.tokenizer import Tokenizer
 
 
@@ -84,9 +85,18 @@ def _load_upstream(path: Path, dtype: str) -> MyPTModel:
     return MyPTModel(from_params(config, ckpt.params), ckpt.tokenizer, ckpt.source)
 
 
+def _is_run_dir(path: Path) -> bool:
+    return model_io.is_model_checkpoint(path / model_io.RUN_MODEL_DIR)
+
+
+def _load_run(path: Path, dtype: str) -> MyPTModel:
+    return _load_ours(path / model_io.RUN_MODEL_DIR, dtype)
+
+
 Loader = Callable[[Path, str], MyPTModel]
 _LOADERS: list[tuple[str, Callable[[Path], bool], Loader]] = [
     ("mypt-jax checkpoint", model_io.is_model_checkpoint, _load_ours),
+    ("mypt-jax training run", _is_run_dir, _load_run),
     ("upstream checkpoint", upstream.is_upstream_checkpoint, _load_upstream),
 ]
 
@@ -98,7 +108,7 @@ def register_loader(name: str, matches: Callable[[Path], bool], loader: Loader) 
 
 def load(path: str | os.PathLike, *, dtype: str = "float32") -> MyPTModel:
     """Loads our checkpoint or an upstream one; `dtype` is both parameter and compute dtype."""
-    path = Path(path)
+    path = as_path(path)  # local, or a URI such as gs://bucket/model
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     for _, matches, loader in _LOADERS:

@@ -7,19 +7,24 @@ the `keep_best` lowest val-loss steps survive.
 
 Restore takes an abstract state carrying the *current* mesh's shardings, so a checkpoint
 written on one mesh (or device count) restores onto another.
+
+`workdir` may be a remote URI (`gs://bucket/run`): orbax writes there directly, marking a
+finished step with `commit_success.txt` where it cannot rename.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from mypt_jax.config import CHECKPOINTS_DIR
+from mypt_jax.paths import absolute, as_path
 
 ITEMS = ("state", "train_data", "val_data", "meta")
 
@@ -44,14 +49,15 @@ class _IteratorState:
         pass
 
 
-def checkpoint_dir(workdir: str | Path) -> Path:
-    return Path(workdir) / CHECKPOINTS_DIR
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+    """`<workdir>/checkpoints`, a URI kept intact (`gs://b/run`, not pathlib's `gs:/b/run`)."""
+    return as_path(workdir) / CHECKPOINTS_DIR
 
 
 class Checkpointer:
     def __init__(
         self,
-        workdir: str | Path,
+        workdir: str | os.PathLike,
         *,
         keep: int = 2,
         keep_best: int = 1,
@@ -76,7 +82,7 @@ class Checkpointer:
         )
         self.directory = checkpoint_dir(workdir)
         self.manager = ocp.CheckpointManager(
-            self.directory.absolute(),
+            absolute(self.directory),
             options=options,
             item_names=ITEMS,
             item_handlers={
@@ -93,7 +99,7 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def path(self, step: int) -> Path:
+    def path(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
     def save(
@@ -144,11 +150,13 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(workdir: str | Path, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+def restore_params(
+    workdir: str | os.PathLike, abstract_params: Any, step: int | None = None
+) -> tuple[Any, int]:
     """Only the parameters of another run's checkpoint (no optimizer state is read)."""
-    ckpt = checkpoint_dir(workdir)
+    ckpt = absolute(checkpoint_dir(workdir))
     if step is None:
-        mngr = ocp.CheckpointManager(ckpt.absolute(), options=ocp.CheckpointManagerOptions(read_only=True))
+        mngr = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(read_only=True))
         step = mngr.latest_step()
         mngr.close()
         if step is None:
@@ -156,7 +164,7 @@ def restore_params(workdir: str | Path, abstract_params: Any, step: int | None =
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(
-            (ckpt / str(step) / "state").absolute(),
+            ckpt / str(step) / "state",
             args=ocp.args.PyTreeRestore(
                 item={"params": abstract_params},
                 restore_args={"params": restore_args},

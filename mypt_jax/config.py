@@ -7,6 +7,10 @@ Phase 3a runs used block 1024 and seed 1337 instead of the declared 512 and 4501
 Here the config's values apply; `inherit_init_config=True` reproduces the upstream rule.
 
 Every check raises `ConfigError` whose message starts with the offending field.
+
+Paths: `workdir`, `log_file` and `init_from` may be remote URIs (`gs://bucket/run`, any scheme
+`etils.epath` knows); `as_path` keeps a URI intact (pathlib would turn `gs://b` into `gs:/b`).
+`dataset_dir` must be local: the episode files are memory-mapped.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from etils import epath
 from ml_collections import config_dict
 
 from mypt_jax import episodes, sharding
 from mypt_jax.model import ConfigError as ModelConfigError
 from mypt_jax.model import ModelConfig, param_logical_axes, param_shapes
+from mypt_jax.paths import COMMIT_MARKER, as_path, is_remote
 from mypt_jax.tokenizer import Tokenizer, TokenizerError
 
 MODEL_FIELDS = (
@@ -45,8 +51,7 @@ _CHOICES = {
     "batch_sampling_mode": ("epoch", "random"),
 }
 CHECKPOINTS_DIR = "checkpoints"
-
-
+# Written by orbax into a finished step on object stores, where it cannot rename a temp dir.
 class ConfigError(ValueError):
     """A config value that cannot work; the message starts with the field name."""
 
@@ -56,7 +61,7 @@ class InitSource:
     """What `init_from` points at, read without loading any weights."""
 
     kind: str  # "run" (another run's workdir) | "model" (our model dir) | "upstream"
-    path: Path
+    path: epath.Path
     model_config: ModelConfig
     tokenizer: Tokenizer | None
     fields: dict[str, Any]  # the init's loader/training fields where it records them
@@ -111,14 +116,14 @@ def model_config(config: config_dict.ConfigDict) -> ModelConfig:
 # ----------------------------------------------------------------------------- init_from
 
 
-def _read_json(path: Path, field: str) -> dict:
+def _read_json(path: epath.Path, field: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{field}: cannot read {path}: {e}") from None
 
 
-def _model_config_from_json(cfg: dict, path: Path, field: str) -> ModelConfig:
+def _model_config_from_json(cfg: dict, path: epath.Path, field: str) -> ModelConfig:
     try:
         if "param_dtype" in cfg:  # ours (ModelConfig.to_dict)
             return ModelConfig.from_dict(cfg, source=str(path))
@@ -127,24 +132,32 @@ def _model_config_from_json(cfg: dict, path: Path, field: str) -> ModelConfig:
         raise ConfigError(f"{field}: {e}") from None
 
 
-def _tokenizer(path: Path, field: str) -> Tokenizer | None:
+def _tokenizer(path: epath.Path, field: str) -> Tokenizer | None:
     if not path.is_file():
         return None
     try:
-        return Tokenizer.load(path)
+        state = json.loads(path.read_text(encoding="utf-8"))  # Tokenizer.load is local-only
+        return Tokenizer.from_state(state, source=str(path))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{field}: {path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     except TokenizerError as e:
         raise ConfigError(f"{field}: {e}") from None
 
 
 def latest_run_meta(workdir: str | Path) -> dict | None:
     """The JSON record of a run's newest committed checkpoint, or None (read without orbax)."""
-    ckpt_dir = Path(workdir) / CHECKPOINTS_DIR
+    ckpt_dir = as_path(workdir) / CHECKPOINTS_DIR
     if not ckpt_dir.is_dir():
         return None
-    steps = sorted(
-        (int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / "meta").is_dir()),
-        reverse=True,
-    )
+    remote = is_remote(ckpt_dir)
+
+    def committed(p: epath.Path) -> bool:
+        # Locally orbax renames a finished temp dir to the step number; remotely the step
+        # directory exists while it is written and the marker says it is complete.
+        return (p / "meta").is_dir() and (not remote or (p / COMMIT_MARKER).exists())
+
+    steps = sorted((int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and committed(p)),
+                   reverse=True)
     for step in steps:
         meta_file = ckpt_dir / str(step) / "meta" / "metadata"
         if meta_file.is_file():
@@ -153,8 +166,8 @@ def latest_run_meta(workdir: str | Path) -> dict | None:
 
 
 def describe_init(path: str | Path, field: str = "init_from") -> InitSource:
-    """Classifies `init_from` and reads its architecture and token map."""
-    path = Path(path)
+    """Classifies `init_from` (local or remote) and reads its architecture and token map."""
+    path = as_path(path)
     if not path.exists():
         raise ConfigError(f"{field}: {path} does not exist")
     meta = latest_run_meta(path)
@@ -310,6 +323,12 @@ def _check_dataset(config) -> Tokenizer:
 
     if not config.dataset_dir:
         raise ConfigError("dataset_dir: empty; point it at a prepared dataset")
+    if is_remote(config.dataset_dir):
+        raise ConfigError(
+            f"dataset_dir: {config.dataset_dir} is remote, but the episode files are "
+            "memory-mapped and must be on a local disk; copy it first (e.g. `gcloud storage cp "
+            "-r SRC DIR`, or the launch scripts' `setup --data`) and pass the local directory"
+        )
     try:
         data.check_dataset(config.dataset_dir, use_loss_mask=config.use_loss_mask)
         tok = data.dataset_tokenizer(config.dataset_dir)
@@ -349,7 +368,7 @@ def resolve(
     if not config.workdir:
         raise ConfigError("workdir: empty; pass --workdir or set config.workdir")
     if not config.log_file:
-        config.log_file = str(Path(config.workdir) / "log.jsonl")
+        config.log_file = str(as_path(config.workdir) / "log.jsonl")
     if not config.checkpoint_interval:
         config.checkpoint_interval = config.eval_interval
     notes: list[str] = []

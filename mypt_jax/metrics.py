@@ -1,6 +1,12 @@
 """Run logs: an appended JSONL (upstream keys kept), TensorBoard events (no TensorFlow), console.
 
 Only process 0 writes; other processes get a writer that does nothing.
+
+A remote `log_file` or TensorBoard dir (`gs://...`): object stores cannot append, so the
+writer appends to a local copy (in a temp dir, seeded from the remote log when one exists,
+so a resumed run continues it) and uploads each file whole: at every eval/event/error record,
+at most every `SYNC_INTERVAL_S` seconds for step records, and on `flush()`/`close()`. A run
+killed between uploads loses at most that interval's step lines remotely.
 """
 
 from __future__ import annotations
@@ -8,12 +14,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from etils import epath
 from tqdm import tqdm
+
+from mypt_jax.paths import is_remote
+
+SYNC_INTERVAL_S = 60.0  # the longest a remote log lags behind (step records only)
 
 
 def _jsonable(value: Any) -> Any:
@@ -28,28 +41,50 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _upload(local: Path, remote: epath.Path) -> None:
+    """Rewrites the remote object with the local file's whole content."""
+    with local.open("rb") as src, remote.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
 class MetricsWriter:
     def __init__(
         self,
-        log_file: str | Path,
-        tb_dir: str | Path | None,
+        log_file: str | os.PathLike,
+        tb_dir: str | os.PathLike | None,
         *,
         enabled: bool = True,
         total_steps: int = 0,
         start_step: int = 0,
     ):
         self.enabled = enabled
-        self.log_file = Path(log_file)
+        self.log_file = epath.Path(os.fspath(log_file))  # epath: keeps gs://b intact
+        self._local_log = Path(log_file) if not is_remote(log_file) else None
+        self._staging: Path | None = None
+        self._remote_tb: epath.Path | None = None
+        self._synced_at = 0.0
         self._tb = None
         self._bar = None
         self.interactive = sys.stderr.isatty()  # a progress bar, else plain lines
         if not enabled:
             return
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        if self._local_log is None or (tb_dir is not None and is_remote(tb_dir)):
+            self._staging = Path(tempfile.mkdtemp(prefix="mypt_metrics_"))
+        if self._local_log is None:
+            self._local_log = self._staging / self.log_file.name
+            if self.log_file.exists():  # a resumed run appends to what is there
+                with self.log_file.open("rb") as src, self._local_log.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        else:
+            self._local_log.parent.mkdir(parents=True, exist_ok=True)
         if tb_dir is not None:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(tb_dir))
+            local_tb = tb_dir
+            if is_remote(tb_dir):
+                self._remote_tb = epath.Path(os.fspath(tb_dir))
+                local_tb = self._staging / "tb"
+            self._tb = SummaryWriter(str(local_tb))
         if self.interactive:
             self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
 
@@ -58,10 +93,27 @@ class MetricsWriter:
         if not self.enabled:
             return
         line = json.dumps(_jsonable({**record, "time": time.time()}), ensure_ascii=False)
-        with self.log_file.open("a", encoding="utf-8") as f:
+        with self._local_log.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
+        # Step records are frequent; evals, events and errors are the ones worth an upload now.
+        self._sync(force="train_loss" not in record)
+
+    def _sync(self, force: bool = False) -> None:
+        """Uploads the local copies of remote targets (there is a staging dir only for those)."""
+        if self._staging is None or (not force and time.monotonic() - self._synced_at < SYNC_INTERVAL_S):
+            return
+        if is_remote(self.log_file):
+            _upload(self._local_log, self.log_file)
+        if self._remote_tb is not None:
+            if self._tb is not None:
+                self._tb.flush()
+            local_tb = self._staging / "tb"
+            for f in sorted(local_tb.rglob("*")):
+                if f.is_file():
+                    _upload(f, self._remote_tb / f.relative_to(local_tb).as_posix())
+        self._synced_at = time.monotonic()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._tb is None:
@@ -93,11 +145,18 @@ class MetricsWriter:
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()
+        self._sync(force=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         if self._tb is not None:
+            self._tb.flush()
+        self._sync(force=True)
+        if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None

@@ -303,9 +303,9 @@ def test_results_path(workdir: str) -> Path:
 def test_step(config, prompts_file: str) -> dict[str, Any]:
     """Greedy answers to the phase's test prompts from the run's final model directory."""
     import mypt_jax
-    from mypt_jax import evaluate
+    from mypt_jax import evaluate, model_io
 
-    model_dir = Path(config.workdir) / "model"
+    model_dir = Path(config.workdir) / model_io.RUN_MODEL_DIR
     out = test_results_path(config.workdir)
     if not (model_dir / "config.json").is_file():
         raise PipelineError(f"{model_dir}: no final model; run the train step first")
@@ -350,7 +350,7 @@ def phase_summary(
     root: Path, phase: Phase, config, prompts_file: str, step_status: dict[str, dict]
 ) -> dict[str, Any]:
     """Everything reported for a phase, read back from what the steps wrote."""
-    from mypt_jax import health, plot
+    from mypt_jax import health, model_io, plot
     from mypt_jax.data import read_metadata
 
     data = {"generated": {}, "mixed": None, "prepared": None}
@@ -380,7 +380,7 @@ def phase_summary(
             "workdir": config.workdir, "init_from": config.init_from or None,
             "steps": run["step"], "first_val_loss": run.get("first_val_loss"),
             "final_val_loss": metrics.get("val_loss"), "checkpoint": str(ckpt),
-            "model_dir": str(Path(config.workdir) / "model"), "log": str(log_path),
+            "model_dir": str(Path(config.workdir) / model_io.RUN_MODEL_DIR), "log": str(log_path),
             "training_eval_scores": metrics.get("gen_scores", {}),
         }
         if log_path.is_file() and _is_main():

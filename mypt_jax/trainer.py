@@ -19,17 +19,17 @@ import contextlib
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from ml_collections import config_dict
 
 from mypt_jax import checkpoint as ckpt_lib
 from mypt_jax import config as cfg_lib
-from mypt_jax import data, health, optim, sharding
+from mypt_jax import data, health, optim, paths, sharding
 from mypt_jax import train_step as ts
 from mypt_jax.metrics import MetricsWriter
 from mypt_jax.model import ModelConfig, param_shardings
@@ -268,20 +268,18 @@ def _check_resume(meta: dict, r: cfg_lib.Resolved, workdir: str) -> list[str]:
     ]
 
 
-def _export_upstream(r: cfg_lib.Resolved, params, step: int) -> Path:
+def _export_upstream(r: cfg_lib.Resolved, params, step: int) -> epath.Path:
     from mypt_jax import upstream
 
     c = r.config
-    dst = Path(c.workdir) / "upstream"
-    if dst.exists():
-        import shutil
-
-        shutil.rmtree(dst)
+    dst = paths.as_path(c.workdir) / "upstream"
     from jax.experimental import multihost_utils
 
     host = jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
     if jax.process_index() != 0:
         return dst
+    if dst.exists():
+        dst.rmtree()
     fields = {
         "batch_size": c.batch_size, "use_loss_mask": c.use_loss_mask,
         "batch_sampling_mode": c.batch_sampling_mode, "episode_min_tokens": c.episode_min_tokens,
@@ -294,19 +292,25 @@ def _export_upstream(r: cfg_lib.Resolved, params, step: int) -> Path:
     )
 
 
-def _save_model_dir(r: cfg_lib.Resolved, params) -> Path:
-    """The final weights as our model dir (`<workdir>/model`), for generate/evaluate/convert."""
-    import shutil
+def _save_model_dir(r: cfg_lib.Resolved, params) -> epath.Path:
+    """The final weights as our model dir (`<workdir>/model`), for generate/evaluate/convert.
+
+    Multi-host: the weights are gathered to every process, process 0 writes, the rest wait.
+    """
+    from jax.experimental import multihost_utils
 
     from mypt_jax import model_io
 
-    dst = Path(r.config.workdir) / "model"
-    if dst.exists():
-        shutil.rmtree(dst)
-    host = jax.tree.map(np.asarray, jax.device_get(params))
-    return model_io.save_model(dst, host, r.model_config, r.tokenizer,
-                               source={"run": str(Path(r.config.workdir).resolve()),
-                                       "step": r.config.max_iters})
+    dst = paths.as_path(r.config.workdir) / model_io.RUN_MODEL_DIR
+    host = jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
+    if jax.process_index() == 0:
+        if dst.exists():
+            dst.rmtree()
+        model_io.save_model(dst, host, r.model_config, r.tokenizer,
+                            source={"run": paths.describe_path(r.config.workdir),
+                                    "step": r.config.max_iters})
+    multihost_utils.sync_global_devices("mypt_jax model dir written")
+    return dst
 
 
 def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
@@ -346,7 +350,7 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         notes += [f"resume: config changed {d}" for d in changed]
 
     writer = MetricsWriter(
-        c.log_file, Path(c.workdir) / "tb" if c.tensorboard else None, enabled=is_main,
+        c.log_file, paths.as_path(c.workdir) / "tb" if c.tensorboard else None, enabled=is_main,
         total_steps=c.max_iters, start_step=latest or 0,
     )
     stack.callback(writer.close)
@@ -422,8 +426,7 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
              summary=summary)
     ckpt.wait()
     summary["checkpoint"] = str(ckpt.path(c.max_iters))
-    if jax.process_count() == 1:
-        summary["model_dir"] = str(_save_model_dir(r, state.params))
+    summary["model_dir"] = str(_save_model_dir(r, state.params))
     if c.export_upstream:
         summary["upstream_export"] = str(_export_upstream(r, state.params, c.max_iters))
     writer.write({"iter": c.max_iters, "event": "finished", **{

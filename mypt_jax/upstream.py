@@ -24,9 +24,11 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from etils import epath
 
 from mypt_jax import torch_pickle
 from mypt_jax.model import ConfigError, ModelConfig, param_shapes
+from mypt_jax.paths import as_path, is_remote
 from mypt_jax.tokenizer import BASE_VOCAB_SIZE, Tokenizer, TokenizerError, head_tokenizer
 
 LEGACY_FILES = ("final.pt", "latest.pt")
@@ -328,7 +330,7 @@ def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
 
 
 def is_upstream_checkpoint(path: str | os.PathLike) -> bool:
-    path = Path(path)
+    path = as_path(path)
     if path.is_file():
         return path.suffix == ".pt"
     return (path / "model.pt").exists() or any((path / f).exists() for f in LEGACY_FILES)
@@ -354,7 +356,13 @@ def _split_payload(obj: Any, source: str) -> tuple[Mapping[str, Any], str, Any]:
 
 
 def read_upstream(path: str | os.PathLike) -> UpstreamCheckpoint:
-    """Reads an upstream checkpoint directory or legacy `final.pt`/`latest.pt` without torch."""
+    """Reads an upstream checkpoint directory or legacy `final.pt`/`latest.pt` without torch.
+
+    A remote one (`gs://...`) is copied to a local temp dir first (the reader seeks in the
+    zip); the returned arrays are in memory, so the copy is deleted on return.
+    """
+    if is_remote(path):
+        return _read_remote(as_path(path))
     path = Path(path)
     if path.is_dir() and not (path / "model.pt").exists():
         legacy = [path / f for f in LEGACY_FILES if (path / f).exists()]
@@ -388,6 +396,29 @@ def read_upstream(path: str | os.PathLike) -> UpstreamCheckpoint:
         "tied_weight_storage": info.tied_storage, "notes": notes + info.notes,
     }
     return UpstreamCheckpoint(cfg, params, tokenizer, cfg_json, training_state, source)
+
+
+def _read_remote(path: epath.Path) -> UpstreamCheckpoint:
+    names = ("model.pt", "config.json", "tokenizer.json", "training_state.json", *LEGACY_FILES)
+    with tempfile.TemporaryDirectory(prefix="mypt_upstream_") as tmp:
+        if path.is_dir():
+            local = Path(tmp) / path.name
+            local.mkdir()
+            todo = [(path / n, local / n) for n in names if (path / n).exists()]
+        else:
+            local = Path(tmp) / path.name
+            todo = [(path, local)]
+        for src, dst in todo:
+            with src.open("rb") as f, dst.open("wb") as out:
+                shutil.copyfileobj(f, out, 1 << 22)
+        ckpt = read_upstream(local)
+        ckpt.params = _materialize(ckpt.params)  # nothing may still point into the temp dir
+    ckpt.source["path"] = str(path)
+    return ckpt
+
+
+def _materialize(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _materialize(v) if isinstance(v, dict) else np.asarray(v) for k, v in tree.items()}
 
 
 def _config(cfg_json: Mapping[str, Any], source: Path) -> ModelConfig:
@@ -439,22 +470,21 @@ def write_state_dict_dir(
     *,
     copy_from: str | os.PathLike | None = None,
 ) -> Path:
-    """Writes DST atomically: (optional copy of another dir), JSON files, then model.pt."""
-    dst = Path(dst)
+    """Writes DST atomically: (optional copy of another dir), JSON files, then model.pt.
+
+    DST may be remote (`gs://...`): staged locally, uploaded with model.pt last.
+    """
+    from mypt_jax import model_io  # staged_dir; model_io pulls in orbax, needed only here
+
+    dst = as_path(dst)
     if dst.exists():
         raise UpstreamError(f"{dst}: already exists; refusing to overwrite")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with model_io.staged_dir(dst, last="model.pt") as tmp:
         if copy_from is not None:
             shutil.copytree(copy_from, tmp, dirs_exist_ok=True)
         for name, content in files.items():
             (tmp / name).write_text(json.dumps(content, indent=2), encoding="utf-8")
         torch_pickle.save(payload, tmp / "model.pt")
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return dst
 
 

@@ -56,6 +56,7 @@ def main() -> None:
         "devices": jax.device_count(), "local_devices": jax.local_device_count(),
         "resumed_from": summaries[1].get("resumed_from"),
         "final_val_loss": summaries[1]["final_val_loss"],
+        "model_dir": summaries[1].get("model_dir"),
     }
     print("REPORT " + json.dumps(report), flush=True)
 

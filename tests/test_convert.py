@@ -279,3 +279,20 @@ def test_init_special_embeddings_matches_spec(refs, tmp_path):
     assert torch.equal(after["state_dict"]["blocks.0.sa.qkv.weight"],
                        before["state_dict"]["blocks.0.sa.qkv.weight"].float())
     mypt_jax.load(dst)  # still a valid upstream checkpoint
+
+
+def test_load_accepts_a_training_run_directory(tmp_path):
+    from flax import nnx
+
+    import mypt_jax
+    from mypt_jax import model_io
+    from mypt_jax.model import GPT, ModelConfig
+    from mypt_jax.tokenizer import Tokenizer
+
+    config = ModelConfig(block_size=32, n_embd=32, n_head=2, n_layer=1, dropout=0.0)
+    module = GPT(config, rngs=nnx.Rngs(0))
+    model_io.save_model(tmp_path / "run" / model_io.RUN_MODEL_DIR, module, config, Tokenizer())
+    ids = [50257, 1639, 389]
+    np.testing.assert_array_equal(
+        mypt_jax.load(tmp_path / "run").logits(ids), mypt_jax.load(tmp_path / "run" / "model").logits(ids)
+    )

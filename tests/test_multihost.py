@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 import train_helpers
+from flax import nnx
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
 PROMPTS = train_helpers.REPO / "configs/sft_eval/phase3a1_alpha_test_prompts.json"
@@ -113,6 +114,20 @@ def test_two_processes_equal_one(tmp_path):
     assert jax.tree.structure(p_multi) == jax.tree.structure(p_single)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  p_multi, p_single)
+
+    # Process 0 wrote the model dir from weights gathered over both processes.
+    assert [r["model_dir"] for r in reports] == [str(multi / "model")] * 2
+    import mypt_jax
+
+    m_multi, m_single = mypt_jax.load(multi / "model"), mypt_jax.load(single / "model")
+    w_multi = nnx.to_pure_dict(nnx.state(m_multi.module, nnx.Param))
+    w_single = nnx.to_pure_dict(nnx.state(m_single.module, nnx.Param))
+    assert jax.tree.structure(w_multi) == jax.tree.structure(w_single)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 w_multi, w_single)
+    # ... and they are the step-4 checkpoint's weights, not a partial gather.
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
+                 w_multi, p_multi)
 
 
 # ----------------------------------------------------------------------------- maybe_initialize

@@ -1,0 +1,32 @@
+"""Local paths and remote URIs (`gs://...`) behind one interface, for runs and model dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from etils import epath
+
+# What orbax writes last into a committed checkpoint step on object stores.
+COMMIT_MARKER = "commit_success.txt"
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """A URI with a scheme (`gs://`, `s3://` ...) rather than a local file name."""
+    return "://" in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """`path` as an `epath.Path`; a local path stays as given (relative stays relative)."""
+    return epath.Path(os.fspath(path))
+
+
+def absolute(path: str | os.PathLike) -> epath.Path:
+    """For orbax, which refuses relative paths: local made absolute, a URI left untouched."""
+    path = as_path(path)
+    return path if is_remote(path) else epath.Path(os.path.abspath(path))
+
+
+def describe_path(path: str | os.PathLike) -> str:
+    """A path for records (model dir `source.json`): resolved when local, the URI when remote."""
+    return os.fspath(path) if is_remote(path) else str(Path(path).resolve())
