@@ -8,7 +8,7 @@ upstream `GPT.generate` (preallocated cache, one Python-level forward per token,
 per token). Also measures memory bandwidth with numpy (copy and sum of 256 MiB) so the
 small model's bytes/s can be read against it. No early stops: no stop ids, no repeat guard.
 
-    python benchmarks/bench_decode.py [--new_tokens 128] [--repeats 4]
+    python benchmarks/bench_decode.py [--new_tokens 128] [--repeats 4] [--torch_threads N]
 
 Prints one JSON object. Never asserts on time.
 """
@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
-import time
+import sys
+from pathlib import Path
 
-import jax
-import numpy as np
-from flax import nnx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mypt_jax import decode
-from mypt_jax.model import GPT, ModelConfig
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from mypt_jax import decode  # noqa: E402
+from mypt_jax.model import GPT, ModelConfig  # noqa: E402
 
 MODELS = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=4),
@@ -36,29 +37,14 @@ MODELS = {
 VOCAB, BLOCK, PROMPT_LEN = 50304, 256, 16
 
 
-def best_of(fn, repeats: int) -> float:  # for the bandwidth figures
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def memory_bandwidth(repeats: int) -> dict[str, float]:
     a = np.ones(256 * 2**20 // 8, np.float64)
     b = np.empty_like(a)
-    copy_s = best_of(lambda: np.copyto(b, a), repeats + 2)
-    sum_s = best_of(lambda: a.sum(), repeats + 2)
+    copy_s = min(common.timed(lambda: np.copyto(b, a)) for _ in range(repeats + 2))
+    sum_s = min(common.timed(lambda: a.sum()) for _ in range(repeats + 2))
     # numpy runs these on one thread: a one-core figure, like a single-threaded gemv.
     return {"one_thread_copy_GBps": 2 * a.nbytes / copy_s / 1e9,
             "one_thread_sum_GBps": a.nbytes / sum_s / 1e9}
-
-
-def rounded(tree):
-    if isinstance(tree, dict):
-        return {k: rounded(v) for k, v in tree.items()}
-    return float(f"{tree:.4g}") if isinstance(tree, float) else tree
 
 
 def param_bytes(model: GPT) -> int:
@@ -171,27 +157,21 @@ def torch_runners(cfg: ModelConfig, jax_model: GPT, prompts: np.ndarray, new_tok
 
 
 def measure(runners: dict[str, dict], new_tokens: int, repeats: int) -> dict:
-    """Best-of-`repeats` times, the implementations interleaved round by round so that load
-    from other processes on a shared machine hits all of them alike."""
+    """Best-of-`repeats` times, all implementations interleaved round by round
+    (`common.interleaved`) so that load from other processes hits all of them alike."""
+    flat = {(impl, name): fn for impl, fns in runners.items() for name, fn in fns.items()}
+    times = common.interleaved({f"{i}/{n}": fn for (i, n), fn in flat.items()}, repeats)
     out: dict = {impl: {} for impl in runners}
     for impl, fns in runners.items():
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()  # compile / warm up
-            out[impl][f"first_run_s_{name}"] = time.perf_counter() - t0
-    best = {(impl, name): math.inf for impl, fns in runners.items() for name in fns}
-    for _ in range(repeats):
-        for impl, fns in runners.items():
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                best[impl, name] = min(best[impl, name], time.perf_counter() - t0)
-    for impl in runners:
+        for name in fns:
+            out[impl][f"first_run_s_{name}"] = times[f"{impl}/{name}"]["first_s"]
         for batch in (1, 8):
-            seconds = best[impl, f"b{batch}"]
+            seconds = times[f"{impl}/b{batch}"]["best_s"]
             out[impl][f"tokens_per_s_b{batch}"] = batch * new_tokens / seconds
             out[impl][f"ms_per_step_b{batch}"] = 1e3 * seconds / new_tokens
-        out[impl]["time_to_first_token_ms_b1"] = 1e3 * best[impl, "ttft"]
+            median = times[f"{impl}/b{batch}"]["median_s"]
+            out[impl][f"tokens_per_s_b{batch}_median"] = batch * new_tokens / median
+        out[impl]["time_to_first_token_ms_b1"] = 1e3 * times[f"{impl}/ttft"]["best_s"]
     return out
 
 
@@ -199,30 +179,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--new_tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     args = parser.parse_args()
+    if args.torch_threads and common.have_torch():
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
     prompts = np.random.default_rng(0).integers(0, 50257, (8, PROMPT_LEN)).astype(np.int32)
     report: dict = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "jax": jax.__version__, "jax_backend": jax.default_backend()},
+        "benchmark": "decode", "command": " ".join(sys.argv),
+        "machine": common.machine_info(),
         "memory_bandwidth": memory_bandwidth(args.repeats),
         "setup": {"vocab": VOCAB, "block_size": BLOCK, "prompt_len": PROMPT_LEN,
-                  "new_tokens": args.new_tokens, "greedy": True, "repeats": args.repeats,
-                  "load_average_at_start": os.getloadavg()[0]},
+                  "new_tokens": args.new_tokens, "greedy": True, "repeats": args.repeats},
         "models": {},
     }
-    try:
-        import torch  # noqa: F401
-        have_torch = True
-    except ImportError:
-        have_torch = False
-    for name, arch in MODELS.items():
+    have_torch = common.have_torch()
+    for name in args.models.split(","):
+        arch = MODELS[name]
         cfg = ModelConfig(block_size=BLOCK, vocab_size=VOCAB, dropout=0.0, **arch)
         model = GPT(cfg, rngs=nnx.Rngs(0))
         runners = {"jax": jax_runners(model, prompts, args.new_tokens)}
         if have_torch:
             runners["torch_eager"] = torch_runners(cfg, model, prompts, args.new_tokens)
-        entry: dict = {"config": arch, "param_bytes": param_bytes(model)}
+        entry: dict = {"config": arch, "param_bytes": param_bytes(model),
+                       "model_flops_per_token": common.decode_flops_per_token(
+                           cfg, PROMPT_LEN + args.new_tokens // 2)}
         entry.update(measure(runners, args.new_tokens, args.repeats))
         # Every step reads all weights once (the tied 50304-row matrix dominates); the
         # embedding-row and KV-cache reads are small next to it.
@@ -238,7 +222,8 @@ def main() -> None:
                 "ttft_torch_over_jax": t["time_to_first_token_ms_b1"] / j["time_to_first_token_ms_b1"],
             }
         report["models"][name] = entry
-    print(json.dumps(rounded(report), indent=2))
+    report["load_average_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    print(json.dumps(common.rounded(report), indent=2))
 
 
 if __name__ == "__main__":

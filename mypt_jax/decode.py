@@ -216,9 +216,10 @@ def _generate(
 
     # Prefill all prompt ids but the last; its logits are unused, so XLA drops the lm_head
     # matmul over P-1 positions. The loop's first step feeds the last prompt id.
+    layers = model.layer_params()  # per-layer buffers, cut once outside the loop
     cache = model.init_cache(B, S)
     _, cache = model.decode(
-        prompt_BxP[:, :-1], positions(slots_S[:P - 1]), cache, 0, key_valid_BxS
+        prompt_BxP[:, :-1], positions(slots_S[:P - 1]), cache, 0, key_valid_BxS, layers
     )
 
     def window(hist, end, width):
@@ -234,7 +235,7 @@ def _generate(
         n, feed_B, cache, hist, out_BxN, num_B, reason_B, done_B = carry
         slot = P - 1 + n  # where feed_B goes; the token picked now goes to slot + 1
         logits_BxTxV, cache = model.decode(
-            feed_B[:, None], positions(slot[None]), cache, slot, key_valid_BxS
+            feed_B[:, None], positions(slot[None]), cache, slot, key_valid_BxS, layers
         )
         recent_ids, recent_valid = window(hist, slot + 1, penalty_window)
         tok_B = next_token(

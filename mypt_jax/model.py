@@ -6,7 +6,9 @@ newer LLaMA-style options (RoPE with position interpolation, SwiGLU, RMSNorm), i
 
 Layout decisions (the converter in upstream.py maps PyTorch keys onto these):
 - Layers are stacked: every per-layer parameter has a leading layer axis and the forward runs
-  one `jax.lax.scan` over them, so compile time does not grow with depth.
+  one `jax.lax.scan` over them, so compile time does not grow with depth. Decoding instead
+  loops over per-layer slices (`layer_params`) and a per-layer KV cache, which XLA keeps as
+  separate buffers updated in place (a scan copied every layer's weights and cache per step).
 - Kernels are stored (in, out) so `x @ kernel`; the fused qkv kernel's output columns are
   [q | k | v], each head-major (head h owns columns h*D..(h+1)*D-1), as upstream.
 - Logical axis names live in one table, `param_logical_axes(config)`, shaped like
@@ -413,12 +415,32 @@ def _remat(fn, cfg: ModelConfig):
 
 @struct.dataclass
 class KVCache:
-    k_LxBxSxHxD: jax.Array  # keys after RoPE (if any), slot s = absolute cache slot
-    v_LxBxSxHxD: jax.Array
+    """Keys (after RoPE, if any) and values of every layer; slot s = absolute cache slot.
+
+    One array per layer, heads before slots (B, H, S, D): inside the generation loop each
+    layer's buffer is updated in place, and the attention dots read it as a (B, H)-batched
+    matmul without a transpose. A stacked (L, B, S, H, D) cache threaded through a layer
+    scan made XLA:CPU copy and transpose it on every step (cost growing with its length).
+    """
+
+    k_layers: tuple[jax.Array, ...]  # n_layer arrays of shape (B, H, S, D)
+    v_layers: tuple[jax.Array, ...]
 
     @property
     def max_len(self) -> int:
-        return self.k_LxBxSxHxD.shape[2]
+        return self.k_layers[0].shape[2]
+
+
+def _attend_cached(q_BxTxHxD, k_BxHxSxD, v_BxHxSxD, mask_BxTxS, cfg: ModelConfig) -> jax.Array:
+    """`_attend` against a (B, H, S, D) cache, no dropout; returns (B, T, H, D)."""
+    dtype = jnp.dtype(cfg.dtype)
+    scores_BxHxTxS = jnp.einsum(
+        "bthd,bhsd->bhts", q_BxTxHxD.astype(dtype), k_BxHxSxD.astype(dtype),
+        preferred_element_type=jnp.float32,
+    ) * jnp.float32(1.0 / math.sqrt(cfg.head_dim))
+    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, _MASK_VALUE)
+    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)
+    return jnp.einsum("bhts,bhsd->bthd", probs_BxHxTxS.astype(dtype), v_BxHxSxD.astype(dtype))
 
 
 # ----------------------------------------------------------------------------------------
@@ -539,9 +561,22 @@ class GPT(nnx.Module):
     # ----- incremental decoding -----
     def init_cache(self, batch_size: int, max_len: int, dtype: Any = None) -> KVCache:
         cfg = self.config
-        shape = (cfg.n_layer, batch_size, max_len, cfg.n_head, cfg.head_dim)
+        shape = (batch_size, cfg.n_head, max_len, cfg.head_dim)
         dtype = jnp.dtype(dtype or cfg.dtype)
-        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        def zeros() -> tuple[jax.Array, ...]:
+            return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layer))
+
+        return KVCache(zeros(), zeros())
+
+    def layer_params(self) -> list[dict[str, jax.Array]]:
+        """The stacked block parameters cut into one dict of arrays per layer.
+
+        For decoding: computed once before a generation loop, each layer's weights become
+        their own buffers. Scanning over the stacked arrays instead makes XLA:CPU copy every
+        layer's slice on every step (measured 1.46 vs 0.58 ms/step for 12.6 MB of weights).
+        """
+        stacked = self.blocks.arrays()
+        return [{k: v[i] for k, v in stacked.items()} for i in range(self.config.n_layer)]
 
     def decode(
         self,
@@ -550,13 +585,18 @@ class GPT(nnx.Module):
         cache: KVCache,
         cache_index: jax.Array | int,
         key_valid_BxS: jax.Array,
+        layers: list[Mapping[str, jax.Array]] | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """Runs a chunk of T tokens against the cache; returns logits (B, T, V) and the new cache.
 
         The chunk's K/V land in slots [cache_index, cache_index + T) of every row (the caller
         keeps cache_index + T <= max_len: dynamic_update_slice would clamp the start). Query t
         sees slots s <= cache_index + t where key_valid_BxS[b, s] is true. `positions_BxT` are
-        the absolute positions for the position table / RoPE.
+        the absolute positions for the position table / RoPE. `layers`: `layer_params()`,
+        hoisted out of a generation loop by the caller (cut here if not given).
+
+        The layers run as an unrolled Python loop (not a scan): each layer's weights and cache
+        stay separate buffers, updated in place inside a caller's `lax.while_loop`.
         """
         cfg = self.config
         B, T = tokens_BxT.shape
@@ -568,24 +608,23 @@ class GPT(nnx.Module):
         causal_TxS = jnp.arange(S, dtype=jnp.int32)[None, :] <= slot_T[:, None]
         mask_BxTxS = causal_TxS[None] & key_valid_BxS[:, None, :].astype(bool)
         zero = jnp.int32(0)
-
-        def layer(x, scanned):
-            p, k_cache_BxSxHxD, v_cache_BxSxHxD = scanned
-            q, k, v = _qkv(x, p, cfg, rope)
-            start = (zero, cache_index, zero, zero)
-            k_cache_BxSxHxD = jax.lax.dynamic_update_slice(
-                k_cache_BxSxHxD, k.astype(k_cache_BxSxHxD.dtype), start)
-            v_cache_BxSxHxD = jax.lax.dynamic_update_slice(
-                v_cache_BxSxHxD, v.astype(v_cache_BxSxHxD.dtype), start)
-            attn = _attend(q, k_cache_BxSxHxD, v_cache_BxSxHxD, mask_BxTxS, cfg, None)
-            x = _block_tail(x, attn, p, cfg, (None, None, None))
-            return x, (k_cache_BxSxHxD, v_cache_BxSxHxD)
-
-        x_BxTxC, (k_new, v_new) = jax.lax.scan(
-            layer, x_BxTxC, (self.blocks.arrays(), cache.k_LxBxSxHxD, cache.v_LxBxSxHxD)
-        )
+        start = (zero, zero, cache_index, zero)
+        layers = self.layer_params() if layers is None else layers
+        k_out, v_out = [], []
+        for p, k_cache_BxHxSxD, v_cache_BxHxSxD in zip(
+            layers, cache.k_layers, cache.v_layers, strict=True
+        ):
+            q, k, v = _qkv(x_BxTxC, p, cfg, rope)
+            k_cache_BxHxSxD = jax.lax.dynamic_update_slice(
+                k_cache_BxHxSxD, k.swapaxes(1, 2).astype(k_cache_BxHxSxD.dtype), start)
+            v_cache_BxHxSxD = jax.lax.dynamic_update_slice(
+                v_cache_BxHxSxD, v.swapaxes(1, 2).astype(v_cache_BxHxSxD.dtype), start)
+            attn = _attend_cached(q, k_cache_BxHxSxD, v_cache_BxHxSxD, mask_BxTxS, cfg)
+            x_BxTxC = _block_tail(x_BxTxC, attn, p, cfg, (None, None, None))
+            k_out.append(k_cache_BxHxSxD)
+            v_out.append(v_cache_BxHxSxD)
         logits = self.logits_from_hidden(self._final(x_BxTxC))
-        return logits, KVCache(k_new, v_new)
+        return logits, KVCache(tuple(k_out), tuple(v_out))
 
 
 def abstract_model(config: ModelConfig) -> GPT:
