@@ -23,11 +23,10 @@ import argparse
 import random
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from datagen import content_echo as C
 from datagen import gibberish
-from datagen.records import DatagenError, language_split, make_record, write_jsonl
+from datagen.records import make_record, write_generator_output
 
 GIBBERISH_MODES = ("include", "exclude", "only")
 OUTPUT_NAME = "mypt_echo_diverse.jsonl"
@@ -149,13 +148,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--max_examples must be >= 0 (0 means no cap), got {args.max_examples}")
 
     records = generate(args.gibberish, args.max_examples, args.seed)
-    path = Path(args.output_dir) / OUTPUT_NAME
-    try:
-        write_jsonl(path, records)
-    except DatagenError as err:
-        raise SystemExit(f"error: {err}") from err
+    write_generator_output(args.output_dir, OUTPUT_NAME, records)
     categories = Counter(record["context"].rsplit("category: ", 1)[1] for record in records)
-    print(f"wrote {len(records)} records to {path} ({language_split(records)})")
     for category, n in sorted(categories.items()):
         print(f"  {category}: {n}")
 

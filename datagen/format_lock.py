@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import random
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from datagen import content_format_lock as C
-from datagen.records import DatagenError, language_split, make_record, write_jsonl
+from datagen.records import make_record, write_generator_output
 
 MODES = ("full", "minimal")
 MATH_MODES = ("include", "exclude", "only", "minimal")
@@ -196,12 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     records = generate(args.mode, args.math, args.seed)
-    path = Path(args.output_dir) / OUTPUT_NAME
-    try:
-        write_jsonl(path, records)
-    except DatagenError as err:
-        raise SystemExit(f"error: {err}") from err
-    print(f"wrote {len(records)} records to {path} ({language_split(records)})")
+    write_generator_output(args.output_dir, OUTPUT_NAME, records)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,17 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     write_text_atomic(path, to_jsonl(records))
 
 
+def write_generator_output(output_dir: str | os.PathLike, name: str, records: list[dict]) -> Path:
+    """A generator CLI's output file: written atomically, reported, errors as a clean exit."""
+    path = Path(output_dir) / name
+    try:
+        write_jsonl(path, records)
+    except DatagenError as err:
+        raise SystemExit(f"error: {err}") from err
+    print(f"wrote {len(records)} records to {path} ({language_split(records)})")
+    return path
+
+
 def check_record(record: object) -> str | None:
     """Why `record` is not a usable single- or multi-turn SFT record, or None if it is."""
     if not isinstance(record, dict):
