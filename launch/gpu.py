@@ -79,15 +79,7 @@ def setup_commands(args: argparse.Namespace) -> list[ll.Command]:
 
 
 def run_commands(args: argparse.Namespace, extra: Sequence[str]) -> list[ll.Command]:
-    if args.run_name == ll.LATEST:
-        raise ll.LaunchError(f"--run_name {ll.LATEST!r} is reserved (it names the newest run)")
-    workdir = args.workdir or f"runs/{args.run_name}"
-    argv = ll.trainer_argv(args.config, workdir, args.dataset_dir, args.init_from, extra)
-    return [
-        _target(args).shell(
-            ll.start_script(_remote_dir(args), args.run_name, argv, trainer_env(args))
-        )
-    ]
+    return [ll.run_command(_target(args), _remote_dir(args), args, extra, trainer_env(args))]
 
 
 def tail_commands(args: argparse.Namespace) -> list[ll.Command]:

@@ -197,6 +197,15 @@ def stop_script(remote_dir: str, run_name: str, signal: str, pkill: bool) -> str
     return script
 
 
+def run_command(target, remote_dir: str, args, extra: Sequence[str], env: Mapping[str, str]) -> Command:
+    """`run`: start the trainer in the background on `target` (every worker of a TPU slice)."""
+    if args.run_name == LATEST:
+        raise LaunchError(f"--run_name {LATEST!r} is reserved (it names the newest run)")
+    workdir = args.workdir or f"runs/{args.run_name}"
+    argv = trainer_argv(args.config, workdir, args.dataset_dir, args.init_from, extra)
+    return target.shell(start_script(remote_dir, args.run_name, argv, env))
+
+
 def tail_script(remote_dir: str, run_name: str, lines: int, follow: bool) -> str:
     log = q(posixpath.join(remote_dir, LOG_DIR, f"{run_name}.log"))
     return f"tail -n {int(lines)} {'-F ' if follow else ''}{log}"

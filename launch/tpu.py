@@ -96,12 +96,7 @@ def setup_commands(args: argparse.Namespace) -> list[ll.Command]:
 
 
 def run_commands(args: argparse.Namespace, extra: Sequence[str]) -> list[ll.Command]:
-    if args.run_name == ll.LATEST:
-        raise ll.LaunchError(f"--run_name {ll.LATEST!r} is reserved (it names the newest run)")
-    workdir = args.workdir or f"runs/{args.run_name}"
-    argv = ll.trainer_argv(args.config, workdir, args.dataset_dir, args.init_from, extra)
-    script = ll.start_script(args.remote_dir, args.run_name, argv, ll.parse_env(args.env))
-    return [_target(args).shell(script)]
+    return [ll.run_command(_target(args), args.remote_dir, args, extra, ll.parse_env(args.env))]
 
 
 def tail_commands(args: argparse.Namespace) -> list[ll.Command]:
