@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
@@ -74,6 +75,11 @@ class Checkpointer:
                     keep_checkpoints_without_metrics=False,
                 )
             )
+        # Several processes save synchronously: with async saves, grain's handler on a
+        # non-primary process can write its iterator file before the primary has created
+        # the step's temporary directory (seen as "No such file or directory" in the
+        # 2-process test), which kills the run.
+        async_save = async_save and jax.process_count() == 1
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
             preservation_policy=pp.AnyPreservationPolicy(policies),
