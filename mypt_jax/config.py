@@ -136,10 +136,7 @@ def _tokenizer(path: epath.Path, field: str) -> Tokenizer | None:
     if not path.is_file():
         return None
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))  # Tokenizer.load is local-only
-        return Tokenizer.from_state(state, source=str(path))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{field}: {path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        return Tokenizer.load(path)
     except TokenizerError as e:
         raise ConfigError(f"{field}: {e}") from None
 

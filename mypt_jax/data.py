@@ -50,6 +50,7 @@ import numpy as np
 
 from mypt_jax import episodes
 from mypt_jax.episodes import DatasetError, Shard
+from mypt_jax.paths import read_json
 from mypt_jax.tokenizer import Tokenizer, TokenizerError
 
 MODES = ("epoch", "random")
@@ -147,10 +148,7 @@ def read_metadata(dataset_dir: str | Path) -> dict:
     path = Path(dataset_dir) / episodes.METADATA_FILE
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    return read_json(path, DatasetError)
 
 
 def _read_shards(split_dir: Path) -> list[Shard]:

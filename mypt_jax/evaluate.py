@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mypt_jax import decode
+from mypt_jax.paths import read_json
 from mypt_jax.tokenizer import SEED_SPECIAL_TOKENS, Tokenizer
 
 # Same strings in the seed and the newer token maps; only their ids moved.
@@ -42,12 +43,7 @@ class EvalPrompts:
 
 def load_eval_prompts(path: str | os.PathLike) -> EvalPrompts:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalPromptsError(f"{path}: eval prompts file not found") from None
-    except json.JSONDecodeError as e:
-        raise EvalPromptsError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    data = read_json(path, EvalPromptsError, "eval prompts file")
     if not isinstance(data, dict):
         raise EvalPromptsError(f"{path}: expected a JSON object with a 'prompts' key")
 

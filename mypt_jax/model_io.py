@@ -204,15 +204,10 @@ def load_model(
 
 
 def read_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """DST's tokenizer.json (local or remote; `Tokenizer.load` reads local files only)."""
+    """DST's tokenizer.json (local or remote)."""
     file = as_path(path) / "tokenizer.json"
     try:
-        state = json.loads(file.read_text(encoding="utf-8"))
-        return Tokenizer.from_state(state, source=str(file))
-    except FileNotFoundError:
-        raise ModelCheckpointError(f"{file}: tokenizer file not found") from None
-    except json.JSONDecodeError as e:
-        raise ModelCheckpointError(f"{file}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        return Tokenizer.load(file)
     except TokenizerError as e:
         raise ModelCheckpointError(str(e)) from None
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from etils import epath
 
@@ -30,3 +32,16 @@ def absolute(path: str | os.PathLike) -> epath.Path:
 def describe_path(path: str | os.PathLike) -> str:
     """A path for records (model dir `source.json`): resolved when local, the URI when remote."""
     return os.fspath(path) if is_remote(path) else str(Path(path).resolve())
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], what: str = "file") -> Any:
+    """Parsed JSON from a local path or URI; missing or malformed raises `error` naming the path."""
+    path = as_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None

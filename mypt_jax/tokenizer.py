@@ -19,6 +19,8 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
+from mypt_jax.paths import read_json
+
 BASE_VOCAB_SIZE = 50257  # GPT-2 ids 0..50256
 MODEL_VOCAB_SIZE = 50304  # padded to a multiple of 64; 50272..50303 are unused
 GPT2_ENDOFTEXT_ID = 50256
@@ -255,13 +257,7 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        path = Path(path)
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TokenizerError(f"{path}: tokenizer file not found") from None
-        except json.JSONDecodeError as e:
-            raise TokenizerError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        state = read_json(path, TokenizerError, "tokenizer file")  # local path or URI
         return cls.from_state(state, source=str(path))
 
     def save(self, path: str | os.PathLike) -> None:

@@ -28,7 +28,7 @@ from etils import epath
 
 from mypt_jax import torch_pickle
 from mypt_jax.model import ConfigError, ModelConfig, param_shapes
-from mypt_jax.paths import as_path, is_remote
+from mypt_jax.paths import as_path, is_remote, read_json
 from mypt_jax.tokenizer import BASE_VOCAB_SIZE, Tokenizer, TokenizerError, head_tokenizer
 
 LEGACY_FILES = ("final.pt", "latest.pt")
@@ -320,10 +320,7 @@ def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
         if required:
             raise UpstreamError(f"{path}: file not found")
         return None
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UpstreamError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    obj = read_json(path, UpstreamError)
     if not isinstance(obj, dict):
         raise UpstreamError(f"{path}: expected a JSON object")
     return obj
