@@ -1,4 +1,4 @@
-"""Masked next-token cross-entropy, in float32, optionally without materialising all logits.
+"""Masked next-token cross-entropy in float32, and the fused vocabulary head that trains with it.
 
 Losses are returned as (sum of masked per-token CE, number of masked tokens) so callers can
 add them over microbatches, devices or val batches and divide once: the upstream loss of a
@@ -7,7 +7,7 @@ batch is `sum / max(count, 1)` (a token-weighted mean; a batch without targets g
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -32,35 +32,103 @@ def masked_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Arr
     return normalise(*masked_ce_sums(logits_BxTxV, targets_BxT, mask_BxT))
 
 
-def chunked_ce_sums(
-    hidden_BxTxC: jax.Array,
-    logits_from_hidden: Callable[[jax.Array], jax.Array],
+def head_ce_sums(
+    h_BxTxC: jax.Array,
+    w_VxC: jax.Array,
+    b_V: jax.Array,
     targets_BxT: jax.Array,
     mask_BxT: jax.Array,
-    chunk_size: int,
+    chunk_size: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
-    """The same sums, projecting `chunk_size` positions at a time.
+    """`masked_ce_sums` of the logits `h @ w.T + b`, fused with their gradient.
 
-    Each chunk is rematerialised in the backward pass, so at most one chunk's float32
-    logits [B, chunk, V] is alive instead of all T positions'.
+    The matmuls run in `h`'s dtype with float32 accumulation; logits, softmax and the loss
+    are float32. Under differentiation the forward pass already computes the gradients of
+    the loss sum with respect to h, w and b (the loss is the last op of the step, so its
+    cotangent is a scalar) and the backward pass only scales them. That keeps the [N, V]
+    logits out of the residuals and lets us write the three head matmuls in layouts that
+    XLA runs without transposing [N, V] arrays, and the bias gradient as a matmul (on
+    XLA:CPU a column sum over [N, V] is a slow single-threaded reduction).
+
+    `chunk_size` K > 0 projects K positions of every row at a time (a scan), so at most one
+    chunk's [B, K, V] logits are alive; 0 projects all T at once.
     """
-    B, T, C = hidden_BxTxC.shape
-    n = T // chunk_size
-    h_NxBxKxC = hidden_BxTxC.reshape(B, n, chunk_size, C).swapaxes(0, 1)
-    y_NxBxK = targets_BxT.reshape(B, n, chunk_size).swapaxes(0, 1)
-    m_NxBxK = mask_BxT.reshape(B, n, chunk_size).swapaxes(0, 1)
+    mask_BxT = mask_BxT.astype(jnp.float32)
+    loss_sum = _fused_head(h_BxTxC, w_VxC, b_V, targets_BxT, mask_BxT, chunk_size)
+    return loss_sum, jnp.sum(mask_BxT)
 
-    @jax.checkpoint
-    def chunk(h_BxKxC, y_BxK, m_BxK):
-        return masked_ce_sums(logits_from_hidden(h_BxKxC), y_BxK, m_BxK)
 
-    def body(carry, xs):
-        s, c = chunk(*xs)
-        return (carry[0] + s, carry[1] + c), None
+def _head_chunk(h_NxC, w_VxC, b_V, y_N, m_N, with_grads: bool):
+    logits_NxV = jnp.einsum("nc,vc->nv", h_NxC, w_VxC.astype(h_NxC.dtype),
+                            preferred_element_type=jnp.float32) + b_V.astype(jnp.float32)
+    max_Nx1 = jnp.max(logits_NxV, axis=-1, keepdims=True)
+    exp_NxV = jnp.exp(logits_NxV - max_Nx1)
+    sum_Nx1 = jnp.sum(exp_NxV, axis=-1, keepdims=True)
+    target_N = jnp.take_along_axis(logits_NxV, y_N[:, None], axis=-1)[:, 0]
+    lse_N = (jnp.log(sum_Nx1) + max_Nx1)[:, 0]
+    loss_sum = jnp.sum((lse_N - target_N) * m_N)
+    if not with_grads:
+        return loss_sum
+    # d loss_sum / d logits = mask * (softmax - one_hot(target))
+    hit_NxV = jnp.arange(logits_NxV.shape[-1], dtype=y_N.dtype) == y_N[:, None]
+    g_NxV = (exp_NxV * (m_N[:, None] / sum_Nx1) - jnp.where(hit_NxV, m_N[:, None], 0.0))
+    g_NxV = g_NxV.astype(h_NxC.dtype)
+    f32 = jnp.float32
+    dh_NxC = jnp.einsum("nv,vc->nc", g_NxV, w_VxC.astype(h_NxC.dtype), preferred_element_type=f32)
+    dw_CxV = jnp.einsum("nc,nv->cv", h_NxC, g_NxV, preferred_element_type=f32)
+    db_V = jnp.einsum("n,nv->v", jnp.ones(g_NxV.shape[:1], g_NxV.dtype), g_NxV,
+                      preferred_element_type=f32)
+    return loss_sum, dh_NxC, dw_CxV, db_V
 
-    zero = jnp.zeros((), jnp.float32)
-    (loss_sum, count), _ = jax.lax.scan(body, (zero, zero), (h_NxBxKxC, y_NxBxK, m_NxBxK))
-    return loss_sum, count
+
+def _head_scan(h_BxTxC, w_VxC, b_V, y_BxT, m_BxT, chunk_size: int, with_grads: bool):
+    B, T, C = h_BxTxC.shape
+    V = w_VxC.shape[0]
+    k = chunk_size or T
+    n = T // k
+    xs = (h_BxTxC.reshape(B, n, k, C).swapaxes(0, 1),
+          y_BxT.reshape(B, n, k).swapaxes(0, 1),
+          m_BxT.reshape(B, n, k).swapaxes(0, 1))
+
+    def flat(h_BxKxC, y_BxK, m_BxK):
+        return h_BxKxC.reshape(B * k, C), y_BxK.reshape(-1), m_BxK.reshape(-1)
+
+    if not with_grads:
+        def body_loss(acc, x):
+            h_NxC, y_N, m_N = flat(*x)
+            return acc + _head_chunk(h_NxC, w_VxC, b_V, y_N, m_N, False), None
+
+        return jax.lax.scan(body_loss, jnp.zeros((), jnp.float32), xs)[0]
+
+    def body(acc, x):
+        h_NxC, y_N, m_N = flat(*x)
+        loss_sum, dh_NxC, dw_CxV, db_V = _head_chunk(h_NxC, w_VxC, b_V, y_N, m_N, True)
+        acc = (acc[0] + loss_sum, acc[1] + dw_CxV, acc[2] + db_V)
+        return acc, dh_NxC.reshape(B, k, C)
+
+    zeros = (jnp.zeros((), jnp.float32), jnp.zeros((C, V), jnp.float32), jnp.zeros((V,), jnp.float32))
+    (loss_sum, dw_CxV, db_V), dh_NxBxKxC = jax.lax.scan(body, zeros, xs)
+    dh_BxTxC = dh_NxBxKxC.swapaxes(0, 1).reshape(B, T, C)
+    return loss_sum, (dh_BxTxC, dw_CxV.T, db_V)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _fused_head(h_BxTxC, w_VxC, b_V, y_BxT, m_BxT, chunk_size):
+    return _head_scan(h_BxTxC, w_VxC, b_V, y_BxT, m_BxT, chunk_size, False)
+
+
+def _fused_head_fwd(h_BxTxC, w_VxC, b_V, y_BxT, m_BxT, chunk_size):
+    loss_sum, grads = _head_scan(h_BxTxC, w_VxC, b_V, y_BxT, m_BxT, chunk_size, True)
+    dtypes = (h_BxTxC.dtype, w_VxC.dtype, b_V.dtype)
+    return loss_sum, tuple(g.astype(d) for g, d in zip(grads, dtypes, strict=True))
+
+
+def _fused_head_bwd(chunk_size, grads, g_loss):
+    dh, dw, db = (g_loss.astype(x.dtype) * x for x in grads)
+    return dh, dw, db, None, None
+
+
+_fused_head.defvjp(_fused_head_fwd, _fused_head_bwd)
 
 
 def trained_positions_BxK(mask_BxT: jax.Array, k: int) -> jax.Array:

@@ -536,11 +536,16 @@ class GPT(nnx.Module):
         x_BxTxC, _ = jax.lax.scan(_remat(layer, cfg), x_BxTxC, (self.blocks.arrays(), keys))
         return self._final(x_BxTxC)
 
+    def output_head(self) -> tuple[jax.Array, jax.Array]:
+        """(kernel (V, C), bias (V,)) of the vocabulary projection: logits = h @ kernel.T + bias."""
+        w_VxC = self.wte[...] if self.config.tie_weights else self.lm_head_kernel[...]
+        return w_VxC, self.lm_head_bias[...]
+
     def logits_from_hidden(self, h_BxTxC: jax.Array) -> jax.Array:
         dtype = jnp.dtype(self.config.dtype)
-        w_VxC = self.wte[...] if self.config.tie_weights else self.lm_head_kernel[...]
+        w_VxC, b_V = self.output_head()
         logits = jnp.einsum("btc,vc->btv", h_BxTxC.astype(dtype), w_VxC.astype(dtype))
-        return logits + self.lm_head_bias[...].astype(dtype)
+        return logits + b_V.astype(dtype)
 
     def __call__(
         self,

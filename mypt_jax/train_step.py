@@ -133,18 +133,12 @@ def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_siz
     vocabulary (SFT rows train on few tokens; the [T, V] projection dominates small models).
     """
     model = mdef.merge(params)
-    deterministic = key is None
     targets, mask = batch["targets"], batch["loss_mask"]
-    if not (loss_chunk_size or loss_positions):
-        logits = model(batch["inputs"], deterministic=deterministic, rngs=key)
-        return loss_lib.masked_ce_sums(logits, targets, mask)
-    h = model.hidden(batch["inputs"], deterministic=deterministic, rngs=key)
+    h = model.hidden(batch["inputs"], deterministic=key is None, rngs=key)
     if loss_positions:
         idx_BxK = loss_lib.trained_positions_BxK(mask, loss_positions)
         h, targets, mask = (loss_lib.gather_positions(x, idx_BxK) for x in (h, targets, mask))
-    if loss_chunk_size:
-        return loss_lib.chunked_ce_sums(h, model.logits_from_hidden, targets, mask, loss_chunk_size)
-    return loss_lib.masked_ce_sums(model.logits_from_hidden(h), targets, mask)
+    return loss_lib.head_ce_sums(h, *model.output_head(), targets, mask, loss_chunk_size)
 
 
 def make_train_step(
