@@ -21,14 +21,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# tcmalloc where it is installed (Debian/Ubuntu: libtcmalloc-minimal4): glibc gives every
-# buffer over 32 MB back to the kernel, so each step page-faults its logits in again.
-if [ -z "${LD_PRELOAD:-}" ]; then
-  for lib in /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4; do
-    if [ -f "$lib" ]; then export LD_PRELOAD=$lib; break; fi
-  done
-fi
-
 # CPU on purpose: the quickstart is sized for two CPU cores, and this skips the accelerator probe.
 export JAX_PLATFORMS=cpu
 exec .venv/bin/python -m mypt_jax.pipeline --phase 3a1_alpha --preset cpu "$@"

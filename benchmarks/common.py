@@ -30,6 +30,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mypt_jax import hostmem
+
+# Every benchmark runs with the host allocator settings of our entry points (torch, in the
+# same process, gets them too).
+MALLOC_TUNED = hostmem.keep_freed_memory()
+
 # Dense (no sparsity) bf16 peak FLOP/s per device, from the vendors' data sheets.
 # H100 SXM: 989.4 TFLOP/s (the 1979 figure is with 2:4 sparsity); H100 PCIe: 756;
 # H200 SXM: 989 (same compute die as H100 SXM); A100 (SXM and PCIe): 312;
@@ -220,7 +226,8 @@ def machine_info() -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("OPENBLAS", "OMP_", "MKL_", "XLA_FLAGS", "TF_CPP", "LD_PRELOAD"))},
-        "malloc": malloc_name(),
+        "malloc": hostmem.allocator(),
+        "malloc_tuned": MALLOC_TUNED,
     }
     try:
         import torch
@@ -230,23 +237,6 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     return info
-
-
-def malloc_name() -> str:
-    """The allocator this process runs with: glibc's, or a preloaded tcmalloc / jemalloc.
-
-    It moves CPU numbers a lot: glibc hands every buffer over 32 MB back to the kernel, so a
-    step that allocates its [N, V] logits afresh pays a page fault per 4 KB each time (100k
-    faults for 412 MB); tcmalloc keeps the pages.
-    """
-    try:
-        maps = open("/proc/self/maps").read()
-    except OSError:
-        return "unknown"
-    for name in ("tcmalloc", "jemalloc", "mimalloc"):
-        if name in maps:
-            return name
-    return "glibc"
 
 
 def have_torch() -> bool:

@@ -594,8 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from datagen.records import DatagenError
-    from mypt_jax import distributed
+    from mypt_jax import distributed, hostmem
 
+    hostmem.keep_freed_memory()
     try:
         distributed.maybe_initialize()
         summaries = run(args.phase, root=args.root, preset=args.preset, init_from=args.init_from,

@@ -29,7 +29,9 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     import jax
 
-    from mypt_jax import distributed
+    from mypt_jax import distributed, hostmem
+
+    hostmem.keep_freed_memory()
 
     # Joins when the environment names a coordinator (or --distributed forces it, as on TPU
     # pods); must run before anything touches the JAX backend.

@@ -1,0 +1,42 @@
+"""The benchmark scripts run and say true things (their timings are never asserted)."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_bench_train_tiny_jax_and_torch_start_from_the_same_loss():
+    pytest.importorskip("torch")
+    report = _run("bench_train.py", "--shape", "tiny", "--repeats", "1")
+    first = report["first_step_loss"]
+    assert set(first) == {"jax", "torch_eager"}
+    # Same weights, batch and masked loss; at init the loss is near ln(vocab).
+    assert abs(first["jax"] - first["torch_eager"]) < 1e-3
+    assert abs(first["jax"] - math.log(50304)) < 0.5
+    assert report["machine"]["malloc_tuned"] in (True, False)
+    for impl in report["impls"].values():
+        assert impl["step_s_best"] > 0 and 0 < impl["mfu"] < 1.5
+
+
+@pytest.mark.slow
+def test_profile_step_names_the_ops_it_times():
+    report = _run("profile_step.py", "--shape", "tiny", "--top", "5")
+    assert len(report["top_ops"]) == 5
+    # Every top op is found in the dumped HLO, so the names map to shapes and JAX ops.
+    assert all(op["shape"] != "?" for op in report["top_ops"][:3])
+    assert report["ms_per_kind"]["vocabulary head"] > 0
+    assert set(report["head_matmuls"]) == {"logits h @ W.T", "d_hidden g @ W", "d_kernel h.T @ g"}
