@@ -82,6 +82,9 @@ class JaxStep:
                  loss_positions: int = 0, seed: int = 0, mesh=None):
         self.mc, self.batch_size = mc, batch_size
         self.mesh = mesh or sharding.make_mesh((-1, 1, 1))
+        if batch_size % self.mesh.size:
+            raise SystemExit(f"batch size {batch_size} does not split over the {self.mesh.size} "
+                             "devices of the data-parallel mesh; pass --batch_size")
         self.tx, schedule = optim.make_optimizer(**OPT)
         self.mdef = ts.model_def(mc)
         self.step_fn = ts.make_train_step(

@@ -6,7 +6,7 @@ for 8 x 256 positions of a 50304 vocabulary) page-faults all of it in again ever
 ~100k faults, about 0.07 s for that one buffer on the 2-core benchmark machine.
 tcmalloc and jemalloc keep freed pages; on glibc, `mallopt` can be told to do the same.
 
-Measured (benchmarks/README.md): the small-shape float32 train step 1.48 -> 1.33 s.
+Measured (benchmarks/README.md): the small-shape float32 train step 1.44 -> 1.30 s.
 The cost is that the process keeps its peak heap instead of returning it to the OS, which
 is what a training process does anyway. Set MYPT_MALLOC_TUNING=0 to leave glibc as it is.
 """

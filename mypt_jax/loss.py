@@ -1,4 +1,4 @@
-"""Masked next-token cross-entropy in float32, and the fused vocabulary head that trains with it.
+"""Masked next-token cross-entropy in float32, fused with the vocabulary projection.
 
 Losses are returned as (sum of masked per-token CE, number of masked tokens) so callers can
 add them over microbatches, devices or val batches and divide once: the upstream loss of a
@@ -11,25 +11,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax
-
-
-def masked_ce_sums(
-    logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    ce_BxT = optax.losses.softmax_cross_entropy_with_integer_labels(
-        logits_BxTxV.astype(jnp.float32), targets_BxT
-    )
-    mask_BxT = mask_BxT.astype(jnp.float32)
-    return jnp.sum(ce_BxT * mask_BxT), jnp.sum(mask_BxT)
 
 
 def normalise(loss_sum: jax.Array, count: jax.Array) -> jax.Array:
     return loss_sum / jnp.maximum(count, 1.0)
-
-
-def masked_ce(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
-    return normalise(*masked_ce_sums(logits_BxTxV, targets_BxT, mask_BxT))
 
 
 def head_ce_sums(
@@ -40,7 +25,7 @@ def head_ce_sums(
     mask_BxT: jax.Array,
     chunk_size: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
-    """`masked_ce_sums` of the logits `h @ w.T + b`, fused with their gradient.
+    """(masked CE sum, mask count) of the logits `h @ w.T + b`, fused with their gradient.
 
     The matmuls run in `h`'s dtype with float32 accumulation; logits, softmax and the loss
     are float32. Under differentiation the forward pass already computes the gradients of

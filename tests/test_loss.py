@@ -3,9 +3,17 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mypt_jax import loss
+
+
+def _ce(logits, targets, mask):
+    # The fused head with an identity projection: its logits are `logits` itself.
+    V = logits.shape[-1]
+    s, c = loss.head_ce_sums(logits, jnp.eye(V, dtype=logits.dtype), jnp.zeros(V), targets, mask)
+    return loss.normalise(s, c)
 
 
 def _example():
@@ -17,17 +25,17 @@ def _example():
 
 def test_masked_ce_matches_hand_computed_values():
     logits, targets = _example()
-    both = loss.masked_ce(logits, targets, jnp.array([[1.0, 1.0]]))
+    both = _ce(logits, targets, jnp.array([[1.0, 1.0]]))
     assert np.isclose(float(both), (math.log(3) + math.log(5 / 3)) / 2, atol=1e-6)  # = ln5 / 2
-    first = loss.masked_ce(logits, targets, jnp.array([[1.0, 0.0]]))
+    first = _ce(logits, targets, jnp.array([[1.0, 0.0]]))
     assert np.isclose(float(first), math.log(3), atol=1e-6)
-    second = loss.masked_ce(logits, targets, jnp.array([[0.0, 1.0]]))
+    second = _ce(logits, targets, jnp.array([[0.0, 1.0]]))
     assert np.isclose(float(second), math.log(5 / 3), atol=1e-6)
 
 
 def test_no_masked_token_gives_zero_not_nan():
     logits, targets = _example()
-    assert float(loss.masked_ce(logits, targets, jnp.zeros((1, 2)))) == 0.0
+    assert float(_ce(logits, targets, jnp.zeros((1, 2)))) == 0.0
 
 
 def test_token_weighted_over_the_batch_not_per_row():
@@ -36,13 +44,7 @@ def test_token_weighted_over_the_batch_not_per_row():
     targets = jnp.array([[0, 0], [0, 0]])
     mask = jnp.array([[1.0, 0.0], [1.0, 1.0]])
     expected = (math.log(4) + 2 * math.log(5 / 2)) / 3  # not the mean of row means
-    assert np.isclose(float(loss.masked_ce(logits, targets, mask)), expected, atol=1e-6)
-
-
-def test_bf16_logits_are_upcast():
-    logits, targets = _example()
-    out = loss.masked_ce(logits.astype(jnp.bfloat16), targets, jnp.ones((1, 2)))
-    assert out.dtype == jnp.float32
+    assert np.isclose(float(_ce(logits, targets, mask)), expected, atol=1e-6)
 
 
 def _head_example(B=2, T=8, C=5, V=11, dtype=jnp.float32):
@@ -56,9 +58,10 @@ def _head_example(B=2, T=8, C=5, V=11, dtype=jnp.float32):
 
 
 def _plain_head_loss(h, w, b, y, m):
-    # The textbook path: materialise the logits, let autodiff do the rest.
+    # The textbook path: materialise the logits, optax's cross-entropy, autodiff for the rest.
     logits = jnp.einsum("btc,vc->btv", h.astype(jnp.float32), w) + b
-    return loss.normalise(*loss.masked_ce_sums(logits, y, m))
+    ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
 @pytest.mark.parametrize("chunk_size", [0, 2, 4, 8])
