@@ -177,7 +177,7 @@ class TorchStep:
 # ----------------------------------------------------------------------------------------
 
 def run_aot(args) -> dict[str, Any]:
-    mc = model_config(args.shape, args.precision, args.remat)
+    mc = model_config(args.shape, args.precision, args.remat, scan_layers=not args.unroll_layers)
     batch = args.batch_size or SHAPES[args.shape]["batch_size"]
     step = JaxStep(mc, batch, loss_chunk_size=args.loss_chunk_size)
     return {"compile": step.compile(), "params": _param_count(mc)}
@@ -191,7 +191,7 @@ def _param_count(mc: ModelConfig) -> int:
 
 
 def run_full(args) -> dict[str, Any]:
-    mc = model_config(args.shape, args.precision, args.remat)
+    mc = model_config(args.shape, args.precision, args.remat, scan_layers=not args.unroll_layers)
     B, T = args.batch_size or SHAPES[args.shape]["batch_size"], mc.block_size
     batch_np = synthetic_batch(B, T, args.mask_ratio)
     flops = common.train_step_flops(mc, B, T)
@@ -229,7 +229,7 @@ def run_full(args) -> dict[str, Any]:
     peak = matmul_flops / times["matmul_peak"]["best_s"]
     out: dict[str, Any] = {
         "shape": {**SHAPES[args.shape], "batch_size": B, "vocab": VOCAB, "precision": args.precision,
-                  "params": _param_count(mc), "remat": args.remat,
+                  "params": _param_count(mc), "remat": args.remat, "scan_layers": mc.scan_layers,
                   "loss_chunk_size": args.loss_chunk_size, "loss_positions": args.loss_positions,
                   "mask_ratio": args.mask_ratio},
         "flops_per_step": flops,
@@ -269,6 +269,8 @@ def parse_args(argv=None):
     p.add_argument("--shape", choices=sorted(SHAPES), default="small")
     p.add_argument("--precision", choices=sorted(cfg_lib.PRECISIONS), default="fp32")
     p.add_argument("--remat", choices=("none", "full", "dots"), default="none")
+    p.add_argument("--unroll_layers", action="store_true",
+                   help="scan_layers=False: unroll the layer scan (faster on CPU for few layers)")
     p.add_argument("--batch_size", type=int, default=0, help="0: the shape's batch")
     p.add_argument("--loss_chunk_size", type=int, default=0)
     p.add_argument("--loss_positions", type=int, default=0,

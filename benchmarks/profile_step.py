@@ -112,9 +112,10 @@ def main(argv=None) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "mixed", "bf16_pure"])
     p.add_argument("--loss_chunk_size", type=int, default=0)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--unroll_layers", action="store_true", help="scan_layers=False")
     args = p.parse_args(argv)
 
-    mc = bench_train.model_config(args.shape, args.precision)
+    mc = bench_train.model_config(args.shape, args.precision, scan_layers=not args.unroll_layers)
     B, T = bench_train.SHAPES[args.shape]["batch_size"], mc.block_size
     jstep = bench_train.JaxStep(mc, B, loss_chunk_size=args.loss_chunk_size)
     jstep.compile()

@@ -27,6 +27,9 @@ def get_config() -> config_dict.ConfigDict:
     c.param_dtype = ""  # storage dtype of the weights; "" = chosen by `precision`
     c.dtype = ""  # matmul compute dtype; "" = chosen by `precision`
     c.remat = "none"  # per-layer rematerialisation: "none" | "full" | "dots"
+    # One lax.scan over the blocks: compile time flat in depth. False unrolls them: on CPU a
+    # 4-layer step runs ~5% faster (no stacked per-layer residuals to copy in and out).
+    c.scan_layers = True
 
     # ----- data -----
     c.dataset_dir = ""  # prepared episode dataset (train/, val/, tokenizer_state.json)

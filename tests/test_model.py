@@ -139,7 +139,7 @@ def test_dropout_only_when_not_deterministic():
     assert float(jnp.abs(s1 - s2).max()) > 1e-3
 
 
-def test_remat_policies_give_same_loss_and_grads():
+def test_remat_policies_and_unrolled_layers_give_same_loss_and_grads():
     base = M.ModelConfig(**{**TINY, "n_embd": 32, "vocab_size": 512, "block_size": 16})
     x = jnp.asarray([[1, 2, 3, 4, 5, 6]])
 
@@ -149,8 +149,9 @@ def test_remat_policies_give_same_loss_and_grads():
         return nnx.value_and_grad(loss)(model)
 
     l0, g0 = loss_and_grads(base)
-    for policy in ("full", "dots"):
-        l1, g1 = loss_and_grads(base.replace(remat=policy))
+    # Other remat policies, and the unrolled layer loop, compute the same function.
+    for variant in (dict(remat="full"), dict(remat="dots"), dict(scan_layers=False)):
+        l1, g1 = loss_and_grads(base.replace(**variant))
         assert float(l0) == pytest.approx(float(l1), rel=1e-6)
         for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
