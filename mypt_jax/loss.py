@@ -44,8 +44,9 @@ def head_ce_sums(
 
 
 def _head_chunk(h_NxC, w_VxC, b_V, y_N, m_N, with_grads: bool):
-    logits_NxV = jnp.einsum("nc,vc->nv", h_NxC, w_VxC.astype(h_NxC.dtype),
-                            preferred_element_type=jnp.float32) + b_V.astype(jnp.float32)
+    f32 = jnp.float32
+    w_VxC = w_VxC.astype(h_NxC.dtype)
+    logits_NxV = jnp.einsum("nc,vc->nv", h_NxC, w_VxC, preferred_element_type=f32) + b_V.astype(f32)
     max_Nx1 = jnp.max(logits_NxV, axis=-1, keepdims=True)
     exp_NxV = jnp.exp(logits_NxV - max_Nx1)
     sum_Nx1 = jnp.sum(exp_NxV, axis=-1, keepdims=True)
@@ -58,8 +59,7 @@ def _head_chunk(h_NxC, w_VxC, b_V, y_N, m_N, with_grads: bool):
     hit_NxV = jnp.arange(logits_NxV.shape[-1], dtype=y_N.dtype) == y_N[:, None]
     g_NxV = (exp_NxV * (m_N[:, None] / sum_Nx1) - jnp.where(hit_NxV, m_N[:, None], 0.0))
     g_NxV = g_NxV.astype(h_NxC.dtype)
-    f32 = jnp.float32
-    dh_NxC = jnp.einsum("nv,vc->nc", g_NxV, w_VxC.astype(h_NxC.dtype), preferred_element_type=f32)
+    dh_NxC = jnp.einsum("nv,vc->nc", g_NxV, w_VxC, preferred_element_type=f32)
     dw_CxV = jnp.einsum("nc,nv->cv", h_NxC, g_NxV, preferred_element_type=f32)
     db_V = jnp.einsum("n,nv->v", jnp.ones(g_NxV.shape[:1], g_NxV.dtype), g_NxV,
                       preferred_element_type=f32)
