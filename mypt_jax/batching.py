@@ -261,21 +261,35 @@ def first_fit(sizes: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def _pack_plan(real_G, trained_G, layout: Layout, b: int, process_count: int):
+    """(row length, local rows, K, every process's bins) of the cheapest packing.
+
+    Rows may be as long as any length bucket that holds the longest episode; a longer row
+    needs fewer rows but costs more attention per row. We take the length whose bucketed
+    rows x length is smallest (the shorter on a tie). Every process packs every process's
+    episodes (cheap), so all agree on the shape.
+    """
+    def per_process(x):
+        return [x[p * b:(p + 1) * b] for p in range(process_count)]
+
+    best = None
+    longest = int(real_G.max(initial=0))
+    for length in (n for n in layout.length_buckets if n >= longest):
+        plans = [first_fit(sizes, length) for sizes in per_process(real_G)]
+        rows = _smallest_fitting(row_buckets(b, layout.row_multiple),
+                                 max(len(plan) for plan in plans))
+        if best is None or rows * length < best[0] * best[1]:
+            best = (rows, length, plans)
+    rows, length, plans = best
+    need_k = max(int(trained[members].sum()) for trained, plan in
+                 zip(per_process(trained_G), plans, strict=True) for members in plan)
+    return length, rows, _positions_for(layout, length, need_k), plans
+
+
 def _pack(rows: Batch, real_G, trained_G, layout: Layout, pad_id: int, process_index: int,
           process_count: int) -> tuple[Batch, BatchShape]:
     b = rows["inputs"].shape[0]
-    capacity = layout.block_size
-    # Every process packs every process's rows (cheap) so all agree on the shape.
-    plans = [first_fit(real_G[p * b:(p + 1) * b], capacity) for p in range(process_count)]
-    fill = max(int(real_G[p * b:(p + 1) * b][r].sum()) for p, plan in enumerate(plans)
-               for r in plan)
-    need_k = max(int(trained_G[p * b:(p + 1) * b][r].sum()) for p, plan in enumerate(plans)
-                 for r in plan)
-    local_rows = _smallest_fitting(row_buckets(b, layout.row_multiple),
-                                   max(len(plan) for plan in plans))
-    length = _smallest_fitting(layout.length_buckets, fill)
-    k = _positions_for(layout, length, need_k)
-
+    length, local_rows, k, plans = _pack_plan(real_G, trained_G, layout, b, process_count)
     mine = real_G[process_index * b:(process_index + 1) * b]
     inputs = np.full((local_rows, length), pad_id, np.int32)
     targets = np.full((local_rows, length), pad_id, np.int32)
