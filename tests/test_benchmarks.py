@@ -43,3 +43,16 @@ def test_profile_step_names_the_ops_it_times():
     assert all(op["shape"] != "?" for op in report["top_ops"][:3])
     assert report["ms_per_kind"]["vocabulary head"] > 0
     assert set(report["head_matmuls"]) == {"logits h @ W.T", "d_hidden g @ W", "d_kernel h.T @ g"}
+
+
+@pytest.mark.slow
+def test_aot_attention_compiles_splash_for_a_tpu_topology():
+    report = _run("aot_attention.py", "--shape", "tiny", "--runs", "v5e:2x2/2,1,2/splash")
+    (run,) = report["runs"]
+    assert "error" not in run, run
+    assert (run["chips"], run["resolved"], run["pallas_kernel_in_hlo"]) == (4, "splash", True)
+    assert run["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
+    assert run["memory_per_device"]["argument_size"] > 0
+    # the stated floor: model FLOPs over the chips' published bf16 peak (v5e 197 TFLOP/s)
+    assert run["predicted_step_s_at_100pct_mfu"] == pytest.approx(
+        run["model_flops_per_step"] / (4 * 197e12), rel=1e-3)
