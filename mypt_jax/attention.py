@@ -108,20 +108,25 @@ def full_sequence(
     Built once per forward, outside the layer scan: the mask (or the kernel's setup) is shared
     by every layer. `key` is the layer's attention-probability dropout key (None: no dropout).
     """
+    platform = platform_of(mesh)
     prob_dropout = training and cfg.dropout > 0 and cfg.attention_prob_dropout
-    kernel, note = resolve(cfg, platform_of(mesh), prob_dropout=prob_dropout)
+    kernel, note = resolve(cfg, platform, prob_dropout=prob_dropout)
     if note:
         warnings.warn(note, stacklevel=3)
     dtype = jnp.dtype(cfg.dtype)
     if kernel == "splash":
-        interpret = platform_of(mesh) != "tpu"
+        if mesh is None and platform == "tpu" and jax.device_count() > 1:
+            # XLA cannot partition a Pallas (Mosaic) call; only shard_map can place it.
+            raise ValueError(
+                "model config attention='splash' on several TPU devices needs the mesh: "
+                "call GPT.hidden / GPT.__call__ with mesh=")
         return lambda q, k, v, key: _splash(
-            q, k, v, segment_ids_BxT, mesh, dtype=dtype, interpret=interpret)
+            q, k, v, segment_ids_BxT, mesh, dtype=dtype, interpret=platform != "tpu")
     if kernel == "cudnn":
-        if platform_of(mesh) not in ("gpu", "cuda"):
+        if platform not in ("gpu", "cuda"):
             raise ValueError(
                 f"model config attention='cudnn' needs an NVIDIA GPU; this model runs on "
-                f"{platform_of(mesh)} (use attention='auto' or 'xla')")
+                f"{platform} (use attention='auto' or 'xla')")
         return lambda q, k, v, key: _cudnn(
             q.astype(dtype), k.astype(dtype), v.astype(dtype), segment_ids_BxT)
     B, T = shape_BxT

@@ -249,6 +249,11 @@ def test_platform_comes_from_the_mesh_else_the_default_backend(monkeypatch):
     assert attention.platform_of(_fake_mesh("tpu")) == "tpu"
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert attention.platform_of(None) == "gpu"
+    # several TPU devices and no mesh: the kernel could not be placed
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    with pytest.raises(ValueError, match="attention='splash' on several TPU devices needs the mesh"):
+        attention.full_sequence(CFG.replace(attention="splash"), None, (2, 64))
 
 
 @pytest.mark.parametrize("platform, kernel", [("cpu", "xla"), ("tpu", "splash"), ("gpu", "cudnn"),
