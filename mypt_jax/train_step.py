@@ -125,7 +125,8 @@ def init_state(params: Params, tx: optax.GradientTransformation, config: ModelCo
     return TrainState(step=step, params=params, opt_state=opt_state)
 
 
-def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_size: int):
+def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_size: int,
+               mesh: Mesh | None = None):
     """(masked CE sum, mask count) of a batch: padded rows, or shaped by `batching.shape_batch`.
 
     Optional keys: `positions`/`segment_ids` (packed rows), and `loss_index` [B, K] (project
@@ -133,7 +134,8 @@ def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_siz
     """
     model = mdef.merge(params)
     h = model.hidden(batch["inputs"], positions_BxT=batch.get("positions"),
-                     segment_ids_BxT=batch.get("segment_ids"), deterministic=key is None, rngs=key)
+                     segment_ids_BxT=batch.get("segment_ids"), deterministic=key is None, rngs=key,
+                     mesh=mesh)
     if "loss_index" in batch:
         h = loss_lib.gather_positions(h, batch["loss_index"])
     # Chunking bounds the [B, chunk, V] logits; a batch projecting fewer positions needs none.
@@ -173,7 +175,7 @@ def make_train_step(
         )
         micro = jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sh, micro))
         grad_fn = jax.value_and_grad(
-            lambda p, b, kk: _loss_sums(mdef, p, b, kk, loss_chunk_size), has_aux=True
+            lambda p, b, kk: _loss_sums(mdef, p, b, kk, loss_chunk_size, mesh), has_aux=True
         )
 
         def body(carry, xs):
@@ -214,7 +216,7 @@ def make_eval_step(mdef: ModelDef, mesh: Mesh, *, loss_chunk_size: int = 0):
     """`eval_step(params, batch) -> (masked CE sum, mask count)`, deterministic."""
     p_sh = param_shardings(mdef.config, mesh)
     return jax.jit(
-        lambda params, batch: _loss_sums(mdef, params, batch, None, loss_chunk_size),
+        lambda params, batch: _loss_sums(mdef, params, batch, None, loss_chunk_size, mesh),
         in_shardings=(p_sh, batch_sharding(mesh)),
         out_shardings=replicated(mesh),
     )
