@@ -143,7 +143,8 @@ def test_padded_trimmed_packed_give_one_loss_and_gradient(setup, generation):
     padded = batching.Layout(block, (block,), batching.ALL_POSITIONS, False)
     layouts = {"trimmed": _layout(block, positions=batching.ALL_POSITIONS),
                "trimmed+head": _layout(block),
-               "packed+head": _layout(block, pack=True)}
+               # one long bucket: the cheapest packing then puts two episodes in a row
+               "packed+head": _layout(block, pack=True, buckets=(8, 16, 32, block))}
     for loader_batch in batches:
         ref_loss, ref_grads = _loss_and_grads(
             cfg, params, batching.shape_batch(loader_batch, padded)[0])
