@@ -61,7 +61,7 @@ def get_config() -> config_dict.ConfigDict:
     c.eval_interval = 100  # eval (val loss + generations) at step 0 and every this many steps
     c.eval_iters = 200  # val batches per eval (upstream's default)
     c.eval_prompts_file = ""  # JSON {"prompts": {...}, "expected_outputs": {...}}; "" = none
-    c.eval_max_new_tokens = 64  # greedy tokens generated per eval prompt
+    c.eval_max_new_tokens = 0  # greedy tokens per eval prompt; 0 = 64, less if block_size leaves less
     c.simple_prompts_after = 500  # health check: simple prompts must start passing by this step
     c.log_interval = 10  # train-metric JSONL/console line every this many steps
 

@@ -315,7 +315,7 @@ def test_step(config, prompts_file: str) -> dict[str, Any]:
             return {"status": SKIPPED, "results": saved["results"]}
     model = mypt_jax.load(model_dir)
     results = evaluate.evaluate(model, model.tokenizer, evaluate.load_eval_prompts(prompts_file),
-                                max_new_tokens=config.eval_max_new_tokens)
+                                max_new_tokens=config.eval_max_new_tokens or None)
     evaluate.write_json_atomic(out, {"model_dir": str(model_dir), "prompts_file": prompts_file,
                                      "results": results})
     return {"status": "done", "results": results}
