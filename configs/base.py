@@ -27,8 +27,8 @@ def get_config() -> config_dict.ConfigDict:
     c.param_dtype = ""  # storage dtype of the weights; "" = chosen by `precision`
     c.dtype = ""  # matmul compute dtype; "" = chosen by `precision`
     c.remat = "none"  # per-layer rematerialisation: "none" | "full" | "dots"
-    # One lax.scan over the blocks: compile time flat in depth. False unrolls them: on CPU a
-    # 4-layer step runs ~5% faster (no stacked per-layer residuals to copy in and out).
+    # One lax.scan over the blocks: compile time flat in depth. False unrolls them: a 4-layer
+    # step ran ~5% faster on a Sapphire Rapids CPU (no stacked per-layer residuals to copy).
     c.scan_layers = True
 
     # ----- data -----

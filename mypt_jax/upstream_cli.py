@@ -52,10 +52,12 @@ NO_COUNTERPART = {
     "device": "JAX picks the backend",
     "eval_seed": "re-seeded torch's dropout RNG before each eval; dropout keys are fold_in(seed, step)",
 }
-# With --init_from_model the upstream took these from the init checkpoint, not the file; here
-# the file's values apply (`--config.inherit_init_config=True` restores the upstream rule).
+# With --init_from_model the upstream took these from the init checkpoint, not the file. Here
+# the file's values apply: the architecture must match the init's (config.check_architecture)
+# and `--config.inherit_init_config=True` takes block_size and the loader fields from it.
 INIT_OVERRIDDEN = ("block_size", "vocab_size", "n_embd", "n_head", "n_layer", "bias",
-                   "batch_sampling_mode", "episode_min_tokens", "epoch_seed", "epoch_shuffle")
+                   "use_checkpoint", "batch_sampling_mode", "episode_min_tokens", "epoch_seed",
+                   "epoch_shuffle")
 # Upstream flags that set the config field of the same name when given.
 _FLAG_FIELDS = {
     "max_iters": int, "eval_interval": int, "eval_iters": int, "learning_rate": float,
@@ -249,7 +251,8 @@ def summary(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
     overridden = [k for k in INIT_OVERRIDDEN if k in data]
     if "init_from_model" in flags and overridden:
         parts.append(f"the upstream took {', '.join(overridden)} from the init model, here the "
-                     "file's values apply (inherit_init_config=True: the upstream rule)")
+                     "file's apply (the architecture must match the init's; "
+                     "inherit_init_config=True takes block_size and the loader fields from it)")
     unused = [k for k in NO_COUNTERPART if k in data]
     if unused:
         parts.append(f"no use here: {', '.join(unused)}")
