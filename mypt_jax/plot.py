@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
 DEFAULT_MANY_OUT = "runs.loss.png"
@@ -117,9 +118,14 @@ def _xy(series: Sequence[tuple[int, float]], shift: int) -> tuple[list[int], lis
     return [step + shift for step, _ in series], [value for _, value in series]
 
 
-def _two_and_five(value: float, _pos) -> str:
-    mantissa = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
-    return f"{value:g}" if round(mantissa, 6) in (2, 5) else ""
+def _minor_labels(ax) -> FuncFormatter:
+    """Minor log ticks as plain numbers: all of them within about a decade, else 2x and 5x."""
+    def label(value: float, _pos) -> str:
+        low, high = ax.get_ylim()
+        mantissa = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
+        wide = low <= 0 or high / low > 15
+        return f"{value:g}" if mantissa in ((2, 5) if wide else range(2, 10)) else ""
+    return FuncFormatter(label)
 
 
 def figure(runs: Sequence[Curves], chain: bool = False) -> Figure:
@@ -154,9 +160,9 @@ def figure(runs: Sequence[Curves], chain: bool = False) -> Figure:
             offset += run.last_step
     loss_ax.set_yscale("log")
     # A loss curve spans one or two decades: label some minor ticks, not only the powers of 10.
-    # A loss curve spans a decade or two: label 2x and 5x ticks too, as plain numbers.
+    # A loss curve spans a decade or two: label minor ticks too, as plain numbers.
     loss_ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    loss_ax.yaxis.set_minor_formatter(FuncFormatter(_two_and_five))
+    loss_ax.yaxis.set_minor_formatter(_minor_labels(loss_ax))
     loss_ax.set_ylabel("loss (log scale)")
     loss_ax.set_title(runs[0].label if not many else " / ".join(r.label for r in runs))
     lr_ax.set_ylabel("learning rate")
@@ -167,8 +173,16 @@ def figure(runs: Sequence[Curves], chain: bool = False) -> Figure:
     axes[-1].set_xlabel("step" + (" (runs one after another)" if chain and many else ""))
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
+    if not many:
+        for ax in axes:
             ax.legend(loc="upper right", fontsize="small")
+        return fig
+    # Several runs: one legend of runs beside the loss panel; the other panels share its colours.
+    loss_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    if with_scores:
+        styles = [Line2D([], [], color="0.3", marker="o", ms=3, label="exact"),
+                  Line2D([], [], color="0.3", ls=":", marker="x", ms=3, label="normalized")]
+        axes[2].legend(handles=styles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return fig
 
 
