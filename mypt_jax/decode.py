@@ -353,8 +353,9 @@ def fit_new_tokens(
     n = max(1, min(default, block_size - longest))
     if n == default:
         return n, None
-    return n, (f"{name} not given: using {n}, what block_size {block_size} leaves after the "
-               f"longest prompt ({longest} ids), instead of the default {default}")
+    prompt = "the longest prompt" if len(prompt_lens) > 1 else "the prompt"
+    return n, (f"{name} not given: using {n}, what block_size {block_size} leaves after "
+               f"{prompt} ({longest} ids), instead of the default {default}")
 
 
 def fit_prompts(

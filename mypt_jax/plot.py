@@ -175,7 +175,7 @@ def figure(runs: Sequence[Curves], chain: bool = False) -> Figure:
         ax.grid(True, which="major", alpha=0.3)
     if not many:
         for ax in axes:
-            ax.legend(loc="upper right", fontsize="small")
+            ax.legend(loc="best", fontsize="small")
         return fig
     # Several runs: one legend of runs beside the loss panel; the other panels share its colours.
     loss_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
