@@ -93,7 +93,7 @@ def _bool(text: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """The upstream flags, every default None so that a given flag can be told apart."""
-    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="python -m mypt_jax.train", add_help=False, allow_abbrev=False)
     p.add_argument("--model_name", help="the run lives in checkpoints/<model_name>")
     p.add_argument("--input_file", help="upstream in-memory text mode (not supported)")
     p.add_argument("--tokenization", choices=["gpt2", "char"])
