@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command. On a fresh clone (CPU only, no base checkpoint): install into
 # .venv, then run Phase 3a-1 alpha end to end on a tiny model trained from scratch (generate,
-# prepare, train, test prompts) and print the seed's alpha test prompts with the answers.
+# prepare, train, test prompts), print the seed's alpha test prompts with the answers, then
+# the README's Step 4 commands pointed at the model just trained, ready to paste.
 # Extra arguments go to the pipeline (e.g. --root /tmp/qs). Rerunning skips finished steps.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,4 +24,26 @@ fi
 
 # CPU on purpose: the quickstart is sized for two CPU cores, and this skips the accelerator probe.
 export JAX_PLATFORMS=cpu
-exec .venv/bin/python -m mypt_jax.pipeline --phase 3a1_alpha --preset cpu "$@"
+.venv/bin/python -m mypt_jax.pipeline --phase 3a1_alpha --preset cpu "$@"
+
+# Where the pipeline put the model, asked of the pipeline itself (--root moves it).
+model=$(.venv/bin/python - "$@" <<'PY'
+import sys
+from pathlib import Path
+
+from mypt_jax import model_io, pipeline
+
+args = pipeline.build_parser().parse_args(["--phase", "3a1_alpha", *sys.argv[1:]])
+config = pipeline.phase_config(Path(args.root), pipeline.PHASES["3a1_alpha"], "cpu", None, {})
+print(Path(config.workdir) / model_io.RUN_MODEL_DIR)
+PY
+)
+system="<myPT_system>You are MyPT. Be concise: 1-2 sentences. Follow instructions exactly.</myPT_system>"
+cat <<EOF
+
+Step 4 on this model (paste from $PWD):
+.venv/bin/python -m mypt_jax.generate --model $model --temperature 0 \\
+    --prompt "$system<myPT_user>Say hello.</myPT_user><myPT_assistant>"
+.venv/bin/python -m mypt_jax.evaluate --model $model \\
+    --eval_prompts_file configs/sft_eval/phase3a1_alpha_test_prompts.json
+EOF

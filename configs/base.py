@@ -27,8 +27,8 @@ def get_config() -> config_dict.ConfigDict:
     c.param_dtype = ""  # storage dtype of the weights; "" = chosen by `precision`
     c.dtype = ""  # matmul compute dtype; "" = chosen by `precision`
     c.remat = "none"  # per-layer rematerialisation: "none" | "full" | "dots"
-    # One lax.scan over the blocks: compile time flat in depth. False unrolls them: on CPU a
-    # 4-layer step runs ~5% faster (no stacked per-layer residuals to copy in and out).
+    # One lax.scan over the blocks: compile time flat in depth. False unrolls them: a 4-layer
+    # step ran ~5% faster on a Sapphire Rapids CPU (no stacked per-layer residuals to copy).
     c.scan_layers = True
     c.attention = "auto"  # "auto" (splash on TPU, cudnn on GPU, xla on CPU) | "xla" | "splash" | "cudnn"
     # False drops the attention-probability dropout site (the fused kernels have none) and keeps
@@ -71,7 +71,7 @@ def get_config() -> config_dict.ConfigDict:
     c.eval_interval = 100  # eval (val loss + generations) at step 0 and every this many steps
     c.eval_iters = 200  # val batches per eval (upstream's default)
     c.eval_prompts_file = ""  # JSON {"prompts": {...}, "expected_outputs": {...}}; "" = none
-    c.eval_max_new_tokens = 64  # greedy tokens generated per eval prompt
+    c.eval_max_new_tokens = 0  # greedy tokens per eval prompt; 0 = 64, less if block_size leaves less
     c.simple_prompts_after = 500  # health check: simple prompts must start passing by this step
     c.log_interval = 10  # train-metric JSONL/console line every this many steps
 

@@ -10,7 +10,10 @@ def get_config():
     c.n_head = 4
     c.block_size = 64
     c.dropout = 0.0
-    c.precision = "fp32"  # bf16 matmuls are emulated (slow) on CPU
+    # fp32 for exact float32 numerics: tests compare runs across device counts and resumes at
+    # float32 tolerances. Not for speed: where the CPU has native bf16 (avx512_bf16), bf16
+    # matmuls ran faster (benchmarks/README.md).
+    c.precision = "fp32"
     c.dataset_dir = "data/sft_ready/phase3a1_alpha"
     c.batch_size = 8
     c.learning_rate = 1e-3

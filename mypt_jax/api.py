@@ -93,7 +93,8 @@ class MyPTModel:
     def generate(self, prompts: str | Sequence[str], **sampling) -> list:
         """Batched generation (jitted KV-cache loop); keywords as `decode.generate_text`.
 
-        Greedy when `temperature <= 0`; `preset=` takes the upstream presets by name.
+        Greedy when `temperature <= 0`; `preset=` takes the upstream presets by name. Without
+        `max_new_tokens`: 100, or what block_size leaves after the longest prompt (warns).
         Returns one `decode.Generation` (prompt, completion, ids, stopped_by) per prompt.
         """
         from mypt_jax import decode

@@ -246,11 +246,12 @@ def _check_fields(config: config_dict.ConfigDict) -> None:
         if config[name] not in allowed:
             raise ConfigError(f"{name}: expected one of {allowed}, got {config[name]!r}")
     positive = ("batch_size", "max_iters", "eval_interval", "eval_iters", "grad_accum_steps",
-                "keep_checkpoints", "log_interval", "eval_max_new_tokens")
+                "keep_checkpoints", "log_interval")
     for name in positive:
         if config[name] < 1:
             raise ConfigError(f"{name}: must be >= 1, got {config[name]}")
     for name in ("learning_rate", "min_lr", "grad_clip", "weight_decay", "warmup_iters",
+                 "eval_max_new_tokens",
                  "loss_chunk_size", "checkpoint_interval", "keep_best", "adam_eps"):
         if config[name] < 0:
             raise ConfigError(f"{name}: must be >= 0, got {config[name]}")
@@ -343,15 +344,26 @@ def _check_dataset(config) -> Tokenizer:
     return tok
 
 
-def _check_eval_prompts(config) -> None:
+def _check_eval_prompts(config, tok: Tokenizer) -> str | None:
+    """Reads the eval prompts; fills in eval_max_new_tokens=0 (a note when block_size caps it)."""
     if not config.eval_prompts_file:
-        return
-    path = Path(config.eval_prompts_file)
-    if not path.is_file():
-        raise ConfigError(f"eval_prompts_file: {path} does not exist")
-    prompts = _read_json(path, "eval_prompts_file").get("prompts")
-    if not isinstance(prompts, dict) or not prompts:
-        raise ConfigError(f"eval_prompts_file: {path} has no non-empty 'prompts' object")
+        return None
+    from mypt_jax import decode, evaluate
+
+    try:
+        prompts = evaluate.load_eval_prompts(config.eval_prompts_file).prompts
+    except evaluate.EvalPromptsError as e:
+        raise ConfigError(f"eval_prompts_file: {e}") from None
+    if config.eval_max_new_tokens >= config.block_size:
+        raise ConfigError(
+            f"eval_max_new_tokens: {config.eval_max_new_tokens} leaves no room for the eval "
+            f"prompts: block_size is {config.block_size} (0 = fit the default to block_size)")
+    if config.eval_max_new_tokens:
+        return None
+    lens = [len(tok.encode(text)) for text in prompts.values()]
+    config.eval_max_new_tokens, note = decode.fit_new_tokens(
+        lens, config.block_size, evaluate.DEFAULT_MAX_NEW_TOKENS, name="eval_max_new_tokens")
+    return note
 
 
 def resolve(
@@ -401,7 +413,8 @@ def resolve(
             raise ConfigError(
                 "init_from: token map differs from the dataset's (dataset != init): " + "; ".join(diff)
             )
-    _check_eval_prompts(config)
+    note = _check_eval_prompts(config, tok)
+    notes += [note] if note else []
     return Resolved(
         config=config,
         model_config=mc,

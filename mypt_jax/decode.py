@@ -25,9 +25,12 @@ changing them, the repeat guard switch or the prompt length within a bucket neve
 recompiles.
 
 Length limit: a prompt plus `max_new_tokens` must fit in `block_size` (upstream crashes
-otherwise). A longer prompt is cut from the left so that prompt + max_new_tokens ==
-block_size, with a warning saying how many ids were dropped; `max_new_tokens >= block_size`
-is refused with a ValueError. An empty prompt becomes the single id 0, as upstream.
+otherwise). Left unset, `max_new_tokens` is the default (100, upstream's) or what block_size
+leaves after the longest prompt, whichever is less, and a warning says so. A given value that
+leaves a prompt too little room cuts that prompt from the left so that prompt +
+max_new_tokens == block_size, with a warning saying how many ids were dropped;
+`max_new_tokens >= block_size` is refused with a ValueError. An empty prompt becomes the
+single id 0, as upstream.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from flax import nnx
 from mypt_jax.tokenizer import Tokenizer
 
 PAD_ID = -1  # out_ids after a row has stopped
+DEFAULT_MAX_NEW_TOKENS = 100  # upstream generate.py and GPT.generate
 PROMPT_BUCKET_MIN = 16
 NEW_TOKENS_BUCKET_MIN = 16
 PENALTY_WINDOW = 256  # upstream recent_penalty_window
@@ -336,6 +340,24 @@ def new_tokens_bucket(max_new_tokens: int) -> int:
     return _pow2_at_least(max_new_tokens, NEW_TOKENS_BUCKET_MIN)
 
 
+def fit_new_tokens(
+    prompt_lens: Sequence[int], block_size: int, default: int, name: str = "max_new_tokens"
+) -> tuple[int, str | None]:
+    """`default`, or what block_size leaves after the longest prompt when that is less.
+
+    For a caller whose user did not choose max_new_tokens. Returns the count and, when it is
+    below `default`, a one-line note that says why (naming the setting `name`). A prompt that
+    leaves no room still gets one new token (`fit_prompts` then cuts the prompt and warns).
+    """
+    longest = max(max(prompt_lens, default=0), 1)  # an empty prompt is fed as one id
+    n = max(1, min(default, block_size - longest))
+    if n == default:
+        return n, None
+    prompt = "the longest prompt" if len(prompt_lens) > 1 else "the prompt"
+    return n, (f"{name} not given: using {n}, what block_size {block_size} leaves after "
+               f"{prompt} ({longest} ids), instead of the default {default}")
+
+
 def fit_prompts(
     prompts_ids: Sequence[Sequence[int]], *, block_size: int, max_new_tokens: int
 ) -> list[list[int]]:
@@ -388,6 +410,11 @@ def _module_of(model: Any) -> nnx.Module:
     return getattr(model, "module", model)
 
 
+def block_size_of(model: Any) -> int:
+    """The context length of a GPT module or of anything with `.module` (a loaded model)."""
+    return _module_of(model).config.block_size
+
+
 def default_stop_ids(tokenizer: Tokenizer) -> list[int]:
     return [tokenizer.id_of(name) for name in ("myPT_assistant_close", "myPT_eot")
             if name in tokenizer.ids_by_name]
@@ -425,7 +452,7 @@ def generate_text(
     tokenizer: Tokenizer | None,
     prompts: Sequence[str],
     *,
-    max_new_tokens: int = 100,
+    max_new_tokens: int | None = None,
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -442,8 +469,9 @@ def generate_text(
     Sampling defaults are the upstream `GPT.generate` ones (0.8, 50, 0.95, 1.1); a preset
     replaces them and explicit arguments override the preset. The key is `rng_key` or
     `jax.random.key(seed)`. Stop ids = the tokenizer's assistant-close and eot ids (unless
-    `use_default_stop_ids=False`) plus `stop_ids`. Prompts that do not fit with
-    max_new_tokens are cut from the left (see the module docstring).
+    `use_default_stop_ids=False`) plus `stop_ids`. `max_new_tokens=None`: 100, or fewer when
+    block_size leaves less after the longest prompt (a warning says so). Prompts that do not
+    fit with a given max_new_tokens are cut from the left (see the module docstring).
     `model` is a GPT module or any object with `.module` (and `.tokenizer` when
     `tokenizer` is None).
     """
@@ -458,8 +486,14 @@ def generate_text(
     stops = set(stop_ids or ())
     if use_default_stop_ids:
         stops |= set(default_stop_ids(tokenizer))
+    prompts_ids = [tokenizer.encode(p) for p in prompts]
+    if max_new_tokens is None:
+        max_new_tokens, note = fit_new_tokens(
+            [len(ids) for ids in prompts_ids], block_size_of(model), DEFAULT_MAX_NEW_TOKENS)
+        if note:
+            warnings.warn(note, stacklevel=2)
     results = generate_tokens(
-        model, [tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens,
+        model, prompts_ids, max_new_tokens=max_new_tokens,
         sampling=params, stop_ids=sorted(stops),
         rng_key=jax.random.key(seed) if rng_key is None else rng_key, repeat_guard=repeat_guard,
     )

@@ -5,7 +5,10 @@ The file format is the upstream one (`--eval_prompts_file` of train.py):
 "expected_outputs": {name: expected completion}}`. Prompts without an expected output are
 generated and reported but not scored.
 
-    python -m mypt_jax.evaluate --model PATH --eval_prompts_file F [--max_new_tokens 64] [--out F.json]
+    python -m mypt_jax.evaluate --model PATH --eval_prompts_file F [--max_new_tokens N] [--out F.json]
+
+Without `--max_new_tokens`: 64 (upstream's eval length), or what the model's block_size leaves
+after the longest prompt when that is less, said in one line on stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from mypt_jax.tokenizer import SEED_SPECIAL_TOKENS, Tokenizer
 # Same strings in the seed and the newer token maps; only their ids moved.
 _STOP_TAGS = (SEED_SPECIAL_TOKENS["myPT_assistant_close"], SEED_SPECIAL_TOKENS["myPT_eot"])
 _TRAILING_PUNCTUATION = ".!?"
+DEFAULT_MAX_NEW_TOKENS = 64  # upstream train.py --eval_max_new_tokens
 
 
 class EvalPromptsError(ValueError):
@@ -91,15 +96,21 @@ def evaluate(
     model: Any,
     tokenizer: Tokenizer | None,
     eval_prompts: EvalPrompts,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
 ) -> list[dict[str, Any]]:
     """Greedy completions of all prompts in one batch, each scored against its expected output.
+
+    `max_new_tokens=None`: `new_tokens_for` (64, or less to fit block_size; a warning says so).
 
     Returns one dict per prompt (file order): name, prompt, completion (stop tag removed),
     expected (None if the file has none), exact, normalized (None when not scored),
     stopped_by.
     """
     names = list(eval_prompts.prompts)
+    if max_new_tokens is None:
+        max_new_tokens, note = new_tokens_for(model, tokenizer, eval_prompts)
+        if note:
+            warnings.warn(note, stacklevel=2)
     generations = decode.generate_text(
         model, tokenizer, [eval_prompts.prompts[n] for n in names],
         max_new_tokens=max_new_tokens, temperature=0.0, top_k=0, top_p=1.0,
@@ -119,6 +130,15 @@ def evaluate(
             "stopped_by": gen.stopped_by,
         })
     return results
+
+
+def new_tokens_for(model: Any, tokenizer: Tokenizer | None, eval_prompts: EvalPrompts,
+                   default: int = DEFAULT_MAX_NEW_TOKENS) -> tuple[int, str | None]:
+    """`default` new tokens, or fewer where the model's block_size leaves less after the
+    longest prompt; and a one-line note when capped (`decode.fit_new_tokens`)."""
+    tokenizer = tokenizer or model.tokenizer
+    lens = [len(tokenizer.encode(p)) for p in eval_prompts.prompts.values()]
+    return decode.fit_new_tokens(lens, decode.block_size_of(model), default)
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -168,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_name", "--model", dest="model", required=True,
                    help="checkpoint directory (ours or upstream), or a name under ./checkpoints/")
     p.add_argument("--eval_prompts_file", required=True)
-    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--max_new_tokens", type=int, default=None,
+                   help=f"default: {DEFAULT_MAX_NEW_TOKENS}, or what the model's block_size "
+                        "leaves after the longest prompt when that is less")
     p.add_argument("--out", default=None,
                    help="JSON results (default eval_results/<model>__<prompts file>.json)")
     return p
@@ -183,7 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_prompts = load_eval_prompts(args.eval_prompts_file)
         path = resolve_model_path(args.model)
         model = mypt_jax.load(path)
-        results = evaluate(model, model.tokenizer, eval_prompts, args.max_new_tokens)
+        max_new_tokens = args.max_new_tokens
+        if max_new_tokens is None:
+            max_new_tokens, note = new_tokens_for(model, model.tokenizer, eval_prompts)
+            if note:
+                print(note, file=sys.stderr)
+        results = evaluate(model, model.tokenizer, eval_prompts, max_new_tokens)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -192,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json_atomic(out, {
         "model": str(path),
         "eval_prompts_file": str(args.eval_prompts_file),
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": max_new_tokens,
         "summary": summarize(results),
         "results": results,
     })

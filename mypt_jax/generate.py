@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--legacy_checkpoint", default=None,
                    help="a file inside the model directory, passed to mypt_jax.load")
     p.add_argument("--prompt", default="Die Nacht")
-    p.add_argument("--max_new_tokens", type=int, default=100)
+    p.add_argument("--max_new_tokens", type=int, default=None,
+                   help=f"default: {decode.DEFAULT_MAX_NEW_TOKENS}, or what the model's block_size "
+                        "leaves after the prompt when that is less")
     p.add_argument("--mode", default="basic", choices=["basic", *MODE_PRESETS])
     p.add_argument("--show_info", action="store_true", help="print the model config first")
     p.add_argument("--temperature", type=float, default=0.8, help="<= 0: greedy")
@@ -93,14 +95,21 @@ def run(args: argparse.Namespace, out=sys.stdout, err=sys.stderr, load=None) -> 
     model = load(path, dtype="float16") if args.force_fp16 else load(path)
     if args.show_info:
         print(f"model: {path}\nconfig: {model.config}\ntokenizer: {model.tokenizer}", file=err)
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens, note = decode.fit_new_tokens(
+            [len(model.tokenizer.encode(prompt))], decode.block_size_of(model),
+            decode.DEFAULT_MAX_NEW_TOKENS)
+        if note:
+            print(note, file=err)
     print(
-        f"generating: max_new_tokens={args.max_new_tokens} temperature={sampling.temperature} "
+        f"generating: max_new_tokens={max_new_tokens} temperature={sampling.temperature} "
         f"top_k={sampling.top_k} top_p={sampling.top_p} "
         f"repetition_penalty={sampling.repetition_penalty} seed={seed}",
         file=err,
     )
     (gen,) = decode.generate_text(
-        model, model.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
+        model, model.tokenizer, [prompt], max_new_tokens=max_new_tokens,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
         repetition_penalty=sampling.repetition_penalty, seed=seed,
         repeat_guard=not args.no_repeat_guard,

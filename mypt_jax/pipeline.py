@@ -23,8 +23,9 @@ are untrained). `cpu` is `configs/pipeline_cpu.py`: a tiny model that trains alp
 scratch unless `--init_from` is given.
 
 At the end a summary is printed and written as JSON next to each phase's training log
-(`<log>.summary.json`, with the loss curve `<log>.loss.png`); every number in it is read
-back from the files the steps wrote.
+(`<log>.summary.json`, with the loss curve `<log>.loss.png`; `--phase all` also draws the
+phases one after another in `logs/pipeline_all_<preset>.loss.png`); every number in it is
+read back from the files the steps wrote.
 """
 
 from __future__ import annotations
@@ -315,35 +316,13 @@ def test_step(config, prompts_file: str) -> dict[str, Any]:
             return {"status": SKIPPED, "results": saved["results"]}
     model = mypt_jax.load(model_dir)
     results = evaluate.evaluate(model, model.tokenizer, evaluate.load_eval_prompts(prompts_file),
-                                max_new_tokens=config.eval_max_new_tokens)
+                                max_new_tokens=config.eval_max_new_tokens or None)
     evaluate.write_json_atomic(out, {"model_dir": str(model_dir), "prompts_file": prompts_file,
                                      "results": results})
     return {"status": "done", "results": results}
 
 
 # ----------------------------------------------------------------------------- the summary
-
-
-def read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def loss_series(log: Sequence[dict]) -> dict[str, list[tuple[int, float]]]:
-    """Train and val loss by step; a resumed run's repeated steps keep the latest value."""
-    series: dict[str, dict[int, float]] = {"train_loss": {}, "val_loss": {}}
-    for r in log:
-        for key, points in series.items():
-            if key in r and "iter" in r:
-                points[int(r["iter"])] = float(r[key])
-    return {k: sorted(v.items()) for k, v in series.items()}
 
 
 def phase_summary(
@@ -384,8 +363,7 @@ def phase_summary(
             "training_eval_scores": metrics.get("gen_scores", {}),
         }
         if log_path.is_file() and _is_main():
-            png = log_path.with_name(log_path.name.removesuffix(".jsonl") + ".loss.png")
-            out["train"]["loss_plot"] = str(plot.loss_curve_png(loss_series(read_log(log_path)), png))
+            out["train"]["loss_plot"] = str(plot.write_run_figure(log_path, label=phase.name))
     tested = test_results_path(config.workdir)
     results = json.loads(tested.read_text(encoding="utf-8"))["results"] if tested.is_file() else []
     if results:
@@ -619,6 +597,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(args.root).absolute() / "logs" / f"pipeline_{args.phase}_{args.preset}.summary.json"
         write_summary(path, summaries)
         print(f"all phases: {path}")
+        from mypt_jax import plot
+
+        runs = [plot.curves(plot.read_log(s["train"]["log"]), s["phase"])
+                for s in summaries if "loss_plot" in s.get("train", {})]
+        if runs:  # the phases one after another on one step axis
+            png = path.with_name(path.name.removesuffix(".summary.json") + ".loss.png")
+            print(f"all phases' curves: {plot.save(plot.figure(runs, chain=True), png)}")
     return 0
 
 

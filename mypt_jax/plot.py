@@ -1,81 +1,240 @@
-"""Loss curves as a PNG with numpy and zlib only (no matplotlib): train loss blue, val loss orange.
+"""Training curves from run logs, drawn with matplotlib (Agg, no display needed).
 
-The y axis spans [min, max] of all points, labelled at both ends; the x axis runs from step
-0 to the last step, labelled at the right. Good enough to see a run converge or stall.
+    python -m mypt_jax.plot RUN [RUN ...] [--out FILE.png] [--chain]
+
+A RUN is a training workdir (its log is the `log_file` its newest checkpoint records, else
+`<RUN>/log.jsonl`) or a JSONL log itself. The figure has a loss panel (train and val loss
+against step, log scale), a learning-rate panel and, where a run logged eval-prompt scores,
+a panel with the share of eval prompts answered exactly and after normalising. Several runs
+are overlaid, one colour each; `--chain` places each run after the previous one on the step
+axis (the phases of a pipeline, each initialised from the last). One run's figure goes next
+to its log as `<log>.loss.png` unless `--out` says otherwise.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
-from collections.abc import Mapping, Sequence
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
-W, H, MARGIN = 640, 360, 48
-COLORS = {"train_loss": (31, 119, 180), "val_loss": (255, 127, 14)}
-# 3x5 bitmap digits for the axis labels, one string of 15 bits per glyph, rows top to bottom.
-_GLYPHS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
-    "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
-    "6": "111100111101111", "7": "111001001001001", "8": "111101111101111",
-    "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
-}
+DEFAULT_MANY_OUT = "runs.loss.png"
 
 
-def _png(rgb_HxWx3: np.ndarray) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+@dataclasses.dataclass(frozen=True)
+class Curves:
+    """One run's series, each sorted by step."""
 
-    h, w, _ = rgb_HxWx3.shape
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), rgb_HxWx3.reshape(h, w * 3)], axis=1)
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(rows.tobytes(), 9)) + chunk(b"IEND", b""))
+    label: str
+    train_loss: list[tuple[int, float]]
+    val_loss: list[tuple[int, float]]
+    lr: list[tuple[int, float]]
+    exact: list[tuple[int, float]]  # share of scored eval prompts answered exactly
+    normalized: list[tuple[int, float]]  # ... ignoring case, outer spaces and final .!?
 
-
-def _text(img: np.ndarray, x: int, y: int, s: str, scale: int = 2) -> None:
-    for i, ch in enumerate(s):
-        bits = np.array([int(b) for b in _GLYPHS.get(ch, "0" * 15)], bool).reshape(5, 3)
-        block = np.kron(bits, np.ones((scale, scale), bool))
-        x0 = x + i * 4 * scale
-        img[y:y + block.shape[0], x0:x0 + block.shape[1]][block] = 0
+    @property
+    def last_step(self) -> int:
+        return max((s for series in (self.train_loss, self.val_loss) for s, _ in series), default=0)
 
 
-def _line(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, color: tuple[int, int, int]) -> None:
-    for i in range(len(xs) - 1):
-        x0, y0, x1, y1 = xs[i], ys[i], xs[i + 1], ys[i + 1]
-        n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-        px, py = np.linspace(x0, x1, n).round().astype(int), np.linspace(y0, y1, n).round().astype(int)
-        for dy in (0, 1):  # two pixels thick
-            img[np.clip(py + dy, 0, H - 1), np.clip(px, 0, W - 1)] = color
-    if len(xs) == 1:
-        img[int(ys[0]) - 2:int(ys[0]) + 3, int(xs[0]) - 2:int(xs[0]) + 3] = color
+class PlotError(ValueError):
+    pass
 
 
-def loss_curve_png(series: Mapping[str, Sequence[tuple[int, float]]], path: str | Path) -> Path:
-    """Writes `series` (name -> [(step, loss)], names from COLORS) as a PNG; returns the path."""
-    img = np.full((H, W, 3), 255, np.uint8)
-    points = [p for name in COLORS for p in series.get(name, ())]
-    if points:
-        steps, losses = np.array(points, float).T
-        lo, hi = float(losses.min()), float(losses.max())
-        hi = hi if hi > lo else lo + 1.0
-        last = max(float(steps.max()), 1.0)
-        for name, color in COLORS.items():
-            pts = sorted(series.get(name, ()))
-            if pts:
-                s, v = np.array(pts, float).T
-                _line(img, MARGIN + s / last * (W - 2 * MARGIN),
-                      H - MARGIN - (v - lo) / (hi - lo) * (H - 2 * MARGIN), color)
-        _text(img, 2, MARGIN - 5, f"{hi:.2f}")
-        _text(img, 2, H - MARGIN - 5, f"{lo:.2f}")
-        _text(img, W - MARGIN - 4 * 2 * len(str(int(last))), H - MARGIN + 8, str(int(last)))
-    img[MARGIN:H - MARGIN, MARGIN] = img[H - MARGIN, MARGIN:W - MARGIN] = 0  # axes
+# ----------------------------------------------------------------------------- logs
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The JSON records of a log; a line being written (not yet valid JSON) is skipped."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _shares(scores: dict) -> tuple[float, float] | None:
+    scored = [s for s in scores.values() if s.get("exact") is not None]
+    if not scored:
+        return None
+    return (sum(bool(s["exact"]) for s in scored) / len(scored),
+            sum(bool(s["normalized"]) for s in scored) / len(scored))
+
+
+def curves(records: Sequence[dict], label: str) -> Curves:
+    """The series of one log; a resumed run's repeated steps keep the latest value."""
+    series: dict[str, dict[int, float]] = {k: {} for k in ("train_loss", "val_loss", "lr",
+                                                          "exact", "normalized")}
+    for r in records:
+        if "iter" not in r:
+            continue
+        step = int(r["iter"])
+        for key in ("train_loss", "val_loss", "lr"):
+            if key in r:
+                series[key][step] = float(r[key])
+        shares = _shares(r.get("gen_scores") or {})
+        if shares:
+            series["exact"][step], series["normalized"][step] = shares
+    return Curves(label, **{k: sorted(v.items()) for k, v in series.items()})
+
+
+def find_log(run: str | Path) -> Path:
+    """A log file as given, or the log a run workdir names; the error lists where it looked."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    tried = []
+    if run.is_dir():
+        from mypt_jax.config import latest_run_meta
+
+        logged = (latest_run_meta(run) or {}).get("config", {}).get("log_file")
+        tried = [Path(logged)] if logged else []
+    tried.append(run / "log.jsonl")
+    for path in tried:
+        if path.is_file():
+            return path
+    raise PlotError(f"{run}: no training log found (looked for {', '.join(map(str, tried))})")
+
+
+def png_beside(log_path: str | Path) -> Path:
+    """`logs/train/x.jsonl` -> `logs/train/x.loss.png` (the pipeline summary's figure)."""
+    log_path = Path(log_path)
+    return log_path.with_name(log_path.name.removesuffix(".jsonl") + ".loss.png")
+
+
+# ----------------------------------------------------------------------------- the figure
+
+
+def _xy(series: Sequence[tuple[int, float]], shift: int) -> tuple[list[int], list[float]]:
+    return [step + shift for step, _ in series], [value for _, value in series]
+
+
+def _minor_labels(ax) -> FuncFormatter:
+    """Minor log ticks as plain numbers: all of them within about a decade, else 2x and 5x."""
+    def label(value: float, _pos) -> str:
+        low, high = ax.get_ylim()
+        mantissa = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
+        wide = low <= 0 or high / low > 15
+        return f"{value:g}" if mantissa in ((2, 5) if wide else range(2, 10)) else ""
+    return FuncFormatter(label)
+
+
+def figure(runs: Sequence[Curves], chain: bool = False) -> Figure:
+    """Loss (log scale), learning rate and, where logged, eval-prompt score panels."""
+    with_scores = any(run.exact for run in runs)
+    heights = [3, 1, 1] if with_scores else [3, 1]
+    fig = Figure(figsize=(9, 2.2 * sum(heights) / 2 + 1), layout="constrained")
+    axes = fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights})
+    loss_ax, lr_ax = axes[0], axes[1]
+    many = len(runs) > 1
+    offset = 0
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        prefix = f"{run.label}: " if many else ""
+        if run.train_loss:
+            loss_ax.plot(*_xy(run.train_loss, offset), color=color, lw=1.2,
+                         label=f"{prefix}train loss")
+        if run.val_loss:
+            loss_ax.plot(*_xy(run.val_loss, offset), color=color, ls="--", marker="o", ms=3,
+                         label=f"{prefix}val loss")
+        if run.lr:
+            lr_ax.plot(*_xy(run.lr, offset), color=color, label=f"{prefix}learning rate")
+        if with_scores and run.exact:
+            axes[2].plot(*_xy(run.exact, offset), color=color, marker="o", ms=3,
+                         label=f"{prefix}exact")
+            axes[2].plot(*_xy(run.normalized, offset), color=color, ls=":", marker="x", ms=3,
+                         label=f"{prefix}normalized")
+        if chain:
+            if i:
+                for ax in axes:
+                    ax.axvline(offset, color="0.6", lw=0.8, ls=":")
+            offset += run.last_step
+    loss_ax.set_yscale("log")
+    # A loss curve spans one or two decades: label some minor ticks, not only the powers of 10.
+    # A loss curve spans a decade or two: label minor ticks too, as plain numbers.
+    loss_ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    loss_ax.yaxis.set_minor_formatter(_minor_labels(loss_ax))
+    loss_ax.set_ylabel("loss (log scale)")
+    loss_ax.set_title(runs[0].label if not many else " / ".join(r.label for r in runs))
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    if with_scores:
+        axes[2].set_ylabel("eval prompts\npassed")
+        axes[2].set_ylim(-0.05, 1.05)
+    axes[-1].set_xlabel("step" + (" (runs one after another)" if chain and many else ""))
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
+    if not many:
+        for ax in axes:
+            ax.legend(loc="best", fontsize="small")
+        return fig
+    # Several runs: one legend of runs beside the loss panel; the other panels share its colours.
+    loss_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    if with_scores:
+        styles = [Line2D([], [], color="0.3", marker="o", ms=3, label="exact"),
+                  Line2D([], [], color="0.3", ls=":", marker="x", ms=3, label="normalized")]
+        axes[2].legend(handles=styles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    return fig
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    """Writes the figure as a PNG atomically (a reader never sees half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(_png(img))
+    fig.savefig(tmp, format="png", dpi=100)
     tmp.replace(path)
     return path
+
+
+def write_run_figure(log_path: str | Path, out: str | Path | None = None,
+                     label: str | None = None) -> Path:
+    """One run's figure from its log; by default next to the log (`png_beside`)."""
+    log_path = Path(log_path)
+    run = curves(read_log(log_path), label or log_path.name.removesuffix(".jsonl"))
+    return save(figure([run]), out or png_beside(log_path))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _label(run: str) -> str:
+    path = Path(run)
+    return path.name.removesuffix(".jsonl") if path.suffix == ".jsonl" else path.resolve().name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mypt_jax.plot", description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run workdir or JSONL log")
+    p.add_argument("--out", default=None,
+                   help=f"PNG to write (one run: <log>.loss.png; several: {DEFAULT_MANY_OUT})")
+    p.add_argument("--chain", action="store_true",
+                   help="place each run after the previous one on the step axis")
+    args = p.parse_args(argv)
+    try:
+        logs = [find_log(run) for run in args.runs]
+        runs = [curves(read_log(log), _label(run)) for log, run in zip(logs, args.runs, strict=True)]
+    except (PlotError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    empty = [str(log) for log, run in zip(logs, runs, strict=True)
+             if not (run.train_loss or run.val_loss)]
+    if empty:
+        print(f"error: no train or val loss in {', '.join(empty)}", file=sys.stderr)
+        return 2
+    default = png_beside(logs[0]) if len(runs) == 1 else Path(DEFAULT_MANY_OUT)
+    print(save(figure(runs, chain=args.chain), args.out or default))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

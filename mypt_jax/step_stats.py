@@ -58,7 +58,9 @@ class CompileCounter:
     def after_call(self, shape: BatchShape) -> tuple[bool, str | None]:
         """(compiled now?, warning or None), after calling the step on a batch of `shape`."""
         self.shapes.add(shape)
-        size = self._jitted._cache_size()
+        # jax.jit's compile cache size (a private API); a wrapped step without it counts shapes.
+        cache_size = getattr(self._jitted, "_cache_size", None)
+        size = cache_size() if cache_size else len(self.shapes)
         compiled, self.compiles = size > self.compiles, size
         if compiled and size > len(self.shapes):
             return True, (f"the train step compiled {size} times for {len(self.shapes)} batch "

@@ -2,18 +2,25 @@
 
     python -m mypt_jax.train --config=configs/phase3a1_gamma.py [--config.field=value ...]
         [--workdir=runs/x]
+    python -m mypt_jax.train --model_name NAME --dataset_dir DIR --init_from_model NAME \\
+        --config_file UPSTREAM.json [--eval_prompts_file F] [upstream numeric flags ...]
 
-Rerunning the same command resumes from the newest checkpoint in the workdir.
+Rerunning the same command resumes from the newest checkpoint in the workdir. The second form
+is the upstream train.py command line (mypt_jax/upstream_cli.py); both mix, lowest first:
+configs/base.py or --config < --config_file < upstream flags < --config.field and --workdir.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mypt_jax import upstream_cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "preset file (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the run lives (overrides config.workdir)")
@@ -23,7 +30,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config"])
 
 
-def main(argv) -> None:
+def main(argv, upstream: upstream_cli.Translation | None = None,
+         keep: frozenset[str] = frozenset()) -> None:
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
@@ -40,8 +48,13 @@ def main(argv) -> None:
     from mypt_jax.config import ConfigError
 
     try:
-        summary = trainer.train(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:
+        config = _CONFIG.value
+        if upstream is not None:
+            config = upstream_cli.apply(config, upstream, set(keep))
+            if jax.process_index() == 0:
+                print(upstream.summary, file=sys.stderr, flush=True)
+        summary = trainer.train(config, _WORKDIR.value)
+    except (ConfigError, upstream_cli.UpstreamConfigError) as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     except FloatingPointError as e:
@@ -73,9 +86,25 @@ def unknown_override(argv: list[str]) -> str | None:
     return None
 
 
-if __name__ == "__main__":
-    message = unknown_override(sys.argv[1:])
+def cli(argv: list[str]) -> None:
+    """Takes the upstream train.py flags off the command line; absl parses the rest."""
+    upstream_args, rest = upstream_cli.split_argv(argv[1:])
+    translation = None
+    if upstream_cli.given(upstream_args):
+        try:
+            translation = upstream_cli.translate(upstream_args)
+        except upstream_cli.UpstreamConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            sys.exit(2)
+        if not any(a == "--config" or a.startswith("--config=") for a in rest):
+            rest.insert(0, f"--config={upstream_cli.base_preset()}")
+    message = unknown_override(rest)
     if message:
         print(message, file=sys.stderr)
         sys.exit(2)
-    app.run(main)
+    keep = frozenset(upstream_cli.config_overrides_in(rest))
+    app.run(functools.partial(main, upstream=translation, keep=keep), argv=[argv[0], *rest])
+
+
+if __name__ == "__main__":
+    cli(sys.argv)

@@ -38,9 +38,12 @@ def test_bench_train_tiny_jax_and_torch_start_from_the_same_loss():
 @pytest.mark.slow
 def test_profile_step_names_the_ops_it_times():
     report = _run("profile_step.py", "--shape", "tiny", "--top", "5")
+    # What the script guarantees, whatever the load: the top ops are instructions of the
+    # dumped HLO (each with its shape), trace events the HLO does not name are listed apart,
+    # and the vocabulary head is among the ops. Which ops lead and their times are not checked.
     assert len(report["top_ops"]) == 5
-    # Every top op is found in the dumped HLO, so the names map to shapes and JAX ops.
-    assert all(op["shape"] != "?" for op in report["top_ops"][:3])
+    assert all(op["shape"] and op["shape"] != "?" and op["ms"] >= 0 for op in report["top_ops"])
+    assert not {op["op"] for op in report["top_ops"]} & set(report["not_in_hlo"])
     assert report["ms_per_kind"]["vocabulary head"] > 0
     assert set(report["head_matmuls"]) == {"logits h @ W.T", "d_hidden g @ W", "d_kernel h.T @ g"}
 

@@ -165,3 +165,21 @@ def test_cli_unknown_field_names_it():
          "--workdir=/nonexistent"])
     assert out.returncode == 2
     assert "learnin_rate: unknown config field (did you mean learning_rate?)" in out.stderr
+
+
+def test_eval_max_new_tokens_fits_the_block_unless_given(dataset, tmp_path):
+    prompts = str(train_helpers.REPO / "configs/sft_eval/phase3a1_alpha_test_prompts.json")
+    c = train_helpers.tiny_config(dataset, tmp_path, eval_prompts_file=prompts, block_size=48,
+                                  eval_max_new_tokens=0)
+    from mypt_jax import evaluate
+
+    longest = max(len(Tokenizer().encode(p))
+                  for p in evaluate.load_eval_prompts(prompts).prompts.values())
+    r = _resolve(c)  # 0: the default 64, but block 48 leaves less after the longest prompt
+    assert r.config.eval_max_new_tokens == 48 - longest
+    assert [n for n in r.notes if n.startswith(f"eval_max_new_tokens not given: using {48 - longest}")]
+    c.block_size = 128
+    assert _resolve(c).config.eval_max_new_tokens == 64 and not _resolve(c).notes
+    c.block_size, c.eval_max_new_tokens = 48, 48
+    with pytest.raises(cfg_lib.ConfigError, match="^eval_max_new_tokens: 48 leaves no room"):
+        _resolve(c)

@@ -316,6 +316,31 @@ def test_generate_text_without_stop_runs_to_max_new_tokens(text_model):
     _force_token(text_model, None)
 
 
+def test_fit_new_tokens_caps_the_default_to_the_block():
+    assert decode.fit_new_tokens([28, 20], 512, 100) == (100, None)
+    n, note = decode.fit_new_tokens([28, 20], 64, 100)
+    assert n == 36 and note == ("max_new_tokens not given: using 36, what block_size 64 leaves "
+                                "after the longest prompt (28 ids), instead of the default 100")
+    assert decode.fit_new_tokens([70], 64, 100)[0] == 1  # fit_prompts then cuts the prompt
+    assert decode.fit_new_tokens([0], 64, 100)[0] == 63  # an empty prompt is fed as one id
+    assert decode.fit_new_tokens([5], 64, 8, name="eval_max_new_tokens") == (8, None)
+
+
+def test_generate_text_default_fits_the_block_and_says_so(text_model):
+    tok = Tokenizer()
+    ok_id = tok.encode_ordinary("OK")[0]
+    _force_token(text_model, ok_id)
+    prompt = "<myPT_user>Say OK.</myPT_user><myPT_assistant>"
+    room = text_model.config.block_size - len(tok.encode(prompt))
+    with pytest.warns(UserWarning, match=f"max_new_tokens not given: using {room}, what block_size 64"):
+        (gen,) = decode.generate_text(text_model, tok, [prompt], temperature=0,
+                                      use_default_stop_ids=False)
+    assert len(gen.ids) == room and gen.stopped_by == "length"
+    with pytest.raises(ValueError, match="max_new_tokens 100 leaves no room"):  # given: must fit
+        decode.generate_text(text_model, tok, [prompt], max_new_tokens=100)
+    _force_token(text_model, None)
+
+
 # ----- CLI -----
 
 def test_unescape_turns_only_three_escapes_into_characters():
@@ -327,7 +352,7 @@ def test_unescape_turns_only_three_escapes_into_characters():
 def test_cli_defaults_and_model_flag_spellings():
     parser = generate.build_parser()
     args = parser.parse_args([])
-    assert (args.model, args.prompt, args.max_new_tokens) == ("default", "Die Nacht", 100)
+    assert (args.model, args.prompt, args.max_new_tokens) == ("default", "Die Nacht", None)
     assert (args.temperature, args.top_k, args.top_p, args.repetition_penalty) == (0.8, 50, 0.95, 1.1)
     assert parser.parse_args(["--model", "m1"]).model == "m1"
     assert parser.parse_args(["--model_name", "m2"]).model == "m2"
@@ -363,6 +388,12 @@ def test_cli_run_keeps_non_ascii_prompts(text_model, tmp_path):
     generate.run(generate.build_parser().parse_args(argv + ["--completion_only"]), out=out, err=err,
                  load=lambda path, **kw: loaded)
     assert out.getvalue() == "</myPT_assistant>\n"
+    err = io.StringIO()  # no --max_new_tokens: the default 100 does not fit block 64
+    generate.run(generate.build_parser().parse_args(argv[:-2]), out=out, err=err,
+                 load=lambda path, **kw: loaded)
+    room = 64 - len(gen.prompt_ids)
+    assert f"max_new_tokens not given: using {room}, what block_size 64" in err.getvalue()
+    assert f"generating: max_new_tokens={room} " in err.getvalue()
     _force_token(text_model, None)
 
 

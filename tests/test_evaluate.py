@@ -174,3 +174,26 @@ def test_cli_errors_name_the_prompts_file(tmp_path, capsys):
     assert evaluate.main(["--model", str(tmp_path), "--eval_prompts_file",
                           str(tmp_path / "missing.json")]) == 2
     assert "missing.json: eval prompts file not found" in capsys.readouterr().err
+
+
+def test_cli_default_max_new_tokens_fits_a_short_block(tmp_path, capsys):
+    """The README's Step 4 evaluate command on a block-64 model (the quickstart's) answers."""
+    from mypt_jax import model_io
+
+    tok = Tokenizer()
+    prompts_file = CONFIGS / "phase3a1_alpha_test_prompts.json"
+    prompt_len = len(tok.encode(chat_prompt("Say hello.")))
+    answer = [*tok.encode_ordinary("hello."), tok.assistant_close_id]
+    model = position_oracle({prompt_len - 1 + i: t for i, t in enumerate(answer)})
+    model_io.save_model(tmp_path / "m", model, model.config, tok)
+    out = tmp_path / "r.json"
+    argv = ["--model", str(tmp_path / "m"), "--eval_prompts_file", str(prompts_file), "--out", str(out)]
+    assert evaluate.main(argv) == 0
+    captured = capsys.readouterr()
+    longest = max(len(tok.encode(p)) for p in evaluate.load_eval_prompts(prompts_file).prompts.values())
+    assert (f"max_new_tokens not given: using {64 - longest}, what block_size 64 leaves after the "
+            f"longest prompt ({longest} ids), instead of the default 64") in captured.err
+    assert "'hello.'" in captured.out
+    assert json.loads(out.read_text())["max_new_tokens"] == 64 - longest
+    assert evaluate.main([*argv, "--max_new_tokens", "64"]) == 2  # given, it must fit
+    assert "max_new_tokens 64 leaves no room for the prompt" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The Phase 3a pipeline: its phase table, skip rules, the loss-curve PNG, and `--phase all` on CPU.
+"""The Phase 3a pipeline: its phase table, skip rules, and `--phase all` on CPU.
 
 The end-to-end test checks that the summary is true by recounting everything from disk
 independently (JSONL lines, episode files, the checkpoint, the model directory, the log).
@@ -7,14 +7,11 @@ independently (JSONL lines, episode files, the checkpoint, the model directory, 
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from mypt_jax import episodes, pipeline, plot
+from mypt_jax import episodes, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 # Tiny training for the end-to-end test; data is the real generators' output.
@@ -101,38 +98,6 @@ def test_data_steps_skip_when_complete_and_redo_when_not(tmp_path):
     assert pipeline.prepare_step(tmp_path, beta)["status"] == "done"
     meta = json.loads((tmp_path / beta.prepared / episodes.METADATA_FILE).read_text())
     assert meta["num_conversations"] == shared["records"] + 1
-
-
-# ----------------------------------------------------------------------------- the plot
-
-
-def _read_png(path: Path) -> np.ndarray:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(kind + body)
-        chunks[kind] = chunks.get(kind, b"") + body
-        pos += 12 + length
-    w, h, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, color) == (8, 2)
-    rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(h, 1 + 3 * w)
-    assert not rows[:, 0].any()  # filter type 0 on every row
-    return rows[:, 1:].reshape(h, w, 3)
-
-
-def test_loss_curve_png_draws_both_series(tmp_path):
-    out = plot.loss_curve_png({"train_loss": [(0, 10.0), (50, 2.0), (100, 1.0)],
-                               "val_loss": [(0, 10.5), (100, 1.5)]}, tmp_path / "a" / "loss.png")
-    img = _read_png(out)
-    assert img.shape == (plot.H, plot.W, 3)
-    for color in plot.COLORS.values():
-        assert (img == color).all(axis=2).sum() > 100
-    # Train loss falls: its leftmost pixels sit higher (smaller row) than its rightmost.
-    rows, cols = np.nonzero((img == plot.COLORS["train_loss"]).all(axis=2))
-    assert rows[cols == cols.min()].mean() < rows[cols == cols.max()].mean()
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -1,0 +1,277 @@
+"""The upstream train.py command line: its flags and JSON config translated into our config.
+
+    python -m mypt_jax.train --model_name phase3a1_alpha --dataset_dir data/sft_ready/phase3a1_alpha \\
+        --init_from_model domain_v5_sft_ready --config_file configs/sft1/750M_phase3a1_alpha.json \\
+        --eval_prompts_file configs/sft_eval/phase3a1_eval_prompts.json
+
+Precedence, lowest first: `configs/base.py` (or the `--config` preset) < the JSON config file
+< the upstream flags given < `--config.field=value` and `--workdir`. A flag counts when it is
+given, whatever its value (the upstream compared with the flag's default instead, so a value
+equal to the default could not override the file; and it ignored the architecture flags next
+to a config file, where here they apply).
+
+Names: `--model_name X` is the workdir `checkpoints/X`, and `--init_from_model X` is
+`checkpoints/X` (an absolute path stays), as upstream, so the seed's later phases and
+`python -m mypt_jax.generate --model X` find a run by its name. JSON fields map as `JSON_FIELDS`
+and `_translated` say; a field this module does not know fails, naming the file and field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ml_collections import config_dict
+
+CHECKPOINTS = "checkpoints"  # where the upstream keeps runs by name
+# JSON fields that are config fields of the same name.
+JSON_FIELDS = (
+    "batch_size", "block_size", "vocab_size", "n_embd", "n_head", "n_layer", "dropout", "bias",
+    "tie_weights", "use_loss_mask", "batch_sampling_mode", "episode_min_tokens", "epoch_seed",
+    "epoch_shuffle", "learning_rate", "max_iters", "eval_interval", "eval_iters", "warmup_iters",
+    "grad_clip", "weight_decay", "log_file",
+)
+# JSON fields turned into other fields (`_translated`).
+TRANSLATED = ("use_amp", "amp_dtype", "use_checkpoint", "eval_sets")
+# Read by the upstream and never used: accepted and left out here too.
+UPSTREAM_IGNORED = {
+    "pad_token_id": "the pad is always <myPT_eot>",
+    "epoch_drop_last": "the loader never reads it",
+    "save_dtype": "fit() always saves bf16",
+}
+# Used by the upstream, with nothing to set here.
+NO_COUNTERPART = {
+    "name": "printed only",
+    "description": "printed only",
+    "device": "JAX picks the backend",
+    "eval_seed": "re-seeded torch's dropout RNG before each eval; dropout keys are fold_in(seed, step)",
+}
+# With --init_from_model the upstream took these from the init checkpoint, not the file. Here
+# the file's values apply: the architecture must match the init's (config.check_architecture)
+# and `--config.inherit_init_config=True` takes block_size and the loader fields from it.
+INIT_OVERRIDDEN = ("block_size", "vocab_size", "n_embd", "n_head", "n_layer", "bias",
+                   "use_checkpoint", "batch_sampling_mode", "episode_min_tokens", "epoch_seed",
+                   "epoch_shuffle")
+# Upstream flags that set the config field of the same name when given.
+_FLAG_FIELDS = {
+    "max_iters": int, "eval_interval": int, "eval_iters": int, "learning_rate": float,
+    "warmup_iters": float, "grad_clip": float, "weight_decay": float, "batch_size": int,
+    "block_size": int, "n_embd": int, "n_head": int, "n_layer": int, "dropout": float,
+    "dataset_dir": str, "eval_prompts_file": str, "eval_max_new_tokens": int,
+}
+
+
+class UpstreamConfigError(ValueError):
+    """A flag or JSON field that cannot be translated; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Translation:
+    overrides: dict[str, Any]  # config field -> value
+    origins: dict[str, str]  # config field -> the flag or JSON file it came from (for errors)
+    summary: str  # one line: where the JSON fields went and what the upstream ignored
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+def _bool(text: str) -> bool:
+    """The upstream's `type=bool` made every non-empty string True; here false means false."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The upstream flags, every default None so that a given flag can be told apart."""
+    p = argparse.ArgumentParser(prog="python -m mypt_jax.train", add_help=False, allow_abbrev=False)
+    p.add_argument("--model_name", help="the run lives in checkpoints/<model_name>")
+    p.add_argument("--input_file", help="upstream in-memory text mode (not supported)")
+    p.add_argument("--tokenization", choices=["gpt2", "char"])
+    p.add_argument("--init_from_model", help="checkpoints/<name>, or an absolute path")
+    p.add_argument("--eval_dataset_dir", help="an extra eval set (not implemented: refused)")
+    p.add_argument("--config_file", help="upstream JSON config")
+    p.add_argument("--use_amp", type=_bool)
+    p.add_argument("--amp_dtype", choices=["bf16", "fp16"])
+    p.add_argument("--bias", action="store_true", default=None)
+    p.add_argument("--save_dtype", choices=["fp32", "float32", "bf16", "bfloat16", "fp16", "float16"])
+    for name, kind in _FLAG_FIELDS.items():
+        p.add_argument(f"--{name}", type=kind)
+    return p
+
+
+def split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(the upstream flags, everything else in order: --config, --config.x, --workdir, ...)."""
+    return build_parser().parse_known_args(list(argv))
+
+
+def given(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if v is not None}
+
+
+def base_preset() -> str:
+    """The file of configs/base.py: the preset under the upstream flags when --config is not given."""
+    spec = importlib.util.find_spec("configs.base")
+    if spec and spec.origin:
+        return spec.origin
+    return str(Path(__file__).resolve().parents[1] / "configs" / "base.py")
+
+
+def config_overrides_in(argv: Sequence[str]) -> set[str]:
+    """The fields named by `--config.field=value` (or `--config.field value`) arguments."""
+    names = set()
+    for arg in argv:
+        if arg.startswith("--config."):
+            names.add(arg[len("--config."):].split("=", 1)[0].split(".", 1)[0])
+    return names
+
+
+# ----------------------------------------------------------------------------- the JSON file
+
+
+def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UpstreamConfigError(f"--config_file {path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise UpstreamConfigError(f"--config_file {path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise UpstreamConfigError(f"--config_file {path}: expected a JSON object of config fields")
+    known = set(JSON_FIELDS) | set(TRANSLATED) | set(UPSTREAM_IGNORED) | set(NO_COUNTERPART)
+    unknown = sorted(set(data) - known)
+    if unknown:  # the upstream's GPTConfig(**rest) refused them too (TypeError)
+        raise UpstreamConfigError(
+            f"--config_file {path}: unknown field {unknown[0]!r}"
+            + (f" (and {', '.join(map(repr, unknown[1:]))})" if unknown[1:] else "")
+            + "; known fields are listed in mypt_jax/upstream_cli.py")
+    return data
+
+
+def _precision(use_amp: bool, amp_dtype: str, where: str) -> str:
+    if not use_amp:
+        return "fp32"
+    if amp_dtype == "fp16":
+        raise UpstreamConfigError(
+            f"{where}: amp_dtype 'fp16' (fp16 autocast with a loss scaler) has no counterpart here; "
+            "use 'bf16' (precision 'mixed') or use_amp false (precision 'fp32')")
+    return "mixed"  # float32 master weights, bf16 matmuls; the upstream's A100 run was bf16_pure
+
+
+def _no_eval_sets(data: dict[str, Any], flags: dict[str, Any], where: str) -> None:
+    """Extra eval sets are not implemented; Phase 3a uses none (its configs say null)."""
+    if data.get("eval_sets"):
+        raise UpstreamConfigError(
+            f"{where}: eval_sets {data['eval_sets']!r}: extra eval sets are not implemented here "
+            "(the Phase 3a configs set null); score a checkpoint on another dataset afterwards")
+    if "eval_dataset_dir" in flags:
+        raise UpstreamConfigError(
+            f"--eval_dataset_dir {flags['eval_dataset_dir']}: extra eval sets are not implemented "
+            "here (the seed's Phase 3a commands use none)")
+
+
+def _translated(data: dict[str, Any], flags: dict[str, Any], where: str) -> dict[str, Any]:
+    """use_amp/amp_dtype -> precision, use_checkpoint -> remat."""
+    out: dict[str, Any] = {}
+    if any(k in data or k in flags for k in ("use_amp", "amp_dtype")):
+        use_amp = flags.get("use_amp", data.get("use_amp", True))  # the upstream defaults
+        amp_dtype = flags.get("amp_dtype", data.get("amp_dtype", "bf16"))
+        if not isinstance(use_amp, bool):
+            raise UpstreamConfigError(f"{where}: use_amp: expected true or false, got {use_amp!r}")
+        out["precision"] = _precision(use_amp, amp_dtype, where)
+    if data.get("use_checkpoint"):
+        out["remat"] = "full"  # the upstream's activation checkpointing, per block
+    _no_eval_sets(data, flags, where)
+    return out
+
+
+def resolve_init(name: str) -> str:
+    """`checkpoints/<name>` as the upstream joined it (an absolute path stays as it is)."""
+    path = os.path.join(CHECKPOINTS, name)
+    if not os.path.exists(path):
+        hint = (f"; {name} exists, but names are looked up under {CHECKPOINTS}/ as upstream: "
+                f"pass --init_from_model {os.path.abspath(name)}" if os.path.exists(name) else "")
+        raise UpstreamConfigError(f"--init_from_model {name}: {path} does not exist{hint}")
+    return path
+
+
+# ----------------------------------------------------------------------------- translation
+
+
+def translate(args: argparse.Namespace) -> Translation:
+    """The upstream flags (and the JSON file they name) as config overrides, lowest first."""
+    flags = given(args)
+    if "input_file" in flags:
+        raise UpstreamConfigError(
+            "--input_file: the upstream's in-memory text mode is not supported; prepare the "
+            "text as a dataset and pass --dataset_dir")
+    if flags.get("tokenization", "gpt2") != "gpt2":
+        raise UpstreamConfigError("--tokenization: only gpt2 (the Phase 3a tokenizer) is supported")
+    where = f"--config_file {flags['config_file']}" if "config_file" in flags else "flags"
+    data = read_json_config(flags["config_file"]) if "config_file" in flags else {}
+
+    overrides: dict[str, Any] = {k: data[k] for k in JSON_FIELDS if k in data and data[k] is not None}
+    overrides.update(_translated(data, flags, where))
+    origins = dict.fromkeys(overrides, where)
+    from_flags = {k: v for k, v in flags.items() if k in _FLAG_FIELDS}
+    if flags.get("bias"):
+        from_flags["bias"] = True
+    if "model_name" in flags:
+        from_flags["workdir"] = os.path.join(CHECKPOINTS, flags["model_name"])
+    if "init_from_model" in flags:
+        from_flags["init_from"] = resolve_init(flags["init_from_model"])
+    overrides.update(from_flags)
+    origins.update({k: "flags" for k in from_flags})
+    return Translation(overrides, origins, summary(data, flags, where))
+
+
+def summary(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
+    """One line: which JSON fields went where, which the upstream ignored, which have no use here."""
+    if not data:
+        return f"upstream flags: {', '.join(sorted(flags))}"
+    same = [k for k in JSON_FIELDS if k in data]
+    parts = [f"{where}: {', '.join(same)} -> the config fields of the same names"]
+    amp = [k for k in ("use_amp", "amp_dtype") if k in data]
+    if amp:
+        parts.append(f"{'+'.join(amp)} -> precision {_translated(data, flags, where)['precision']!r}")
+    if data.get("use_checkpoint"):
+        parts.append("use_checkpoint -> remat 'full'")
+    ignored = [k for k in UPSTREAM_IGNORED if k in data]
+    if ignored:
+        parts.append(f"ignored here as by the upstream: {', '.join(ignored)}")
+    overridden = [k for k in INIT_OVERRIDDEN if k in data]
+    if "init_from_model" in flags and overridden:
+        parts.append(f"the upstream took {', '.join(overridden)} from the init model, here the "
+                     "file's apply (the architecture must match the init's; "
+                     "inherit_init_config=True takes block_size and the loader fields from it)")
+    unused = [k for k in NO_COUNTERPART if k in data]
+    if unused:
+        parts.append(f"no use here: {', '.join(unused)}")
+    return "; ".join(parts)
+
+
+def apply(config: config_dict.ConfigDict, translation: Translation,
+          keep: set[str]) -> config_dict.ConfigDict:
+    """`config` with the overrides set, except fields in `keep` (set by --config.field)."""
+    config = config_dict.ConfigDict(config.to_dict())
+    for field, value in translation.overrides.items():
+        if field in keep:
+            continue
+        where = translation.origins[field]
+        if field not in config:
+            raise UpstreamConfigError(f"{where}: {field}: not a field of this config (configs/base.py)")
+        try:
+            config[field] = value
+        except TypeError:
+            raise UpstreamConfigError(
+                f"{where}: {field}: expected {type(config[field]).__name__}, got {value!r}") from None
+    return config

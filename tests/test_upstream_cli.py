@@ -1,0 +1,199 @@
+"""The upstream train.py command line: the seed's Step 3 commands, translated and run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import train_helpers
+
+from configs import base, phase3a1_alpha, phase3a1_beta, phase3a1_gamma, phase3a2
+from mypt_jax import upstream_cli
+
+REPO = train_helpers.REPO
+SFT1 = REPO / "configs" / "sft1"
+EVAL_PROMPTS = "configs/sft_eval/phase3a1_eval_prompts.json"
+# The seed document's four Step 3 commands: model name, init model, JSON config.
+SEED_STEP3 = {
+    phase3a1_alpha: ("phase3a1_alpha", "domain_v5_sft_ready", "750M_phase3a1_alpha.json"),
+    phase3a1_beta: ("phase3a1_beta", "phase3a1_alpha", "750M_phase3a1_beta.json"),
+    phase3a1_gamma: ("phase3a1_gamma", "phase3a1_beta", "750M_phase3a1_gamma.json"),
+    phase3a2: ("phase3a2", "phase3a1_gamma", "750M_phase3a2.json"),
+}
+
+
+def seed_argv(name: str, init: str, config_file: str, prepared: str | None = None) -> list[str]:
+    return ["--model_name", name, "--dataset_dir", f"data/sft_ready/{prepared or name}",
+            "--init_from_model", init, "--config_file", config_file,
+            "--eval_prompts_file", EVAL_PROMPTS]
+
+
+def _translate(argv: list[str], keep: set[str] = frozenset(), preset=None):
+    args, rest = upstream_cli.split_argv(argv)
+    translation = upstream_cli.translate(args)
+    return upstream_cli.apply(preset or base.get_config(), translation, set(keep)), translation, rest
+
+
+def test_seed_json_configs_train_as_our_phase_presets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _, init, _ in SEED_STEP3.values():
+        (tmp_path / "checkpoints" / init).mkdir(parents=True, exist_ok=True)
+    for preset, (name, init, json_name) in SEED_STEP3.items():
+        config, translation, rest = _translate(seed_argv(name, init, str(SFT1 / json_name)))
+        ours = preset.get_config()
+        differ = {k for k in ours.keys() if config[k] != ours[k]}
+        # Only where the run lives: the upstream keeps runs by name under checkpoints/.
+        assert differ <= {"workdir", "init_from"}, {k: (config[k], ours[k]) for k in differ}
+        assert config.workdir == f"checkpoints/{name}" and config.init_from == f"checkpoints/{init}"
+        assert Path(ours.init_from).name == init and rest == []
+        assert "\n" not in translation.summary
+
+
+def test_precedence_base_json_flag_then_config_override(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"learning_rate": 1e-4, "max_iters": 7, "epoch_seed": 9,
+                                "eval_iters": 3, "use_amp": True}))
+    argv = ["--config_file", str(path), "--max_iters", "8", "--eval_iters", "200",
+            "--config.eval_iters=5", "--workdir=w"]
+    config, _, rest = _translate(argv, keep=upstream_cli.config_overrides_in(argv))
+    assert rest == ["--config.eval_iters=5", "--workdir=w"]  # absl's: applied before, kept
+    assert config.grad_clip == base.get_config().grad_clip  # base: neither file nor flag
+    assert (config.learning_rate, config.epoch_seed) == (1e-4, 9)  # the file
+    assert config.max_iters == 8  # a flag beats the file
+    assert config.eval_iters == base.get_config().eval_iters  # --config.eval_iters is kept
+    # A flag counts when given, even with the upstream's default value (there: ignored).
+    assert _translate(["--config_file", str(path), "--eval_iters", "200"])[0].eval_iters == 200
+    preset = base.get_config()
+    preset.batch_size = 3  # a --config preset sits under the file
+    assert _translate(["--config_file", str(path)], preset=preset)[0].batch_size == 3
+
+
+def test_amp_flags_map_to_precision(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"use_amp": True, "amp_dtype": "bf16", "use_checkpoint": True}))
+    config, translation, _ = _translate(["--config_file", str(path)])
+    assert (config.precision, config.remat) == ("mixed", "full")
+    assert "use_amp+amp_dtype -> precision 'mixed'" in translation.summary
+    assert _translate(["--config_file", str(path), "--use_amp", "False"])[0].precision == "fp32"
+    with pytest.raises(upstream_cli.UpstreamConfigError, match="amp_dtype 'fp16'"):
+        _translate(["--config_file", str(path), "--amp_dtype", "fp16"])
+
+
+def test_summary_says_where_fields_went_and_what_the_upstream_ignored(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints" / "domain_v5_sft_ready").mkdir(parents=True)
+    argv = seed_argv("phase3a1_alpha", "domain_v5_sft_ready", str(SFT1 / "750M_phase3a1_alpha.json"))
+    summary = _translate(argv)[1].summary
+    assert summary.startswith(f"--config_file {SFT1 / '750M_phase3a1_alpha.json'}: batch_size, "
+                              "block_size, vocab_size, n_embd, n_head, n_layer, dropout, bias, "
+                              "tie_weights, use_loss_mask, batch_sampling_mode, episode_min_tokens, "
+                              "epoch_seed, epoch_shuffle, learning_rate, max_iters, eval_interval, "
+                              "warmup_iters, weight_decay, log_file -> the config fields of the "
+                              "same names; use_amp+amp_dtype -> precision 'mixed'; ")
+    assert "ignored here as by the upstream: pad_token_id, epoch_drop_last" in summary
+    assert "the upstream took block_size, vocab_size" in summary and "inherit_init_config" in summary
+    assert "no use here: name, description, eval_seed" in summary
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ({"learning_rate": 1e-4, "lerning_rate": 1e-4}, r"unknown field 'lerning_rate'"),
+    ({"max_iters": 3.5}, r"max_iters: expected int, got 3\.5"),
+    ({"eval_sets": {"general": "data/x"}}, "extra eval sets are not implemented"),
+    ([1], "expected a JSON object"),
+])
+def test_json_fields_we_cannot_use_are_named(tmp_path, content, message):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(upstream_cli.UpstreamConfigError, match=message) as info:
+        _translate(["--config_file", str(path)])
+    assert str(path) in str(info.value)
+
+
+def test_flag_errors_name_the_flag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "alpha").mkdir(parents=True)
+    with pytest.raises(upstream_cli.UpstreamConfigError,
+                       match=r"--init_from_model runs/alpha: checkpoints/runs/alpha does not exist; "
+                             r"runs/alpha exists, but names are looked up under checkpoints/"):
+        _translate(["--init_from_model", "runs/alpha"])
+    assert _translate(["--init_from_model", str(tmp_path / "runs" / "alpha")])[0].init_from == str(
+        tmp_path / "runs" / "alpha")  # an absolute path stays, as os.path.join keeps it
+    for argv, message in ((["--input_file", "x.txt"], "--input_file"),
+                          (["--tokenization", "char"], "--tokenization"),
+                          (["--eval_dataset_dir", "d"], "--eval_dataset_dir d")):
+        with pytest.raises(upstream_cli.UpstreamConfigError, match=message):
+            _translate(argv)
+    with pytest.raises(SystemExit):
+        upstream_cli.split_argv(["--use_amp", "maybe"])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 64, "dropout": 0.0, "bias": False,
+        "tie_weights": True, "vocab_size": 50304}
+
+
+def _tiny_json(path: Path, **fields) -> None:
+    """An upstream-style config with every field of the seed's, sized for a CPU."""
+    seed = json.loads((SFT1 / path.name).read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**seed, **TINY, "batch_size": 4, "max_iters": 2, "eval_interval": 2,
+                                "eval_iters": 1, "warmup_iters": 1, "learning_rate": 1e-3,
+                                "use_amp": False, **fields}))
+
+
+def _train(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return subprocess.run([sys.executable, "-m", "mypt_jax.train", *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_seed_step3_commands_run_as_written(tmp_path, monkeypatch):
+    """The seed's alpha and beta Step 3 commands with tiny JSON configs at the seed's paths,
+    then its Step 4 command, each with only the program name swapped."""
+    from flax import nnx
+
+    from mypt_jax import generate, model_io
+    from mypt_jax.model import GPT, ModelConfig
+    from mypt_jax.prepare import prepare
+    from mypt_jax.tokenizer import Tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    chat = train_helpers.write_chat_jsonl(tmp_path / "chat.jsonl", 40)
+    for phase in ("phase3a1_alpha", "phase3a1_beta"):
+        prepare(chat, tmp_path / "data" / "sft_ready" / phase, val_split=0.2, progress=False)
+    config = ModelConfig(**TINY)
+    model_io.save_model(tmp_path / "checkpoints" / "domain_v5_sft_ready",
+                        GPT(config, rngs=nnx.Rngs(0)), config, Tokenizer())
+    (tmp_path / EVAL_PROMPTS).parent.mkdir(parents=True)
+    shutil.copy(REPO / EVAL_PROMPTS, tmp_path / EVAL_PROMPTS)
+    _tiny_json(tmp_path / "configs/sft1/750M_phase3a1_alpha.json")
+    _tiny_json(tmp_path / "configs/sft1/750M_phase3a1_beta.json")
+
+    out = _train(tmp_path, seed_argv("phase3a1_alpha", "domain_v5_sft_ready",
+                                     "configs/sft1/750M_phase3a1_alpha.json"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "--config_file configs/sft1/750M_phase3a1_alpha.json: batch_size, " in out.stderr
+    meta = json.loads(sorted((tmp_path / "checkpoints/phase3a1_alpha/checkpoints").glob(
+        "*/meta/metadata"))[-1].read_text())
+    c = meta["config"]
+    assert (c["epoch_seed"], c["episode_min_tokens"], c["learning_rate"], c["precision"]) == (
+        4501, 10, 1e-3, "fp32")
+    assert (c["init_from"], c["eval_prompts_file"]) == ("checkpoints/domain_v5_sft_ready", EVAL_PROMPTS)
+    assert (tmp_path / "logs/train/phase3a1_alpha.jsonl").is_file()  # the JSON's log_file
+
+    out = _train(tmp_path, seed_argv("phase3a1_beta", "phase3a1_alpha",
+                                     "configs/sft1/750M_phase3a1_beta.json"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "checkpoints/phase3a1_beta/model/config.json").is_file()
+
+    prompt = ("<myPT_system>You are MyPT. Be concise: 1-2 sentences. Follow instructions exactly."
+              "</myPT_system><myPT_user>Say hello.</myPT_user><myPT_assistant>")
+    assert generate.main(["--model", "phase3a1_beta", "--prompt", prompt, "--temperature", "0"]) == 0
