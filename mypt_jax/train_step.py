@@ -126,7 +126,7 @@ def init_state(params: Params, tx: optax.GradientTransformation, config: ModelCo
 
 
 def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_size: int,
-               loss_positions: int = 0):
+               loss_positions: int = 0, mesh: Mesh | None = None):
     """(masked CE sum, mask count) of a batch.
 
     `loss_positions` K > 0 projects only each row's first K trained positions onto the
@@ -134,11 +134,11 @@ def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_siz
     """
     model = mdef.merge(params)
     targets, mask = batch["targets"], batch["loss_mask"]
-    h = model.hidden(batch["inputs"], deterministic=key is None, rngs=key)
+    h = model.hidden(batch["inputs"], deterministic=key is None, rngs=key, mesh=mesh)
     if loss_positions:
         idx_BxK = loss_lib.trained_positions_BxK(mask, loss_positions)
         h, targets, mask = (loss_lib.gather_positions(x, idx_BxK) for x in (h, targets, mask))
-    return loss_lib.head_ce_sums(h, *model.output_head(), targets, mask, loss_chunk_size)
+    return loss_lib.head_ce_sums(h, *model.output_head(), targets, mask, loss_chunk_size, mesh)
 
 
 def make_train_step(
@@ -171,7 +171,8 @@ def make_train_step(
         )
         micro = jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sh, micro))
         grad_fn = jax.value_and_grad(
-            lambda p, b, kk: _loss_sums(mdef, p, b, kk, loss_chunk_size, loss_positions), has_aux=True
+            lambda p, b, kk: _loss_sums(mdef, p, b, kk, loss_chunk_size, loss_positions, mesh),
+            has_aux=True,
         )
 
         def body(carry, xs):
@@ -212,7 +213,8 @@ def make_eval_step(mdef: ModelDef, mesh: Mesh, *, loss_chunk_size: int = 0, loss
     """`eval_step(params, batch) -> (masked CE sum, mask count)`, deterministic."""
     p_sh = param_shardings(mdef.config, mesh)
     return jax.jit(
-        lambda params, batch: _loss_sums(mdef, params, batch, None, loss_chunk_size, loss_positions),
+        lambda params, batch: _loss_sums(mdef, params, batch, None, loss_chunk_size,
+                                         loss_positions, mesh),
         in_shardings=(p_sh, batch_sharding(mesh)),
         out_shardings=replicated(mesh),
     )
