@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mypt_jax import config as cfg_lib  # noqa: E402
-from mypt_jax import data, optim, sharding  # noqa: E402
+from mypt_jax import data, data_inspect, optim, sharding  # noqa: E402
 from mypt_jax import train_step as ts  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--mask_ratio", type=float, default=0.15)
     args, overrides = parser.parse_known_args(argv)
-    c = data.load_config(args.config, overrides)
+    c = data_inspect.load_config(args.config, overrides)
     mc = cfg_lib.model_config(c)
     mesh = sharding.make_mesh((c.mesh_data, c.mesh_fsdp, c.mesh_tensor))
     tx, schedule = optim.optimizer_from_config(c)

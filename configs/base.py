@@ -39,6 +39,10 @@ def get_config() -> config_dict.ConfigDict:
     c.epoch_seed = 1337  # epoch e is shuffled with RandomState(epoch_seed + e)
     c.epoch_shuffle = True  # False = file order every epoch
     c.use_loss_mask = True  # train only on assistant tokens (mask.bin); False = every position
+    # Rows are cut to the batch's longest episode, rounded up to one of these lengths (one
+    # compile each). () = powers of two from 64, and block_size; (block_size,) = upstream rows.
+    c.length_buckets = ()
+    c.pack_episodes = False  # pack each step's episodes into as few rows as fit (README)
 
     # ----- optimisation -----
     c.learning_rate = 3e-4  # peak learning rate
@@ -54,7 +58,9 @@ def get_config() -> config_dict.ConfigDict:
     c.grad_accum_steps = 1  # microbatches per step; the loss is normalised once over all of them
     c.precision = "mixed"  # "mixed": f32 weights, bf16 matmuls | "fp32" | "bf16_pure" (upstream)
     c.loss_chunk_size = 0  # >0: vocab projection + CE over sequence chunks of this many tokens
-    c.loss_positions = 0  # >0: project only each row's first K trained tokens (checked per batch)
+    # Vocabulary projection: 0 = only each batch's trained positions (K in powers of two from
+    # 8), K > 0 = K unless a batch needs more, -1 = every position (the upstream).
+    c.loss_positions = 0
     c.seed = 0  # model init (fresh runs) and the dropout stream (fold_in(seed, step))
 
     # ----- evaluation -----

@@ -28,7 +28,6 @@ def get_config():
     c.warmup_iters = 30
     c.weight_decay = 0.05
     c.epoch_seed = 4501
-    c.loss_positions = 8  # alpha answers train on at most 7 tokens: project only those rows
     c.eval_interval = 100
     c.eval_iters = 3  # the val split holds ~40 episodes
     c.eval_max_new_tokens = 8

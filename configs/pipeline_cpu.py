@@ -27,9 +27,8 @@ def get_config(phase: str = "3a1_alpha"):
     c.eval_prompts_file = f"configs/sft_eval/phase{phase}_test_prompts.json"
     if phase == "3a1_alpha":
         return c
-    # Later phases: echo answers train on up to 24 tokens; a lower, constant-then-cosine rate
+    # Later phases: a lower, constant-then-cosine rate that
     # continues from the previous phase instead of starting over.
-    c.loss_positions = 24
     c.learning_rate = 1e-3
     c.min_lr = 1e-4
     c.warmup_iters = 20

@@ -24,7 +24,7 @@ from typing import Any
 from etils import epath
 from ml_collections import config_dict
 
-from mypt_jax import episodes, sharding
+from mypt_jax import batching, episodes, sharding
 from mypt_jax.model import ConfigError as ModelConfigError
 from mypt_jax.model import ModelConfig, param_logical_axes, param_shapes
 from mypt_jax.paths import COMMIT_MARKER, as_path, is_remote
@@ -251,7 +251,7 @@ def _check_fields(config: config_dict.ConfigDict) -> None:
         if config[name] < 1:
             raise ConfigError(f"{name}: must be >= 1, got {config[name]}")
     for name in ("learning_rate", "min_lr", "grad_clip", "weight_decay", "warmup_iters",
-                 "loss_chunk_size", "loss_positions", "checkpoint_interval", "keep_best", "adam_eps"):
+                 "loss_chunk_size", "checkpoint_interval", "keep_best", "adam_eps"):
         if config[name] < 0:
             raise ConfigError(f"{name}: must be >= 0, got {config[name]}")
     for name in ("beta1", "beta2"):
@@ -263,14 +263,18 @@ def _check_fields(config: config_dict.ConfigDict) -> None:
         raise ConfigError(f"warmup_iters: {config.warmup_iters} steps exceed max_iters {config.max_iters}")
     if config.precision == "bf16_pure" and (config.param_dtype or "bfloat16") != "bfloat16":
         raise ConfigError("param_dtype: precision='bf16_pure' stores bfloat16 weights")
-    span = config.loss_positions or config.block_size
+    if config.loss_positions < batching.ALL_POSITIONS:
+        raise ConfigError(f"loss_positions: expected -1 (all), 0 (automatic) or K > 0, got "
+                          f"{config.loss_positions}")
     if config.loss_positions > config.block_size:
         raise ConfigError(f"loss_positions: {config.loss_positions} exceeds block_size {config.block_size}")
-    if config.loss_chunk_size and span % config.loss_chunk_size:
+    if config.loss_chunk_size and config.block_size % config.loss_chunk_size:
         raise ConfigError(
-            f"loss_chunk_size: {config.loss_chunk_size} does not divide "
-            + ("loss_positions" if config.loss_positions else "block_size") + f" {span}"
-        )
+            f"loss_chunk_size: {config.loss_chunk_size} does not divide block_size {config.block_size}")
+    try:
+        batching.check_length_buckets(config.length_buckets, config.block_size)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_mesh(config, mc: ModelConfig, num_devices: int, process_count: int) -> tuple[int, ...]:

@@ -125,14 +125,6 @@ def _fused_head_bwd(chunk_size, grads, g_loss):
 _fused_head.defvjp(_fused_head_fwd, _fused_head_bwd)
 
 
-def trained_positions_BxK(mask_BxT: jax.Array, k: int) -> jax.Array:
-    """Per row, the indices of its first k trained (mask 1) positions, untrained ones after.
-
-    Exact only while no row trains on more than k tokens (the trainer checks each batch).
-    """
-    return jnp.argsort(-mask_BxT.astype(jnp.float32), axis=1, stable=True)[:, :k]
-
-
 def gather_positions(x_BxT_or_BxTxC: jax.Array, idx_BxK: jax.Array) -> jax.Array:
     if x_BxT_or_BxTxC.ndim == 3:
         return jnp.take_along_axis(x_BxT_or_BxTxC, idx_BxK[..., None], axis=1)

@@ -126,19 +126,23 @@ def init_state(params: Params, tx: optax.GradientTransformation, config: ModelCo
 
 
 def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_size: int,
-               loss_positions: int = 0, mesh: Mesh | None = None):
-    """(masked CE sum, mask count) of a batch.
+               mesh: Mesh | None = None):
+    """(masked CE sum, mask count) of a batch: padded rows, or shaped by `batching.shape_batch`.
 
-    `loss_positions` K > 0 projects only each row's first K trained positions onto the
-    vocabulary (SFT rows train on few tokens; the [T, V] projection dominates small models).
+    Optional keys: `positions`/`segment_ids` (packed rows), and `loss_index` [B, K] (project
+    only those positions onto the vocabulary; `targets`/`loss_mask` are then [B, K]).
     """
     model = mdef.merge(params)
-    targets, mask = batch["targets"], batch["loss_mask"]
-    h = model.hidden(batch["inputs"], deterministic=key is None, rngs=key, mesh=mesh)
-    if loss_positions:
-        idx_BxK = loss_lib.trained_positions_BxK(mask, loss_positions)
-        h, targets, mask = (loss_lib.gather_positions(x, idx_BxK) for x in (h, targets, mask))
-    return loss_lib.head_ce_sums(h, *model.output_head(), targets, mask, loss_chunk_size, mesh)
+    h = model.hidden(batch["inputs"], positions_BxT=batch.get("positions"),
+                     segment_ids_BxT=batch.get("segment_ids"), deterministic=key is None, rngs=key,
+                     mesh=mesh)
+    if "loss_index" in batch:
+        h = loss_lib.gather_positions(h, batch["loss_index"])
+    # Chunking bounds the [B, chunk, V] logits; a batch projecting fewer positions needs none.
+    n = h.shape[1]
+    chunk = loss_chunk_size if loss_chunk_size and loss_chunk_size < n and n % loss_chunk_size == 0 else 0
+    return loss_lib.head_ce_sums(h, *model.output_head(), batch["targets"], batch["loss_mask"], chunk,
+                                 mesh)
 
 
 def make_train_step(
@@ -150,9 +154,10 @@ def make_train_step(
     seed: int,
     grad_accum_steps: int = 1,
     loss_chunk_size: int = 0,
-    loss_positions: int = 0,
 ):
     """`step(state, batch) -> (state, metrics)`, jitted over `mesh` with the state donated.
+
+    Compiled once per batch shape (see batching.py for the shapes a run produces).
 
     The global batch is cut into `grad_accum_steps` microbatches (rows i::k) and scanned;
     loss numerators and mask counts are summed and divided once by max(total mask, 1), so
@@ -171,8 +176,7 @@ def make_train_step(
         )
         micro = jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sh, micro))
         grad_fn = jax.value_and_grad(
-            lambda p, b, kk: _loss_sums(mdef, p, b, kk, loss_chunk_size, loss_positions, mesh),
-            has_aux=True,
+            lambda p, b, kk: _loss_sums(mdef, p, b, kk, loss_chunk_size, mesh), has_aux=True
         )
 
         def body(carry, xs):
@@ -209,12 +213,11 @@ def make_train_step(
     )
 
 
-def make_eval_step(mdef: ModelDef, mesh: Mesh, *, loss_chunk_size: int = 0, loss_positions: int = 0):
+def make_eval_step(mdef: ModelDef, mesh: Mesh, *, loss_chunk_size: int = 0):
     """`eval_step(params, batch) -> (masked CE sum, mask count)`, deterministic."""
     p_sh = param_shardings(mdef.config, mesh)
     return jax.jit(
-        lambda params, batch: _loss_sums(mdef, params, batch, None, loss_chunk_size,
-                                         loss_positions, mesh),
+        lambda params, batch: _loss_sums(mdef, params, batch, None, loss_chunk_size, mesh),
         in_shardings=(p_sh, batch_sharding(mesh)),
         out_shardings=replicated(mesh),
     )

@@ -27,12 +27,13 @@ import numpy as np
 from etils import epath
 from ml_collections import config_dict
 
+from mypt_jax import batching, data, health, optim, paths, sharding
 from mypt_jax import checkpoint as ckpt_lib
 from mypt_jax import config as cfg_lib
-from mypt_jax import data, health, optim, paths, sharding
 from mypt_jax import train_step as ts
 from mypt_jax.metrics import MetricsWriter
 from mypt_jax.model import ModelConfig, param_shardings
+from mypt_jax.step_stats import CompileCounter, StepWindow
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +97,18 @@ def _generate(model, tokenizer, eval_prompts, max_new_tokens: int) -> list[dict]
     return list(evaluate.evaluate(model, tokenizer, eval_prompts, max_new_tokens=max_new_tokens))
 
 
-def device_batch(local: dict, mesh, loss_positions: int) -> dict:
-    """This process's rows -> the global sharded batch, after the loss_positions check."""
-    if loss_positions:
-        most = int(local["loss_mask"].sum(axis=1).max(initial=0))
-        if most > loss_positions:
-            raise ValueError(
-                f"loss_positions: a batch row trains on {most} tokens but loss_positions is "
-                f"{loss_positions}; raise it (or set 0 for all positions)"
-            )
-    return data.global_batch(local, mesh)
+def device_batch(local: dict, mesh, layout: batching.Layout, pad_id: int):
+    """This process's loader rows -> (the global sharded batch shaped by `layout`, its BatchInfo)."""
+    shaped, info = batching.shape_batch(local, layout, pad_id=pad_id,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+    return data.global_batch(shaped, mesh), info
 
 
-def val_loss(eval_fn, params, val_iter, mesh, eval_iters: int, loss_positions: int = 0):
+def val_loss(eval_fn, params, val_iter, mesh, eval_iters: int, layout: batching.Layout,
+             pad_id: int):
     """(mean of per-batch masked means = upstream val_loss, token-weighted mean)."""
-    sums = [eval_fn(params, device_batch(next(val_iter), mesh, loss_positions))
+    sums = [eval_fn(params, device_batch(next(val_iter), mesh, layout, pad_id)[0])
             for _ in range(eval_iters)]
     s_N, c_N = (np.asarray(x, np.float64) for x in zip(*jax.device_get(sums), strict=True))
     per_batch = s_N / np.maximum(c_N, 1.0)
@@ -124,17 +122,15 @@ class _Run:
     """Mutable bookkeeping of one train() call."""
 
     def __init__(self, r: cfg_lib.Resolved, writer: MetricsWriter, ckpt: ckpt_lib.Checkpointer,
-                 schedule):
+                 schedule, layout: batching.Layout):
         self.r, self.c, self.writer, self.ckpt = r, r.config, writer, ckpt
-        self.schedule = schedule
+        self.schedule, self.layout = schedule, layout
         self.val_history: list[tuple[int, float]] = []
         self.last_saved: int | None = None
         self.last_eval: dict[str, Any] = {}
         self.first_val_loss: float | None = None
-        self.pending: tuple[int, Any] | None = None
-        self.window_t = time.perf_counter()
-        self.window_steps = 0
-        self.tokens_per_step = self.c.batch_size * self.c.block_size
+        self.pending: tuple[int, Any, batching.BatchInfo] | None = None
+        self.window = StepWindow()
 
     def nan_stop(self, what: str, value: float, step: int) -> None:
         self.ckpt.wait()
@@ -149,36 +145,36 @@ class _Run:
         """Fetches the previous step's metrics (one step late, so dispatch never waits)."""
         if self.pending is None:
             return
-        step, metrics = self.pending
+        step, metrics, info = self.pending
         self.pending = None
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not math.isfinite(m["train_loss"]):
             self.nan_stop("train loss", m["train_loss"], step)
-        self.window_steps += 1
+        self.window.add(info)
         done = step + 1
         if done % self.c.log_interval == 0 or done == self.c.max_iters:
-            now = time.perf_counter()
-            step_time = (now - self.window_t) / max(self.window_steps, 1)
-            self.window_t, self.window_steps = now, 0
             record = {
                 "iter": step, "train_loss": m["train_loss"], "lr": m["lr"],
-                "grad_norm": m["grad_norm"], "tokens_per_s": self.tokens_per_step / step_time,
-                "step_time": step_time, "loss_tokens": m["loss_tokens"],
+                "grad_norm": m["grad_norm"], "loss_tokens": m["loss_tokens"], **self.window.close(),
             }
             self.writer.write(record)
-            self.writer.scalars(step, {k: v for k, v in record.items() if k != "iter"})
+            self.writer.scalars(step, {k: v for k, v in record.items()
+                                       if k not in ("iter", "buckets")})
             postfix = {"loss": f"{m['train_loss']:.4f}", "lr": f"{m['lr']:.2e}"}
             self.writer.progress(done, postfix)
             if not self.writer.interactive:
                 self.writer.print(
                     f"step {step}: train {m['train_loss']:.4f} | lr {m['lr']:.2e} | grad norm "
-                    f"{m['grad_norm']:.3f} | {record['tokens_per_s']:.0f} tok/s"
+                    f"{m['grad_norm']:.3f} | {record['tokens_per_s']:.0f} tok/s padded, "
+                    f"{record['real_tokens_per_s']:.0f} real, {record['trained_tokens_per_s']:.0f} "
+                    f"trained | {record['buckets'][-1]}"
                 )
 
     def evaluate(self, step: int, state, eval_fn, val_iter, mesh, mdef, eval_prompts, final=False):
         c = self.c
         t0 = time.perf_counter()
-        v, v_tok = val_loss(eval_fn, state.params, val_iter, mesh, c.eval_iters, c.loss_positions)
+        v, v_tok = val_loss(eval_fn, state.params, val_iter, mesh, c.eval_iters, self.layout,
+                            self.r.tokenizer.eot_id)
         if not math.isfinite(v):
             self.nan_stop("val loss", v, step)
         results = _generate(mdef.merge(state.params), self.r.tokenizer, eval_prompts,
@@ -241,7 +237,7 @@ def _make_iterators(c, tokenizer, train_state: dict, val_state: dict):
     common = dict(
         batch_size=c.batch_size, block_size=c.block_size, epoch_seed=c.epoch_seed,
         tokenizer=tokenizer, mode=c.batch_sampling_mode, episode_min_tokens=c.episode_min_tokens,
-        shuffle=c.epoch_shuffle, use_loss_mask=c.use_loss_mask,
+        shuffle=c.epoch_shuffle, use_loss_mask=c.use_loss_mask, row_stats=True,
     )
     train_iter = data.make_iterator(c.dataset_dir, "train", **common)
     val_iter = data.make_iterator(c.dataset_dir, "val", **common)
@@ -261,10 +257,14 @@ def _check_resume(meta: dict, r: cfg_lib.Resolved, workdir: str) -> list[str]:
             + "; ".join(diff) + " (use a new --workdir)"
         )
     saved_cfg = meta.get("config", {})
+
+    def plain(v):  # the saved config went through JSON: tuples came back as lists
+        return list(v) if isinstance(v, tuple) else v
+
     return [
         f"{k}: {saved_cfg[k]!r} -> {r.config[k]!r}"
         for k in r.config.keys()
-        if k in saved_cfg and saved_cfg[k] != r.config[k]
+        if k in saved_cfg and saved_cfg[k] != plain(r.config[k])
     ]
 
 
@@ -354,7 +354,9 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         total_steps=c.max_iters, start_step=latest or 0,
     )
     stack.callback(writer.close)
-    run = _Run(r, writer, ckpt, schedule)
+    layout = batching.layout_from_config(
+        c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=jax.process_count())
+    run = _Run(r, writer, ckpt, schedule, layout)
     if latest is not None:
         mdef = ts.model_def(r.model_config)
         state, train_state, val_state, meta = ckpt.restore(
@@ -384,10 +386,10 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     eval_prompts = _load_eval_prompts(c.eval_prompts_file)
     step_fn = ts.make_train_step(
         mdef, tx, schedule, mesh, seed=c.seed, grad_accum_steps=c.grad_accum_steps,
-        loss_chunk_size=c.loss_chunk_size, loss_positions=c.loss_positions,
+        loss_chunk_size=c.loss_chunk_size,
     )
-    eval_fn = ts.make_eval_step(
-        mdef, mesh, loss_chunk_size=c.loss_chunk_size, loss_positions=c.loss_positions)
+    eval_fn = ts.make_eval_step(mdef, mesh, loss_chunk_size=c.loss_chunk_size)
+    compiles = CompileCounter(step_fn)
 
     # ----- the loop: eval, save, update -----
     step = start
@@ -400,10 +402,17 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
             run.evaluate(step, state, eval_fn, val_iter, mesh, mdef, eval_prompts)
         if do_save:
             run.save(step, state, train_iter, val_iter, evaluated=do_eval)
-        batch = device_batch(next(train_iter), mesh, c.loss_positions)
+        batch, info = device_batch(next(train_iter), mesh, run.layout, r.tokenizer.eot_id)
         state, metrics = step_fn(state, batch)
+        compiled, warning = compiles.after_call(info.shape)
+        if compiled:
+            writer.write({"iter": step, "event": "compile", "shape": str(info.shape),
+                          "compiles": compiles.compiles})
+        if warning:
+            log.warning("step %d: %s", step, warning)
+            writer.print(f"warning: step {step}: {warning}")
         run.flush()
-        run.pending = (step, metrics)
+        run.pending = (step, metrics, info)
         step += 1
     run.flush()
 

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mypt_jax import data, episodes
+from mypt_jax import data, data_inspect, episodes
 from mypt_jax.episodes import DatasetError
 from mypt_jax.tokenizer import SEED_SPECIAL_TOKENS, Tokenizer
 
@@ -436,7 +436,7 @@ def test_bad_mode_and_fallback(dataset):
 def test_inspect_cli_writes_npz(dataset, tmp_path, capsys):
     root, _ = dataset
     out = tmp_path / "batches.npz"
-    rc = data.main(
+    rc = data_inspect.main(
         [
             "inspect",
             "--dataset_dir",
@@ -464,14 +464,14 @@ def test_inspect_cli_writes_npz(dataset, tmp_path, capsys):
 def test_inspect_cli_errors(dataset, tmp_path, capsys):
     root, _ = dataset
     assert (
-        data.main(
+        data_inspect.main(
             ["inspect", "--dataset_dir", str(tmp_path / "nope"), "--config", str(CONFIG_FILE)]
         )
         == 1
     )
     assert str(tmp_path / "nope") in capsys.readouterr().err
     assert (
-        data.main(
+        data_inspect.main(
             [
                 "inspect",
                 "--dataset_dir",
@@ -492,7 +492,7 @@ def test_render_row_marks_trained_span():
     mask = [0] * 4 + [1] * 4  # mask of the upstream state machine: assistant content, close, eot
     seq = ids + [EOT] * 3
     m = mask + [0] * 3
-    text = data.render_row(tok, seq[:-1], seq[1:], m[1:])
+    text = data_inspect.render_row(tok, seq[:-1], seq[1:], m[1:])
     assert text == (
         "<myPT_user>Hi</myPT_user><myPT_assistant>[[OK.</myPT_assistant><myPT_eot>]] <+3 pad>"
     )
@@ -539,7 +539,7 @@ def test_prepared_dataset_dump_matches_reference_from_raw_files(tmp_path):
             "--config.batch_size=4",
             "--config.block_size=40",
         ]
-        assert data.main(argv) == 0
+        assert data_inspect.main(argv) == 0
         ref = UpstreamLoader(
             raw_split(split), batch_size=4, block_size=40, seed=SEED, min_tokens=MIN_TOKENS
         )

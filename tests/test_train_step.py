@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mypt_jax import optim, sharding
+from mypt_jax import batching, optim, sharding
 from mypt_jax import train_step as ts
 from mypt_jax.model import ModelConfig
 
@@ -35,10 +35,12 @@ def _run(cfg=CFG, steps=2, seed=0, sparse=False, **kw):
                                      weight_decay=0.1, grad_clip=kw.pop("grad_clip", 1.0))
     mdef, params = ts.init_model(cfg, mesh, seed=0)
     state = ts.init_state(params, tx, cfg, mesh)
+    k = kw.pop("loss_positions", 0)
     step = ts.make_train_step(mdef, tx, sched, mesh, seed=seed, **kw)
     out = []
     for i in range(steps):
-        state, m = step(state, _batch(seed=i, sparse=sparse))
+        batch = _batch(seed=i, sparse=sparse)
+        state, m = step(state, batching.gather_trained(batch, k) if k else batch)
         out.append(jax.device_get(m))
     return state, out
 

@@ -1,0 +1,297 @@
+"""Batch shaping between the loader and the step: compute only what the loss needs.
+
+The loader serves the upstream layout: one episode per row, right-padded to `block_size`.
+On Phase 3a data more than 90% of that is padding, and only a handful of positions per
+row are trained. Every function here turns such a batch into a smaller one that gives the
+same loss and gradients (up to float summation order):
+
+- **trim**: cut the rows to the longest row of the *global* batch, rounded up to a length
+  bucket. Attention is causal and padding sits at the end of a row, so no real position
+  ever sees a padded one.
+- **trained-position head**: project onto the vocabulary only each row's trained
+  positions (`loss_index`, K of them, K from a bucket); untrained positions never reach
+  the loss.
+- **pack** (opt-in): put the step's episodes into as few rows as fit, with `segment_ids`
+  (attention stays inside an episode) and `positions` restarting at 0 per episode.
+
+Every process computes the bucket from the global batch's row statistics (which the loader
+reads from the episode index), so all processes pick the same shapes without talking.
+Functions are pure, over numpy arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+MIN_LENGTH_BUCKET = 64  # the smallest default length bucket
+MIN_POSITION_BUCKET = 8  # the smallest trained-position bucket K
+ALL_POSITIONS = -1  # loss_positions value: project every position (no trained-position head)
+# Keys the loader adds for shaping (per global row); the step never sees them.
+STAT_KEYS = ("global_lengths", "global_trained")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How batches are shaped for the step (see `layout_from_config`)."""
+
+    block_size: int
+    length_buckets: tuple[int, ...]  # ascending; the last is block_size
+    loss_positions: int  # 0 automatic K; >0 this K unless a batch needs more; -1 all positions
+    pack: bool  # pack the step's episodes into as few rows as fit
+    row_multiple: int = 1  # packed local rows are a multiple of this (data shards x microbatches)
+
+    @property
+    def padded(self) -> bool:
+        """The upstream layout unchanged: every row block_size long, every position projected."""
+        return (self.length_buckets == (self.block_size,) and not self.pack
+                and self.loss_positions == ALL_POSITIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShape:
+    """The static shape of a shaped batch: one compiled step per distinct value."""
+
+    rows: int  # global rows
+    length: int  # T, positions per row
+    positions: int  # K, projected positions per row; 0 = all T (no loss_index)
+    packed: bool
+
+    def __str__(self) -> str:
+        k = f"k{self.positions}" if self.positions else "kall"
+        return f"{self.rows}x{self.length}/{k}" + ("/packed" if self.packed else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchInfo:
+    """What one global batch holds, for logs (all counts global)."""
+
+    shape: BatchShape
+    real_tokens: int  # positions whose input and target are both episode tokens
+    trained_tokens: int  # positions the loss trains on
+    padded_positions: int  # positions the upstream layout computes (rows x block_size)
+
+    @property
+    def computed_positions(self) -> int:
+        return self.shape.rows * self.shape.length
+
+
+# ----------------------------------------------------------------------------- buckets
+
+
+def default_length_buckets(block_size: int) -> tuple[int, ...]:
+    """Powers of two from 64 up to block_size, and block_size itself."""
+    out, n = [], MIN_LENGTH_BUCKET
+    while n < block_size:
+        out.append(n)
+        n *= 2
+    return (*out, block_size)
+
+
+def check_length_buckets(buckets: Sequence[int], block_size: int) -> tuple[int, ...]:
+    """The configured buckets, sorted, with block_size added (every batch must fit one)."""
+    out = sorted({int(b) for b in buckets})
+    bad = [b for b in out if not 1 <= b <= block_size]
+    if bad:
+        raise ValueError(
+            f"length_buckets: {bad} outside [1, block_size={block_size}] (got {list(buckets)})")
+    if not out or out[-1] != block_size:
+        out.append(block_size)
+    return tuple(out)
+
+
+def position_buckets(length: int) -> tuple[int, ...]:
+    """Trained-position counts K a row of `length` may project: powers of two from 8, then length."""
+    out, k = [], MIN_POSITION_BUCKET
+    while k < length:
+        out.append(k)
+        k *= 2
+    return (*out, length)
+
+
+def row_buckets(local_rows: int, multiple: int) -> tuple[int, ...]:
+    """Packed local row counts: `multiple` times powers of two, up to local_rows rounded up."""
+    top = -(-local_rows // multiple) * multiple
+    out, r = [], multiple
+    while r < top:
+        out.append(r)
+        r *= 2
+    return (*out, top)
+
+
+def _smallest_fitting(buckets: Sequence[int], need: int) -> int:
+    for b in buckets:
+        if b >= need:
+            return b
+    raise ValueError(f"{need} exceeds the largest bucket {buckets[-1]}")
+
+
+def layout_from_config(config, *, data_shards: int = 1, process_count: int = 1) -> Layout:
+    """The layout a training config asks for.
+
+    `data_shards` is the number of batch shards of the mesh (data x fsdp): packed batches
+    are padded to a multiple of it. With `use_loss_mask=False` every position is trained,
+    padding included (the upstream's plain mean), so the batch keeps its padded layout.
+    """
+    block_size = int(config.block_size)
+    if not config.use_loss_mask:
+        return Layout(block_size, (block_size,), ALL_POSITIONS, False)
+    buckets = (check_length_buckets(config.length_buckets, block_size)
+               if config.length_buckets else default_length_buckets(block_size))
+    local_shards = max(data_shards // process_count, 1)
+    return Layout(block_size, buckets, int(config.loss_positions), bool(config.pack_episodes),
+                  row_multiple=local_shards * int(config.grad_accum_steps))
+
+
+def step_shapes(config, data_shards: int = 1, process_count: int = 1) -> list[BatchShape]:
+    """For each length bucket, the largest batch shape a step can see (for ahead-of-time compiles).
+
+    Unpacked rows: all `batch_size` rows, and K the largest the bucket allows. Packed: every
+    episode alone in a row is the most rows a step can need.
+    """
+    layout = layout_from_config(config, data_shards=data_shards, process_count=process_count)
+    local = config.batch_size // process_count
+    rows = (row_buckets(local, layout.row_multiple)[-1] if layout.pack else local) * process_count
+    shapes = []
+    for length in layout.length_buckets:
+        k = _positions_for(layout, length, need=length)
+        shapes.append(BatchShape(rows, length, k, layout.pack))
+    return shapes
+
+
+def abstract_batch(shape: BatchShape):
+    """ShapeDtypeStructs of a shaped batch (no sharding), for ahead-of-time compiles."""
+    import jax
+
+    def sds(cols, dtype):
+        return jax.ShapeDtypeStruct((shape.rows, cols), dtype)
+
+    k = shape.positions or shape.length
+    out = {"inputs": sds(shape.length, np.int32), "targets": sds(k, np.int32),
+           "loss_mask": sds(k, np.float32)}
+    if shape.positions:
+        out["loss_index"] = sds(k, np.int32)
+    if shape.packed:
+        out["positions"] = sds(shape.length, np.int32)
+        out["segment_ids"] = sds(shape.length, np.int32)
+    return out
+
+
+def _positions_for(layout: Layout, length: int, need: int) -> int:
+    """K for rows of `length` whose busiest row trains `need` tokens; 0 = project all."""
+    if layout.loss_positions == ALL_POSITIONS:
+        return 0
+    if 0 < layout.loss_positions and need <= layout.loss_positions:
+        k = layout.loss_positions  # the fixed override, while it can serve the batch
+    else:
+        k = _smallest_fitting(position_buckets(length), need)
+    return 0 if k >= length else k
+
+
+# ----------------------------------------------------------------------------- shaping
+
+
+def shape_batch(local: Batch, layout: Layout, *, pad_id: int = 0, process_index: int = 0,
+                process_count: int = 1) -> tuple[Batch, BatchInfo]:
+    """The loader's padded local rows (with `global_lengths`/`global_trained`) -> the step's batch.
+
+    `global_lengths[i]` is the number of tokens the loader kept of global row i's episode
+    (at most block_size + 1), `global_trained[i]` its trained targets; process p's rows are
+    global rows [p*b, (p+1)*b). `pad_id` fills packed rows past their last episode.
+    """
+    lengths_G = np.asarray(local["global_lengths"], np.int64)
+    trained_G = np.asarray(local["global_trained"], np.int64)
+    rows = {k: v for k, v in local.items() if k not in STAT_KEYS}
+    b = rows["inputs"].shape[0]
+    if len(lengths_G) != b * process_count:
+        raise ValueError(f"global_lengths: {len(lengths_G)} rows, expected {b} x {process_count}")
+    # An episode of n tokens gives n - 1 (input, target) pairs; the rest of the row is padding.
+    real_G = np.maximum(lengths_G - 1, 0)
+    stats = dict(real_tokens=int(real_G.sum()), trained_tokens=int(trained_G.sum()),
+                 padded_positions=b * process_count * layout.block_size)
+    if layout.pack:
+        out, shape = _pack(rows, real_G, trained_G, layout, pad_id, process_index,
+                           process_count)
+    else:
+        length = _smallest_fitting(layout.length_buckets, int(real_G.max(initial=0)))
+        k = _positions_for(layout, length, int(trained_G.max(initial=0)))
+        out = {name: x[:, :length] for name, x in rows.items()}
+        shape = BatchShape(b * process_count, length, k, False)
+    if shape.positions:
+        out = gather_trained(out, shape.positions)
+    return out, BatchInfo(shape, **stats)
+
+
+def trained_index(mask_BxT: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the positions of its trained targets in order, then untrained ones: [B, k]."""
+    order_BxT = np.argsort(~(mask_BxT > 0), axis=1, kind="stable")
+    return order_BxT[:, :k].astype(np.int32)
+
+
+def gather_trained(batch: Batch, k: int) -> Batch:
+    """Targets and mask at each row's first k trained positions, and those positions."""
+    most = int((batch["loss_mask"] > 0).sum(axis=1).max(initial=0))
+    if most > k:
+        raise ValueError(f"a row trains on {most} targets, more than the {k} positions projected")
+    index_BxK = trained_index(batch["loss_mask"], k)
+    out = dict(batch)
+    out["targets"] = np.take_along_axis(batch["targets"], index_BxK, axis=1)
+    out["loss_mask"] = np.take_along_axis(batch["loss_mask"], index_BxK, axis=1)
+    out["loss_index"] = index_BxK
+    return out
+
+
+def first_fit(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Items (by index, in order) into bins of `capacity`: each goes into the first that fits."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i, size in enumerate(sizes):
+        for j, room in enumerate(free):
+            if size <= room:
+                bins[j].append(i)
+                free[j] -= size
+                break
+        else:
+            bins.append([i])
+            free.append(capacity - size)
+    return bins
+
+
+def _pack(rows: Batch, real_G, trained_G, layout: Layout, pad_id: int, process_index: int,
+          process_count: int) -> tuple[Batch, BatchShape]:
+    b = rows["inputs"].shape[0]
+    capacity = layout.block_size
+    # Every process packs every process's rows (cheap) so all agree on the shape.
+    plans = [first_fit(real_G[p * b:(p + 1) * b], capacity) for p in range(process_count)]
+    fill = max(int(real_G[p * b:(p + 1) * b][r].sum()) for p, plan in enumerate(plans)
+               for r in plan)
+    need_k = max(int(trained_G[p * b:(p + 1) * b][r].sum()) for p, plan in enumerate(plans)
+                 for r in plan)
+    local_rows = _smallest_fitting(row_buckets(b, layout.row_multiple),
+                                   max(len(plan) for plan in plans))
+    length = _smallest_fitting(layout.length_buckets, fill)
+    k = _positions_for(layout, length, need_k)
+
+    mine = real_G[process_index * b:(process_index + 1) * b]
+    inputs = np.full((local_rows, length), pad_id, np.int32)
+    targets = np.full((local_rows, length), pad_id, np.int32)
+    mask = np.zeros((local_rows, length), rows["loss_mask"].dtype)
+    positions = np.zeros((local_rows, length), np.int32)
+    segment_ids = np.zeros((local_rows, length), np.int32)
+    for r, members in enumerate(plans[process_index]):
+        at = 0
+        for seg, i in enumerate(members, start=1):
+            n = int(mine[i])
+            inputs[r, at:at + n] = rows["inputs"][i, :n]
+            targets[r, at:at + n] = rows["targets"][i, :n]
+            mask[r, at:at + n] = rows["loss_mask"][i, :n]
+            positions[r, at:at + n] = np.arange(n, dtype=np.int32)
+            segment_ids[r, at:at + n] = seg
+            at += n
+    out = {"inputs": inputs, "targets": targets, "loss_mask": mask, "positions": positions,
+           "segment_ids": segment_ids}
+    return out, BatchShape(local_rows * process_count, length, k, True)
