@@ -35,12 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from mypt_jax import batching, data, optim, sharding  # noqa: E402
 from mypt_jax import config as cfg_lib  # noqa: E402
-from mypt_jax import data, optim, sharding  # noqa: E402
 from mypt_jax import train_step as ts  # noqa: E402
 from mypt_jax.model import ModelConfig  # noqa: E402
 
@@ -88,17 +87,16 @@ class JaxStep:
         self.tx, schedule = optim.make_optimizer(**OPT)
         self.mdef = ts.model_def(mc)
         self.step_fn = ts.make_train_step(
-            self.mdef, self.tx, schedule, self.mesh, seed=seed,
-            loss_chunk_size=loss_chunk_size, loss_positions=loss_positions)
+            self.mdef, self.tx, schedule, self.mesh, seed=seed, loss_chunk_size=loss_chunk_size)
+        self.loss_positions = loss_positions
         self.seed, self.state, self.batch, self.compiled = seed, None, None, None
 
     def abstract_inputs(self):
         state = ts.abstract_state(self.tx, self.mc, self.mesh)
         bsh = ts.batch_sharding(self.mesh)
-        T = self.mc.block_size
-        batch = {"inputs": jax.ShapeDtypeStruct((self.batch_size, T), jnp.int32, sharding=bsh),
-                 "targets": jax.ShapeDtypeStruct((self.batch_size, T), jnp.int32, sharding=bsh),
-                 "loss_mask": jax.ShapeDtypeStruct((self.batch_size, T), jnp.float32, sharding=bsh)}
+        shape = batching.BatchShape(self.batch_size, self.mc.block_size, self.loss_positions, False)
+        batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh)
+                 for k, x in batching.abstract_batch(shape).items()}
         return state, batch
 
     def compile(self) -> dict[str, Any]:
@@ -114,6 +112,8 @@ class JaxStep:
     def init(self, batch_np: dict[str, np.ndarray]) -> None:
         _, params = ts.init_model(self.mc, self.mesh, self.seed)
         self.state = ts.init_state(params, self.tx, self.mc, self.mesh)
+        if self.loss_positions:  # project only each row's first K trained positions
+            batch_np = batching.gather_trained(batch_np, self.loss_positions)
         self.batch = data.global_batch(batch_np, self.mesh)
         jax.block_until_ready((self.state, self.batch))
 
@@ -156,6 +156,10 @@ class TorchStep:
             [{"params": decay, "weight_decay": OPT["weight_decay"]},
              {"params": no_decay, "weight_decay": 0.0}],
             lr=OPT["learning_rate"], betas=(OPT["beta1"], OPT["beta2"]), eps=OPT["eps"])
+        self.set_batch(batch_np)
+
+    def set_batch(self, batch_np: dict[str, np.ndarray]) -> None:
+        torch = self.torch
         self.x = torch.from_numpy(batch_np["inputs"].astype(np.int64))
         self.y = torch.from_numpy(batch_np["targets"].astype(np.int64))
         self.m = torch.from_numpy(batch_np["loss_mask"])

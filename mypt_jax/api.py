@@ -20,7 +20,7 @@ import numpy as np
 from etils.epath import Path
 from flax import nnx
 
-from mypt_jax import model_io, upstream
+from mypt_jax import batching, model_io, upstream
 from mypt_jax.model import GPT, ModelConfig, from_params
 from mypt_jax.paths import as_path
 from mypt_jax.tokenizer import Tokenizer
@@ -36,6 +36,8 @@ class MyPTModel:
         self.source = dict(source or {})
         graphdef, state = nnx.split(module)
         self._forward = jax.jit(lambda st, t: nnx.merge(graphdef, st)(t).astype(jnp.float32))
+        self._forward_packed = jax.jit(lambda st, t, p, s: nnx.merge(graphdef, st)(
+            t, positions_BxT=p, segment_ids_BxT=s).astype(jnp.float32))
         self._state = state
 
     def encode(self, text: str) -> list[int]:
@@ -44,18 +46,49 @@ class MyPTModel:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    def logits(self, token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Full-sequence logits as float32 numpy: 1-D ids -> (T, V), 2-D -> (B, T, V)."""
-        ids = np.asarray(token_ids)
-        if ids.ndim not in (1, 2) or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"token_ids: expected 1-D or 2-D integer ids, got {ids.dtype} {ids.shape}")
+    def logits(self, token_ids: Sequence[int] | Sequence[Sequence[int]] | np.ndarray):
+        """Full-sequence logits as float32 numpy: 1-D ids -> (T, V), 2-D -> (B, T, V).
+
+        A list of sequences of different lengths gives a list of (T_i, V): they are packed
+        into as few rows as fit (attention stays within a sequence), so no padding is computed.
+        """
+        if _is_ragged(token_ids):
+            return self._packed_logits([self._checked(s, ndim=1) for s in token_ids])
+        ids = self._checked(token_ids)
         batch = ids[None] if ids.ndim == 1 else ids
-        if batch.shape[1] > self.config.block_size:
-            raise ValueError(f"token_ids: {batch.shape[1]} tokens exceed block_size {self.config.block_size}")
-        if batch.size and (batch.min() < 0 or batch.max() >= self.config.vocab_size):
-            raise ValueError(f"token_ids: ids must be in [0, {self.config.vocab_size})")
         out = np.asarray(self._forward(self._state, jnp.asarray(batch, jnp.int32)))
         return out[0] if ids.ndim == 1 else out
+
+    def _checked(self, token_ids, ndim: int | None = None) -> np.ndarray:
+        ids = np.asarray(token_ids)
+        if ids.ndim not in ((ndim,) if ndim else (1, 2)) or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token_ids: expected {ndim or '1-D or 2'}-D integer ids, got "
+                             f"{ids.dtype} {ids.shape}")
+        if ids.shape[-1] > self.config.block_size:
+            raise ValueError(f"token_ids: {ids.shape[-1]} tokens exceed block_size {self.config.block_size}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token_ids: ids must be in [0, {self.config.vocab_size})")
+        return ids
+
+    def _packed_logits(self, seqs: list[np.ndarray]) -> list[np.ndarray]:
+        sizes = [len(s) for s in seqs]
+        length = next(n for n in batching.default_length_buckets(self.config.block_size)
+                      if n >= max(sizes))
+        plan = batching.first_fit(sizes, length)
+        rows = next(r for r in batching.row_buckets(len(seqs), 1) if r >= len(plan))
+        items = np.zeros((len(seqs), max(sizes)), np.int32)
+        for i, s in enumerate(seqs):
+            items[i, :len(s)] = s
+        packed = batching.place(plan, sizes, {"inputs": items}, rows, length)
+        out_RxTxV = np.asarray(self._forward_packed(
+            self._state, *(jnp.asarray(packed[k]) for k in ("inputs", "positions", "segment_ids"))))
+        result: list[np.ndarray] = [None] * len(seqs)  # type: ignore[list-item]
+        for r, members in enumerate(plan):
+            at = 0
+            for i in members:
+                result[i] = out_RxTxV[r, at:at + sizes[i]]
+                at += sizes[i]
+        return result
 
     def generate(self, prompts: str | Sequence[str], **sampling) -> list:
         """Batched generation (jitted KV-cache loop); keywords as `decode.generate_text`.
@@ -72,6 +105,14 @@ class MyPTModel:
         c = self.config
         return (f"MyPTModel({c.generation}: {c.n_layer}L/{c.n_embd}E/{c.n_head}H, "
                 f"vocab {c.vocab_size}, block {c.block_size}, {c.param_dtype})")
+
+
+def _is_ragged(token_ids) -> bool:
+    """A list of sequences of different lengths (np.asarray cannot make a 2-D array of it)."""
+    if isinstance(token_ids, np.ndarray) or not len(token_ids):
+        return False
+    first = token_ids[0]
+    return not np.isscalar(first) and len({len(s) for s in token_ids}) > 1
 
 
 def _load_ours(path: Path, dtype: str) -> MyPTModel:

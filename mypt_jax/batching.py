@@ -261,37 +261,60 @@ def first_fit(sizes: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def _pack_plan(real_G, trained_G, layout: Layout, b: int, process_count: int):
+    """(row length, local rows, K, every process's bins) of the cheapest packing.
+
+    Rows may be as long as any length bucket that holds the longest episode; a longer row
+    needs fewer rows but costs more attention per row. We take the length whose bucketed
+    rows x length is smallest (the shorter on a tie). Every process packs every process's
+    episodes (cheap), so all agree on the shape.
+    """
+    def per_process(x):
+        return [x[p * b:(p + 1) * b] for p in range(process_count)]
+
+    best = None
+    longest = int(real_G.max(initial=0))
+    for length in (n for n in layout.length_buckets if n >= longest):
+        plans = [first_fit(sizes, length) for sizes in per_process(real_G)]
+        rows = _smallest_fitting(row_buckets(b, layout.row_multiple),
+                                 max(len(plan) for plan in plans))
+        if best is None or rows * length < best[0] * best[1]:
+            best = (rows, length, plans)
+    rows, length, plans = best
+    need_k = max(int(trained[members].sum()) for trained, plan in
+                 zip(per_process(trained_G), plans, strict=True) for members in plan)
+    return length, rows, _positions_for(layout, length, need_k), plans
+
+
 def _pack(rows: Batch, real_G, trained_G, layout: Layout, pad_id: int, process_index: int,
           process_count: int) -> tuple[Batch, BatchShape]:
     b = rows["inputs"].shape[0]
-    capacity = layout.block_size
-    # Every process packs every process's rows (cheap) so all agree on the shape.
-    plans = [first_fit(real_G[p * b:(p + 1) * b], capacity) for p in range(process_count)]
-    fill = max(int(real_G[p * b:(p + 1) * b][r].sum()) for p, plan in enumerate(plans)
-               for r in plan)
-    need_k = max(int(trained_G[p * b:(p + 1) * b][r].sum()) for p, plan in enumerate(plans)
-                 for r in plan)
-    local_rows = _smallest_fitting(row_buckets(b, layout.row_multiple),
-                                   max(len(plan) for plan in plans))
-    length = _smallest_fitting(layout.length_buckets, fill)
-    k = _positions_for(layout, length, need_k)
-
+    length, local_rows, k, plans = _pack_plan(real_G, trained_G, layout, b, process_count)
     mine = real_G[process_index * b:(process_index + 1) * b]
-    inputs = np.full((local_rows, length), pad_id, np.int32)
-    targets = np.full((local_rows, length), pad_id, np.int32)
-    mask = np.zeros((local_rows, length), rows["loss_mask"].dtype)
-    positions = np.zeros((local_rows, length), np.int32)
-    segment_ids = np.zeros((local_rows, length), np.int32)
-    for r, members in enumerate(plans[process_index]):
+    out = place(plans[process_index], mine, rows, local_rows, length,
+                fill={"inputs": pad_id, "targets": pad_id})
+    return out, BatchShape(local_rows * process_count, length, k, True)
+
+
+def place(plan: list[list[int]], sizes: Sequence[int], items: Batch, rows: int, length: int,
+          fill: dict[str, int] | None = None) -> Batch:
+    """Lays items side by side into rows as `plan` says, with `positions` and `segment_ids`.
+
+    Item i is `items[name][i, :sizes[i]]` for every name. Segment ids count 1, 2, ... within a
+    row and 0 marks padding (filled with `fill[name]`, default 0); positions restart at 0 in
+    every segment.
+    """
+    fill = fill or {}
+    out = {name: np.full((rows, length), fill.get(name, 0), x.dtype) for name, x in items.items()}
+    positions = np.zeros((rows, length), np.int32)
+    segment_ids = np.zeros((rows, length), np.int32)
+    for r, members in enumerate(plan):
         at = 0
         for seg, i in enumerate(members, start=1):
-            n = int(mine[i])
-            inputs[r, at:at + n] = rows["inputs"][i, :n]
-            targets[r, at:at + n] = rows["targets"][i, :n]
-            mask[r, at:at + n] = rows["loss_mask"][i, :n]
+            n = int(sizes[i])
+            for name, x in items.items():
+                out[name][r, at:at + n] = x[i, :n]
             positions[r, at:at + n] = np.arange(n, dtype=np.int32)
             segment_ids[r, at:at + n] = seg
             at += n
-    out = {"inputs": inputs, "targets": targets, "loss_mask": mask, "positions": positions,
-           "segment_ids": segment_ids}
-    return out, BatchShape(local_rows * process_count, length, k, True)
+    return {**out, "positions": positions, "segment_ids": segment_ids}

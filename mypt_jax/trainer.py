@@ -438,6 +438,8 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         "red_lines": record.get("red_lines", []),
         "resumed_from": latest,
         "wall_time_s": time.perf_counter() - t_start,
+        "batch_shapes": sorted(str(s) for s in compiles.shapes),
+        "compiles": compiles.compiles,
     }
     run.save(c.max_iters, state, train_iter, val_iter, evaluated=True, finished=True,
              summary=summary)

@@ -43,3 +43,21 @@ def test_profile_step_names_the_ops_it_times():
     assert all(op["shape"] != "?" for op in report["top_ops"][:3])
     assert report["ms_per_kind"]["vocabulary head"] > 0
     assert set(report["head_matmuls"]) == {"logits h @ W.T", "d_hidden g @ W", "d_kernel h.T @ g"}
+
+
+@pytest.mark.slow
+def test_bench_phase_layouts_train_the_same_losses(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    import train_helpers
+
+    dataset = train_helpers.make_dataset(tmp_path)
+    report = _run("bench_phase.py", "--dataset", str(dataset), "--config", "configs/cpu_tiny.py",
+                  "--shape", "tiny", "--steps", "2", "--repeats", "1", "--no_torch")
+    layouts = report["layouts"]
+    assert set(layouts) == {"padded", "trimmed", "trimmed+head", "packed+head"}
+    assert layouts["padded"]["buckets"] == ["8x64/kall"]
+    for name, entry in layouts.items():
+        assert entry["max_loss_diff"] < 1e-5, name  # the same function in every layout
+        assert entry["computed_positions_per_step"] <= 8 * 64
+        assert entry["projected_phase_s"] == pytest.approx(entry["step_s"] * 40, rel=1e-3)
+    assert layouts["packed+head"]["computed_positions_per_step"] < 8 * 64

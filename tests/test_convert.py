@@ -59,6 +59,11 @@ def test_import_matches_torch_logits_and_greedy(refs, tmp_path, arch):
     assert greedy_nocache(ours.module, PROMPT_IDS, 32) == refs[arch].greedy(PROMPT_IDS, 32)
     # the upstream dir loaded directly gives the same logits as our converted checkpoint
     np.testing.assert_array_equal(mypt_jax.load(src).logits(PROMPT_IDS), got)
+    # sequences of different lengths are scored packed: each as if alone
+    seqs = [PROMPT_IDS[3:20], PROMPT_IDS, PROMPT_IDS[:7], PROMPT_IDS[5:9]]
+    for seq, packed in zip(seqs, ours.logits(seqs), strict=True):
+        assert packed.shape == (len(seq), 50304)
+        np.testing.assert_allclose(packed, ours.logits(seq), atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("save_dtype,payload,tied_twice", [

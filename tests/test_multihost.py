@@ -102,6 +102,10 @@ def test_two_processes_equal_one(tmp_path):
     np.testing.assert_allclose([val_m[k] for k in sorted(val_m)], [val_s[k] for k in sorted(val_s)],
                                rtol=2e-5)
     assert reports[0]["final_val_loss"] == reports[1]["final_val_loss"]
+    # Both processes shaped every batch alike (trimmed, trained positions only), as one did.
+    assert reports[0]["batch_shapes"] == reports[1]["batch_shapes"] == one["batch_shapes"]
+    shapes = {s for run in one["batch_shapes"] for s in run}
+    assert all("/k8" in s for s in shapes) and len({s.split("/")[0] for s in shapes}) > 1, shapes
     # Eval-prompt generation on weights sharded over both processes: the same greedy text.
     gen_m, gen_s = _losses(multi, "gen"), _losses(single, "gen")
     assert sorted(gen_m) == sorted(val_m) and gen_m == gen_s

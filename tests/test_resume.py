@@ -15,6 +15,8 @@ OVERRIDES = {
     "max_iters": 16, "eval_interval": 5, "checkpoint_interval": 5, "log_interval": 1,
     "eval_iters": 1, "dropout": 0.1, "n_embd": 32, "block_size": 32, "batch_size": 8,
     "tensorboard": False, "eval_prompts_file": "",
+    # Every padding-free layout on: rows cut to buckets, trained positions only, packed.
+    "length_buckets": "(29,30)", "pack_episodes": True,
 }
 
 
@@ -67,6 +69,8 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
                   if "train_loss" in r}
     new_losses = {r["iter"]: r["train_loss"] for r in log if "train_loss" in r}
     assert all(new_losses[k] == ref_losses[k] for k in new_losses)
+    buckets = {b for r in log for b in r.get("buckets", [])}
+    assert buckets and all(b.endswith("/packed") for b in buckets), buckets
 
     # A finished run rerun only reports.
     out = train_helpers.run_module(_cli(dataset, killed))

@@ -1,0 +1,110 @@
+"""Padding-free training keeps the training trace: against our own padded layout (40 steps on
+alpha) and against the test suite's PyTorch model with torch's AdamW on the upstream's padded
+batches (20 steps). Both run with the defaults on (trimmed rows, trained-position head)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+import train_helpers
+
+from configs import cpu_tiny
+from datagen import format_lock
+from datagen.records import write_jsonl
+from mypt_jax import data, trainer
+from mypt_jax.prepare import prepare
+from tests.torch_reference import Cfg, TorchGPT, write_upstream_dir
+
+BLOCK = 128  # alpha episodes are at most 34 tokens: the default buckets cut rows to 64
+ARCH = dict(block_size=BLOCK, vocab_size=50304, n_embd=64, n_head=4, n_layer=2, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def alpha(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("alpha")
+    write_jsonl(tmp / "alpha.jsonl", format_lock.generate(mode="minimal", math="exclude"))
+    prepare(tmp / "alpha.jsonl", tmp / "ds", val_split=0.1, progress=False)
+    return tmp / "ds"
+
+
+def _config(dataset, workdir, steps: int, **overrides):
+    c = cpu_tiny.get_config()
+    for k, v in ARCH.items():
+        c[k] = v
+    c.update(dict(dataset_dir=str(dataset), workdir=str(workdir), max_iters=steps,
+                  batch_size=8, precision="fp32", learning_rate=1e-3, warmup_iters=0,
+                  lr_schedule="constant", weight_decay=0.1, grad_clip=1.0,
+                  eval_interval=1000, eval_iters=1, eval_prompts_file="", log_interval=1,
+                  tensorboard=False, epoch_seed=4501, **overrides))
+    return c
+
+
+def _train_losses(workdir) -> tuple[list[float], list[str]]:
+    log = train_helpers.read_log(workdir / "log.jsonl")
+    steps = sorted((r["iter"], r["train_loss"], r["buckets"][-1]) for r in log
+                   if "train_loss" in r)
+    assert [s[0] for s in steps] == list(range(len(steps)))
+    return [s[1] for s in steps], [s[2] for s in steps]
+
+
+@pytest.mark.slow
+def test_trimmed_head_trace_equals_the_padded_trace(alpha, tmp_path):
+    trainer.train(_config(alpha, tmp_path / "padded", 40, length_buckets=(BLOCK,),
+                          loss_positions=-1))
+    trainer.train(_config(alpha, tmp_path / "fast", 40))
+    padded, padded_buckets = _train_losses(tmp_path / "padded")
+    fast, fast_buckets = _train_losses(tmp_path / "fast")
+    assert set(padded_buckets) == {f"8x{BLOCK}/kall"}
+    assert {b.split("/")[0] for b in fast_buckets} == {"8x64"} and "kall" not in str(fast_buckets)
+    np.testing.assert_allclose(fast, padded, atol=1e-5, rtol=0)
+    a = train_helpers.final_params(tmp_path / "padded")
+    b = train_helpers.final_params(tmp_path / "fast")
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5, rtol=0), a, b)
+
+
+def _torch_trace(model: TorchGPT, dataset, c, steps: int) -> list[float]:
+    """The upstream's loop: padded loader batches, masked mean CE, clip_grad_norm_, AdamW."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # the upstream's groups
+        (decay if p.dim() >= 2 and "embedding" not in name and "ln" not in name
+         else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=c.learning_rate, betas=(c.beta1, c.beta2), eps=c.adam_eps)
+    it = data.make_iterator(dataset, "train", batch_size=c.batch_size, block_size=c.block_size,
+                            epoch_seed=c.epoch_seed, process_index=0, process_count=1)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        b = next(it)
+        logits = model(torch.from_numpy(b["inputs"].astype(np.int64)))
+        ce = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), torch.from_numpy(b["targets"].astype(np.int64))
+            .reshape(-1), reduction="none")
+        mask = torch.from_numpy(b["loss_mask"]).reshape(-1)
+        loss = (ce * mask).sum() / mask.sum().clamp(min=1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+    it.close()
+    return losses
+
+
+@pytest.mark.slow
+def test_twenty_steps_match_pytorch_adamw_on_padded_batches(alpha, tmp_path):
+    torch.manual_seed(0)
+    ref = TorchGPT(Cfg(**ARCH, tie_weights=True, bias=False)).randomize_(3)
+    tok_state = json.loads((alpha / "tokenizer_state.json").read_text())
+    init = write_upstream_dir(ref, tmp_path / "init", generation="seed", tokenizer_state=tok_state)
+    c = _config(alpha, tmp_path / "ours", 20, init_from=str(init))
+    trainer.train(c)
+    ours, buckets = _train_losses(tmp_path / "ours")
+    assert "kall" not in str(buckets) and {b.split("/")[0] for b in buckets} == {"8x64"}
+    theirs = _torch_trace(ref, alpha, c, 20)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
