@@ -163,9 +163,12 @@ def roofline(chip: Chip, *, model_flops: float, executed_flops: float, hbm_bytes
     """
     compute_s = executed_flops / devices / chip.bf16_flops
     memory_s = None if hbm_bytes is None else hbm_bytes / chip.hbm_bandwidth
-    step_s = compute_s + (memory_s or 0.0)
     bound_s = max(compute_s, memory_s or 0.0)
     peak = devices * chip.bf16_flops
+    if memory_s is None:  # only the compute bound is known
+        return {"compute_s": compute_s, "memory_s": None, "step_s": None, "step_s_bound": bound_s,
+                "mfu": None, "mfu_bound": model_flops / (bound_s * peak)}
+    step_s = compute_s + memory_s
     return {"compute_s": compute_s, "memory_s": memory_s, "step_s": step_s,
             "step_s_bound": bound_s, "mfu": model_flops / (step_s * peak),
             "mfu_bound": model_flops / (bound_s * peak)}

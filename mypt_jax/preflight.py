@@ -199,12 +199,17 @@ def _decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
 PROGRAM_KINDS = ("train", "eval", "decode")
 
 
-def programs(r: cfg_lib.Resolved, mesh, hosts: int,
-             kinds: tuple[str, ...] = PROGRAM_KINDS) -> list[Program]:
-    """What `mypt_jax.train` compiles for this config (of `kinds`), largest train shape first."""
+def programs(r: cfg_lib.Resolved, mesh, hosts: int, kinds: tuple[str, ...] = PROGRAM_KINDS,
+             largest_only: bool = False) -> list[Program]:
+    """What `mypt_jax.train` compiles for this config (of `kinds`), largest train shape first.
+
+    `largest_only`: only the largest train shape (the most memory a step needs).
+    """
     shapes = batching.step_shapes(r.config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"],
                                   process_count=hosts)
     shapes = sorted(shapes, key=lambda s: -s.rows * s.length)
+    if largest_only:
+        shapes = shapes[:1]
     tx, _ = optim.optimizer_from_config(r.config)
     opt_resident = _bytes_per_device(ts.abstract_state(tx, r.model_config, mesh).opt_state)
     out = [_train_program(r, mesh, s) for s in shapes] if "train" in kinds else []
@@ -234,20 +239,13 @@ def _xla_cost(compiled: Any) -> dict[str, float] | None:
             "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
 
 
-def _layer_corrected_bytes(program: Program, mc: ModelConfig) -> float | None:
-    """XLA's bytes accessed with every layer counted: unrolled 1- and 2-layer compiles."""
-    costs = []
-    for n in (1, 2):
-        cost = _xla_cost(program.lower(mc.replace(n_layer=n, scan_layers=False)).compile())
-        if cost is None:
-            return None
-        costs.append(cost["bytes_accessed"])
-    return costs[0] + (mc.n_layer - 1) * (costs[1] - costs[0])
-
-
 def compile_program(program: Program, mc: ModelConfig, target: Target,
-                    layer_cost: bool = True) -> dict[str, Any]:
-    """Compiles one program for the target; its memory, fit, costs and roofline."""
+                    bytes_factor: float = 1.0) -> dict[str, Any]:
+    """Compiles one program for the target; its memory, fit, costs and roofline.
+
+    `bytes_factor` scales XLA's bytes accessed for the layers its scanned body leaves out
+    (`layer_bytes_factor`).
+    """
     out: dict[str, Any] = {"name": program.name, "kind": program.kind, "shape": program.shape}
     t0 = time.perf_counter()
     try:
@@ -271,21 +269,41 @@ def compile_program(program: Program, mc: ModelConfig, target: Target,
     out["fits"] = problem is None
     if problem:
         out["error"] = problem
-    xla = _xla_cost(compiled)
-    out["xla_cost"] = xla
-    out["model_flops"] = program.model_flops
-    out["executed_flops"] = program.executed_flops
+    out["xla_cost"] = _xla_cost(compiled)
+    add_roofline(out, program, mc, target, bytes_factor)
+    return out
+
+
+def add_roofline(result: dict[str, Any], program: Program, mc: ModelConfig, target: Target,
+                 bytes_factor: float = 1.0) -> None:
+    result["model_flops"] = program.model_flops
+    result["executed_flops"] = program.executed_flops
     hbm = program.hbm_bytes_model
-    if hbm is None and xla is not None:
-        hbm = xla["bytes_accessed"]
-        if program.kind in ("train", "eval") and layer_cost and mc.scan_layers:
-            hbm = _layer_corrected_bytes(program, mc)
-            out["bytes_accessed_all_layers"] = hbm
+    if hbm is None and result.get("xla_cost") is not None:
+        hbm = result["xla_cost"]["bytes_accessed"] * (bytes_factor if mc.scan_layers else 1.0)
+    result["hbm_bytes"] = hbm
     if target.chip is not None:
-        out["roofline"] = chips.roofline(
+        result["roofline"] = chips.roofline(
             target.chip, model_flops=program.model_flops, executed_flops=program.executed_flops,
             hbm_bytes=hbm, devices=len(target.devices))
-    return out
+
+
+def layer_bytes_factor(program: Program, mc: ModelConfig, scanned_bytes: float) -> float | None:
+    """All-layer over scanned bytes accessed of a train step, from 1- and 2-layer compiles.
+
+    Applied to every train and eval program of the run: it assumes the share of per-layer
+    traffic is the same at every batch shape (exact for the shape it was measured on).
+    """
+    if not mc.scan_layers or mc.n_layer == 1 or not scanned_bytes:
+        return None
+    costs = []
+    for n in (1, 2):
+        cost = _xla_cost(program.lower(mc.replace(n_layer=n, scan_layers=False)).compile())
+        if cost is None:
+            return None
+        costs.append(cost["bytes_accessed"])
+    all_layers = costs[0] + (mc.n_layer - 1) * (costs[1] - costs[0])
+    return all_layers / scanned_bytes
 
 
 def check_train_step(step_fn: Any, r: cfg_lib.Resolved, tx: Any, mesh,
@@ -368,7 +386,8 @@ def phase_time(r: cfg_lib.Resolved, target: Target, results: list[dict],
 
     Padded: every step at the largest shape. Padding-free: the dataset's shape mix, each
     shape's compute from the FLOP formula and its memory term from its length bucket's
-    compiled step (which projects every position: an upper bound).
+    compiled step (which projects every position: an upper bound; the largest shape's when
+    only that one was compiled).
     """
     if target.chip is None:
         return None
@@ -379,22 +398,27 @@ def phase_time(r: cfg_lib.Resolved, target: Target, results: list[dict],
     by_length = {p["shape"]["length"]: p for p in train}
     largest = train[0]
     evals = c.max_iters // c.eval_interval + 1
-    per_eval = sum(p["roofline"]["step_s"] * (c.eval_iters if p["kind"] == "eval" else 1)
+    bound_only = largest["roofline"]["step_s"] is None  # no bytes: compute bound only
+
+    def step_s(roof: dict) -> float:
+        return roof["step_s_bound"] if bound_only else roof["step_s"]
+
+    per_eval = sum(step_s(p["roofline"]) * (c.eval_iters if p["kind"] == "eval" else 1)
                    for p in results if p["kind"] in ("eval", "decode") and "roofline" in p)
     out: dict[str, Any] = {
         "max_iters": c.max_iters, "evals": evals, "eval_s": per_eval,
-        "padded_train_s": c.max_iters * largest["roofline"]["step_s"],
+        "padded_train_s": c.max_iters * step_s(largest["roofline"]), "compute_bound_only": bound_only,
     }
     if mix:
         mean = 0.0
         for shape, share in mix.items():
             flops = chips.train_step_flops(mc, shape.rows, shape.length, shape.positions or None)
-            base = by_length[shape.length]["roofline"]
+            base = by_length.get(shape.length, largest)["roofline"]
+            memory = None if base["memory_s"] is None else base["memory_s"] * target.chip.hbm_bandwidth
             t = chips.roofline(target.chip, model_flops=flops["total"],
                                executed_flops=chips.remat_flops(flops, mc.remat),
-                               hbm_bytes=(base["memory_s"] or 0.0) * target.chip.hbm_bandwidth,
-                               devices=len(target.devices))["step_s"]
-            mean += share * t
+                               hbm_bytes=memory, devices=len(target.devices))
+            mean += share * step_s(t)
         out["shape_mix"] = {str(k): v for k, v in sorted(mix.items(), key=lambda kv: -kv[1])}
         out["padding_free_train_s"] = c.max_iters * mean
     out["total_padded_s"] = out["padded_train_s"] + evals * per_eval
@@ -431,8 +455,8 @@ def suggest(config: config_dict.ConfigDict, target: Target) -> dict[str, Any] | 
         except cfg_lib.ConfigError:
             continue  # e.g. a microbatch the mesh cannot split
         mesh = sharding.make_mesh(r.mesh_shape, devices=target.devices)
-        train = programs(r, mesh, target.hosts, ("train",))[0]
-        result = compile_program(train, r.model_config, target, layer_cost=False)
+        train = programs(r, mesh, target.hosts, ("train",), largest_only=True)[0]
+        result = compile_program(train, r.model_config, target)
         flags = " ".join(f"--config.{k}={v}" for k, v in change.items())
         tried.append({"change": flags, "fits": result["fits"]})
         if result["fits"]:
@@ -442,18 +466,29 @@ def suggest(config: config_dict.ConfigDict, target: Target) -> dict[str, Any] | 
 
 def run(config: config_dict.ConfigDict, topology: str | None = None, *,
         layer_cost: bool = True, mix_batches: int = 200, find_fix: bool = True,
-        kinds: tuple[str, ...] = PROGRAM_KINDS,
+        kinds: tuple[str, ...] = PROGRAM_KINDS, largest_only: bool = False,
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole preflight: every program compiled and checked, as one JSON-able dict."""
     target = target_for(topology)
     r = resolve_for(config, target)
     mesh = sharding.make_mesh(r.mesh_shape, devices=target.devices)
-    results = []
-    for program in programs(r, mesh, target.hosts, kinds):
-        results.append(compile_program(program, r.model_config, target, layer_cost))
+    results: list[dict[str, Any]] = []
+    factor = 1.0
+    for program in programs(r, mesh, target.hosts, kinds, largest_only):
+        results.append(compile_program(program, r.model_config, target, factor))
         if progress:
             progress(f"{program.name}: compiled in {results[-1]['compile_s']:.1f} s, "
                      + ("fits" if results[-1]["fits"] else "does not fit"))
+        first = results[-1]
+        if layer_cost and len(results) == 1 and program.kind == "train" and first.get("xla_cost"):
+            t0 = time.perf_counter()
+            factor = layer_bytes_factor(program, r.model_config,
+                                        first["xla_cost"]["bytes_accessed"]) or 1.0
+            add_roofline(first, program, r.model_config, target, factor)
+            first["layer_bytes_factor"] = factor
+            if progress:
+                progress(f"bytes accessed over all layers: x{factor:.2f} of XLA's scanned count "
+                         f"(1- and 2-layer compiles, {time.perf_counter() - t0:.1f} s)")
     layout = batching.layout_from_config(
         r.config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=target.hosts)
     host = host_report(r, mesh, target, results)
@@ -490,8 +525,12 @@ def format_report(report: dict[str, Any]) -> str:
     for p in report["programs"]:
         m = p.get("memory") or {}
         roof = p.get("roofline") or {}
-        step = f"{roof['step_s'] * 1e3:.1f}" if roof else "-"
-        mfu = f"{roof['mfu']:.0%}" if roof else "-"
+        if roof.get("step_s") is not None:
+            step, mfu = f"{roof['step_s'] * 1e3:.1f}", f"{roof['mfu']:.0%}"
+        elif roof:  # compute bound only, marked "<"
+            step, mfu = f">{roof['step_s_bound'] * 1e3:.1f}", f"<{roof['mfu_bound']:.0%}"
+        else:
+            step = mfu = "-"
         lines.append(f"{p['name'][:34]:34} {p['compile_s']:9.1f} {_gib(m.get('arguments')):>7} "
                      f"{_gib(m.get('temporaries')):>7} {_gib(m.get('required')):>7} "
                      f"{_gib(p.get('capacity')):>7} {'yes' if p['fits'] else 'NO':>4} {step:>8} "
@@ -507,6 +546,8 @@ def format_report(report: dict[str, Any]) -> str:
     ph = report.get("phase")
     if ph:
         text = (f"phase: {ph['max_iters']} steps padded {ph['padded_train_s'] / 60:.1f} min")
+        if ph["compute_bound_only"]:
+            text = text.replace("phase:", "phase (compute bound, no bytes from XLA):")
         if "padding_free_train_s" in ph:
             text += f", padding-free {ph['padding_free_train_s'] / 60:.1f} min"
         text += f"; {ph['evals']} evals {ph['evals'] * ph['eval_s'] / 60:.1f} min"
@@ -555,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the 1- and 2-layer compiles that correct XLA's bytes accessed")
     p.add_argument("--programs", default=",".join(PROGRAM_KINDS),
                    help="which programs to compile, of " + ",".join(PROGRAM_KINDS))
+    p.add_argument("--largest_shape_only", action="store_true",
+                   help="compile the train step for the largest batch shape only")
     p.add_argument("--no_suggest", action="store_true",
                    help="do not search for a change that fits when something does not")
     args, rest = p.parse_known_args(argv)
@@ -565,11 +608,16 @@ def main(argv: list[str] | None = None) -> int:
     if not kinds or set(kinds) - set(PROGRAM_KINDS):
         p.error(f"--programs {args.programs!r}: expected a comma list of {PROGRAM_KINDS}")
     if args.topology:
-        topo_lib.prepare_environment()
+        try:
+            topo_lib.prepare_environment(topo_lib.get(args.topology))
+        except topo_lib.TopologyError as e:
+            print(f"preflight: {e}", file=sys.stderr)
+            return 2
     try:
         config = data_inspect.load_config(args.config, rest)
         report = run(config, args.topology or None, layer_cost=not args.no_layer_cost,
                      mix_batches=args.mix_batches, find_fix=not args.no_suggest, kinds=kinds,
+                     largest_only=args.largest_shape_only,
                      progress=lambda m: print(m, file=sys.stderr, flush=True))
     except (cfg_lib.ConfigError, topo_lib.TopologyError, ValueError, FileNotFoundError) as e:
         print(f"preflight: {e}", file=sys.stderr)

@@ -123,12 +123,28 @@ device_description_str: "{kind}"
 # Devices
 # ----------------------------------------------------------------------------------------
 
-def prepare_environment() -> None:
+# launch/gpu.py's DEFAULT_XLA_FLAGS, which every GPU run gets (tests/test_topology.py checks
+# that the two agree): GPU programs are compiled with them, as the run will be.
+GPU_XLA_FLAGS = (
+    "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "--xla_gpu_enable_pipelined_all_gather=true",
+    "--xla_gpu_enable_pipelined_reduce_scatter=true",
+    "--xla_gpu_enable_pipelined_all_reduce=true",
+    "--xla_gpu_enable_while_loop_double_buffering=true",
+    "--xla_gpu_all_reduce_combine_threshold_bytes=134217728",
+    "--xla_gpu_all_gather_combine_threshold_bytes=134217728",
+    "--xla_gpu_reduce_scatter_combine_threshold_bytes=67108864",
+    "--xla_gpu_enable_triton_gemm=false",
+)
+
+
+def prepare_environment(topo: Topology) -> None:
     """Environment for compile-only plugins; call before jax initialises its backends.
 
     libtpu would probe a GCE metadata server and take an exclusive lock file that any other
     JAX process with libtpu installed may hold; the CUDA plugin would refuse to register
-    without CUDA libraries unless JAX is told to run on the CPU.
+    without CUDA libraries unless JAX is told to run on the CPU. GPU compiles get the launch
+    script's XLA flags (XLA reads them once, when the first backend starts).
     """
     import jax
 
@@ -136,6 +152,8 @@ def prepare_environment() -> None:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if not os.environ.get("JAX_PLATFORMS"):
         jax.config.update("jax_platforms", "cpu")
+    if topo.platform == "cuda" and "xla_gpu" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = " ".join((os.environ.get("XLA_FLAGS", ""), *GPU_XLA_FLAGS)).strip()
 
 
 def compile_only_devices(topo: Topology) -> list:

@@ -133,7 +133,9 @@ def test_tiny_model_on_v5e_4(tmp_path):
     assert m["aliased"] > 0.9 * m["arguments"]
     # FLOPs from the model's formula; XLA's bytes corrected over both layers.
     assert train["model_flops"] > 0 and train["xla_cost"]["bytes_accessed"] > 0
-    assert train["bytes_accessed_all_layers"] >= train["xla_cost"]["bytes_accessed"]
+    assert train["layer_bytes_factor"] > 1
+    assert train["hbm_bytes"] == pytest.approx(
+        train["xla_cost"]["bytes_accessed"] * train["layer_bytes_factor"], rel=1e-3)
     assert 0 < train["roofline"]["mfu"] <= train["roofline"]["mfu_bound"] <= 1
     # Eval and generation run while the optimizer state stays in memory.
     assert report["programs"][1]["memory"]["resident"] > 0

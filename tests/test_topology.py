@@ -31,3 +31,15 @@ def test_gpu_target_states_the_device():
     assert "memory_bandwidth: 3350000000000" in text
     assert "memory_bandwidth: 4800000000000" in topology.gpu_target_config(
         topology.get("1xh200").chip)
+
+
+def test_gpu_compiles_get_the_launch_scripts_xla_flags():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
+    try:
+        import gpu
+    finally:
+        sys.path.pop(0)
+    assert topology.GPU_XLA_FLAGS == gpu.DEFAULT_XLA_FLAGS
