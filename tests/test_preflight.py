@@ -186,3 +186,45 @@ def test_fsdp_temporaries_do_not_exceed_data_parallel(tmp_path):
         assert report["mesh"]["fsdp"] == f
         temps[name] = report["programs"][0]["memory"]["temporaries"]
     assert temps["fsdp"] <= temps["data"], temps
+
+
+def test_phase_times_from_a_report(tmp_path):
+    import train_helpers
+
+    from mypt_jax import chips
+
+    # A report as the preflight writes it, for a v5p-8 whose steps cost 30 ms (block 512) and
+    # 10 ms (bucket 64); each phase's dataset is a tiny prepared one.
+    chip = chips.CHIPS["v5p"]
+
+    def train(length, step_s):
+        roof = chips.roofline(chip, model_flops=1e12, executed_flops=1e12,
+                              hbm_bytes=(step_s - 1e12 / 4 / chip.bf16_flops) * chip.hbm_bandwidth,
+                              devices=4)
+        return {"kind": "train", "fits": True, "roofline": roof,
+                "shape": {"rows": 16, "length": length, "positions": 0, "packed": False}}
+
+    report = {"target": {"name": "v5p-8", "devices": 4, "hosts": 1, "chip": {"name": "v5p"},
+                         "capacity_per_device": 95e9},
+              "mesh": {"data": 1, "fsdp": 4, "tensor": 1},
+              "model": {"remat": "none"}, "batch_size": 16, "grad_accum_steps": 1,
+              "programs": [train(512, 0.030), train(64, 0.010)]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    dataset = train_helpers.make_dataset(tmp_path)
+    for phase in ("phase3a1_alpha", "phase3a1_beta", "phase3a1_gamma", "phase3a2"):
+        (tmp_path / "root" / "data" / "sft_ready").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "root" / "data" / "sft_ready" / phase).symlink_to(dataset)
+    out = subprocess.run([sys.executable, "benchmarks/phase_times.py", "--report",
+                          str(tmp_path / "report.json"), "--root", str(tmp_path / "root"),
+                          "--batches", "20"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    phases = json.loads(out.stdout)["phases"]
+    gamma = phases["3a1_gamma"]
+    assert gamma["max_iters"] == 2500
+    assert gamma["padded_train_s"] == pytest.approx(2500 * 0.030, rel=1e-3)
+    # Every row of the tiny dataset fits the 64 bucket, and projects few positions.
+    assert all(k.startswith("16x64/") for k in gamma["shape_mix"])
+    assert sum(gamma["shape_mix"].values()) == pytest.approx(1.0)
+    # The 64 bucket's memory term, plus the 750M model's FLOPs of each shape.
+    assert 2500 * 0.009 < gamma["padding_free_train_s"] < gamma["padded_train_s"]
+    assert phases["3a2"]["max_iters"] == 4000
