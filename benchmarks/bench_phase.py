@@ -38,6 +38,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# glibc left as it is (mypt_jax/hostmem.py): the layouts' many differently sized buffers
+# fragment a heap that is never trimmed, and an 8-step gamma run grew past 20 GB with it.
+os.environ.setdefault("MYPT_MALLOC_TUNING", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -207,6 +210,7 @@ def parse_args(argv=None):
     p.add_argument("--start_batch", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no_torch", dest="torch", action="store_false")
+    p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--aot_only", action="store_true")
     args, overrides = p.parse_known_args(argv)
     return args, overrides
@@ -214,6 +218,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args, overrides = parse_args(argv)
+    if args.torch_threads and common.have_torch():
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     c = load_config(str(ROOT / args.config) if not os.path.isfile(args.config) else args.config,
                     overrides)
     report: dict[str, Any] = {

@@ -30,6 +30,10 @@ def get_config() -> config_dict.ConfigDict:
     # One lax.scan over the blocks: compile time flat in depth. False unrolls them: on CPU a
     # 4-layer step runs ~5% faster (no stacked per-layer residuals to copy in and out).
     c.scan_layers = True
+    c.attention = "auto"  # "auto" (splash on TPU, cudnn on GPU, xla on CPU) | "xla" | "splash" | "cudnn"
+    # False drops the attention-probability dropout site (the fused kernels have none) and keeps
+    # the two residual ones; splash/cudnn with dropout > 0 require False (mypt_jax/attention.py).
+    c.attention_prob_dropout = True
 
     # ----- data -----
     c.dataset_dir = ""  # prepared episode dataset (train/, val/, tokenizer_state.json)

@@ -33,7 +33,7 @@ from mypt_jax.tokenizer import Tokenizer, TokenizerError
 MODEL_FIELDS = (
     "block_size", "vocab_size", "n_embd", "n_head", "n_layer", "dropout", "bias", "tie_weights",
     "pos_encoding", "mlp_type", "norm_type", "rope_theta", "rope_scale", "param_dtype", "dtype",
-    "remat", "scan_layers",
+    "remat", "scan_layers", "attention", "attention_prob_dropout",
 )
 # Fields the upstream took from the init checkpoint instead of the config.
 INHERITED_FIELDS = (

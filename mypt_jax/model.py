@@ -24,7 +24,6 @@ Layout decisions (the converter in upstream.py maps PyTorch keys onto these):
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from mypt_jax import attention as attention_lib
 from mypt_jax import sharding
+from mypt_jax.attention import dropout as _dropout
 from mypt_jax.param_table import init_param, param_specs
 from mypt_jax.param_table import param_logical_axes as param_logical_axes  # re-exported
 from mypt_jax.param_table import param_shapes as param_shapes  # re-exported
@@ -41,7 +42,6 @@ from mypt_jax.param_table import param_shardings as param_shardings  # re-export
 
 # Logical axes of the residual stream (B, T, C), pinned at every block boundary.
 RESIDUAL_AXES = ("act_batch", "act_seq", "act_embed")
-_MASK_VALUE = -1e30  # finite: a fully masked row gives a uniform softmax instead of NaNs
 _LAYERNORM_EPS = 1e-5
 _RMSNORM_EPS = 1e-6
 
@@ -88,6 +88,7 @@ _FIELD_TYPES = {
     "block_size": int, "vocab_size": int, "n_embd": int, "n_head": int, "n_layer": int,
     "dropout": float, "bias": bool, "tie_weights": bool, "pos_encoding": str, "mlp_type": str,
     "norm_type": str, "rope_theta": float, "rope_scale": float, "scan_layers": bool,
+    "attention_prob_dropout": bool,
 }
 
 
@@ -114,6 +115,8 @@ class ModelConfig:
     dtype: str = "float32"  # ours: compute dtype of the matmuls and of the returned logits
     remat: str = "none"  # ours: per-layer rematerialisation in training, "none" | "full" | "dots"
     scan_layers: bool = True  # ours: a lax.scan over the blocks in training; False unrolls it
+    attention: str = "auto"  # ours: full-sequence kernel "auto" | "xla" | "splash" | "cudnn" (attention.py)
+    attention_prob_dropout: bool = True  # ours: False drops only the attention-probability site
 
     def __post_init__(self):
         for name, kind in _FIELD_TYPES.items():
@@ -143,6 +146,8 @@ class ModelConfig:
                 raise ConfigError(
                     f"model config {name}={getattr(self, name)!r}: expected one of {allowed}"
                 )
+        if error := attention_lib.config_error(self):
+            raise ConfigError(f"model config {error}")
 
     @property
     def head_dim(self) -> int:
@@ -255,24 +260,6 @@ def _apply_rope(x_BxTxHxD: jax.Array, cos_BxTxK: jax.Array, sin_BxTxK: jax.Array
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def _attend(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask_BxTxS, cfg: ModelConfig, key) -> jax.Array:
-    dtype = jnp.dtype(cfg.dtype)
-    scores_BxHxTxS = jnp.einsum(
-        "bthd,bshd->bhts", q_BxTxHxD.astype(dtype), k_BxSxHxD.astype(dtype),
-        preferred_element_type=jnp.float32,
-    ) * jnp.float32(1.0 / math.sqrt(cfg.head_dim))
-    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, _MASK_VALUE)
-    probs_BxHxTxS = _dropout(jax.nn.softmax(scores_BxHxTxS, axis=-1), cfg.dropout, key)
-    return jnp.einsum("bhts,bshd->bthd", probs_BxHxTxS.astype(dtype), v_BxSxHxD.astype(dtype))
-
-
 def _linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype) -> jax.Array:
     # A 2-D dot over the flattened leading dims, not an einsum over (B, T): XLA:CPU then lays
     # out the weight gradient's operands without transposed copies of the activations'
@@ -346,18 +333,6 @@ class KVCache:
         return self.k_layers[0].shape[2]
 
 
-def _attend_cached(q_BxTxHxD, k_BxHxSxD, v_BxHxSxD, mask_BxTxS, cfg: ModelConfig) -> jax.Array:
-    """`_attend` against a (B, H, S, D) cache, no dropout; returns (B, T, H, D)."""
-    dtype = jnp.dtype(cfg.dtype)
-    scores_BxHxTxS = jnp.einsum(
-        "bthd,bhsd->bhts", q_BxTxHxD.astype(dtype), k_BxHxSxD.astype(dtype),
-        preferred_element_type=jnp.float32,
-    ) * jnp.float32(1.0 / math.sqrt(cfg.head_dim))
-    scores_BxHxTxS = jnp.where(mask_BxTxS[:, None], scores_BxHxTxS, _MASK_VALUE)
-    probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)
-    return jnp.einsum("bhts,bhsd->bthd", probs_BxHxTxS.astype(dtype), v_BxHxSxD.astype(dtype))
-
-
 # ----------------------------------------------------------------------------------------
 # The module
 # ----------------------------------------------------------------------------------------
@@ -429,8 +404,9 @@ class GPT(nnx.Module):
         """Final-norm hidden states (B, T, C) in the compute dtype.
 
         Attention is causal; with `segment_ids_BxT` (packed rows) a query also only sees keys
-        of its own segment. `mesh`: the training mesh, whose sharding the residual stream is
-        pinned to at the block boundaries (values are the same with or without it).
+        of its own segment. `mesh`: the training mesh; the residual stream is pinned to its
+        batch split at the block boundaries (values are the same with or without it) and the
+        splash kernel runs under shard_map over it.
         """
         cfg = self.config
         B, T = tokens_BxT.shape
@@ -438,17 +414,16 @@ class GPT(nnx.Module):
             positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         x_BxTxC = sharding.constrain(self._embed(tokens_BxT, positions_BxT), RESIDUAL_AXES, mesh)
         rope = self._rope(positions_BxT)
-        mask_BxTxT = jnp.broadcast_to(jnp.tril(jnp.ones((T, T), bool)), (B, T, T))
-        if segment_ids_BxT is not None:
-            mask_BxTxT = mask_BxTxT & (segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :])
         keys = self._dropout_keys(deterministic, rngs)
+        attend = attention_lib.full_sequence(
+            cfg, segment_ids_BxT, (B, T), mesh=mesh, training=keys is not None)
 
         def layer(x, scanned):
             p, layer_keys = scanned
             ks = (None, None, None) if layer_keys is None else tuple(layer_keys)
             x = sharding.constrain(x, RESIDUAL_AXES, mesh)
             q, k, v = _qkv(x, p, cfg, rope)
-            attn = _attend(q, k, v, mask_BxTxT, cfg, ks[0])
+            attn = attend(q, k, v, ks[0])
             return sharding.constrain(_block_tail(x, attn, p, cfg, ks), RESIDUAL_AXES, mesh), None
 
         x_BxTxC, _ = jax.lax.scan(_remat(layer, cfg), x_BxTxC, (self.blocks.arrays(), keys),
@@ -544,7 +519,7 @@ class GPT(nnx.Module):
                 k_cache_BxHxSxD, k.swapaxes(1, 2).astype(k_cache_BxHxSxD.dtype), start)
             v_cache_BxHxSxD = jax.lax.dynamic_update_slice(
                 v_cache_BxHxSxD, v.swapaxes(1, 2).astype(v_cache_BxHxSxD.dtype), start)
-            attn = _attend_cached(q, k_cache_BxHxSxD, v_cache_BxHxSxD, mask_BxTxS, cfg)
+            attn = attention_lib.attend_cached(q, k_cache_BxHxSxD, v_cache_BxHxSxD, mask_BxTxS, cfg)
             x_BxTxC = _block_tail(x_BxTxC, attn, p, cfg, (None, None, None))
             k_out.append(k_cache_BxHxSxD)
             v_out.append(v_cache_BxHxSxD)

@@ -61,3 +61,16 @@ def test_bench_phase_layouts_train_the_same_losses(tmp_path):
         assert entry["computed_positions_per_step"] <= 8 * 64
         assert entry["projected_phase_s"] == pytest.approx(entry["step_s"] * 40, rel=1e-3)
     assert layouts["packed+head"]["computed_positions_per_step"] < 8 * 64
+
+
+@pytest.mark.slow
+def test_aot_attention_compiles_splash_for_a_tpu_topology():
+    report = _run("aot_attention.py", "--shape", "tiny", "--runs", "v5e:2x2/2,1,2/splash")
+    (run,) = report["runs"]
+    assert "error" not in run, run
+    assert (run["chips"], run["resolved"], run["pallas_kernel_in_hlo"]) == (4, "splash", True)
+    assert run["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
+    assert run["memory_per_device"]["argument_size"] > 0
+    # the stated floor: model FLOPs over the chips' published bf16 peak (v5e 197 TFLOP/s)
+    assert run["predicted_step_s_at_100pct_mfu"] == pytest.approx(
+        run["model_flops_per_step"] / (4 * 197e12), rel=1e-3)
