@@ -1,19 +1,7 @@
-"""Shared helpers of the benchmark scripts: timing, the device's peak, FLOP counts, machine facts.
+"""Shared helpers of the benchmark scripts: timing, the device's peak, machine facts.
 
-FLOP count of one training step (forward + backward), defined here once:
-
-    flops = 6 * N_body * B * T            # every block matmul, forward (2) + backward (4)
-          + 6 * V * C * B * P             # the vocabulary projection, on the P projected
-                                          #   positions per row (P = T unless the loss only
-                                          #   projects trained positions)
-          + 12 * L * T * C * B * T        # attention scores and weighted sum (PaLM / nanoGPT)
-
-i.e. 6 * N * tokens + 12 * L * T * C per token with N = N_body + V * C. N_body = the matmul
-weights of the blocks (qkv, attention proj, MLP kernels): what every token multiplies;
-embeddings are lookups and norms/biases are negligible. The attention term counts the whole
-T x T square as the PaLM / nanoGPT MFU figures do; half of it is masked (causal), reported as
-`attention_causal` (on the small shape attention is 3% of the total, on the 750M shape 5%).
-Decoding (forward only) is 2 * N_matmul per token plus 4 * L * C * S for S cached positions.
+FLOP counts and the published peaks come from `mypt_jax.chips` (the formulas are stated
+there once; re-exported here for the benchmark scripts).
 
 MFU = model FLOPs per second / the device's peak. On CPU the peak is measured in the same run:
 the best rate of a large float32 matmul in JAX (`matmul_peak`). On GPU/TPU it is the published
@@ -31,76 +19,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mypt_jax import hostmem
+from mypt_jax.chips import (  # noqa: F401 - re-exported for the benchmark scripts
+    body_matmul_params,
+    decode_flops_per_token,
+    model_shape,
+    published_bf16_peak,
+    train_step_flops,
+)
 
 # Every benchmark runs with the host allocator settings of our entry points (torch, in the
 # same process, gets them too).
 MALLOC_TUNED = hostmem.keep_freed_memory()
-
-# Dense (no sparsity) bf16 peak FLOP/s per device, from the vendors' data sheets.
-# H100 SXM: 989.4 TFLOP/s (the 1979 figure is with 2:4 sparsity); H100 PCIe: 756;
-# H200 SXM: 989 (same compute die as H100 SXM); A100 (SXM and PCIe): 312;
-# TPU v4: 275 per chip; v5p: 459; v5e ("v5 lite"): 197; v6e (Trillium): 918.
-PUBLISHED_BF16_PEAK = (
-    ("h100 pcie", 756e12),
-    ("h100", 989.4e12),
-    ("h200", 989.4e12),
-    ("gh200", 989.4e12),
-    ("a100", 312e12),
-    ("l4", 121e12),
-    ("tpu v4", 275e12),
-    ("tpu v5 lite", 197e12),
-    ("tpu v5e", 197e12),
-    ("tpu v5p", 459e12),
-    ("tpu v5", 459e12),
-    ("tpu v6", 918e12),
-)
-
-
-def published_bf16_peak(device_kind: str) -> float | None:
-    """Dense bf16 FLOP/s of one device of this `jax.Device.device_kind`, None if unknown."""
-    kind = device_kind.lower()
-    for name, peak in PUBLISHED_BF16_PEAK:
-        if name in kind:
-            return peak
-    return None
-
-
-# ----------------------------------------------------------------------------------------
-# FLOP counts
-# ----------------------------------------------------------------------------------------
-
-def body_matmul_params(n_layer: int, n_embd: int, mlp_hidden: int, gated: bool = False) -> int:
-    """Weights of the block matmuls (qkv, attention proj, MLP), all layers."""
-    mlp = (3 if gated else 2) * n_embd * mlp_hidden
-    return n_layer * (4 * n_embd * n_embd + mlp)
-
-
-def model_shape(cfg: Any) -> dict[str, int]:
-    """The numbers the formulas need, from a `ModelConfig`."""
-    return {"L": cfg.n_layer, "C": cfg.n_embd, "V": cfg.vocab_size,
-            "N_body": body_matmul_params(cfg.n_layer, cfg.n_embd, cfg.mlp_hidden,
-                                         cfg.mlp_type == "swiglu")}
-
-
-def train_step_flops(cfg: Any, batch: int, seq: int, projected: int | None = None) -> dict[str, float]:
-    """Model FLOPs of one train step on `batch` rows of `seq` tokens (see the module docstring).
-
-    `projected`: positions per row that go through the vocabulary projection (default: all).
-    """
-    s = model_shape(cfg)
-    P = seq if projected is None else projected
-    tokens = batch * seq
-    body = 6 * s["N_body"] * tokens
-    head = 6 * s["V"] * s["C"] * batch * P
-    attention = 12 * s["L"] * s["C"] * seq * tokens
-    return {"total": body + head + attention, "body": body, "head": head,
-            "attention": attention, "attention_causal": attention / 2}
-
-
-def decode_flops_per_token(cfg: Any, cached: int) -> float:
-    s = model_shape(cfg)
-    return 2 * (s["N_body"] + s["V"] * s["C"]) + 4 * s["L"] * s["C"] * cached
-
 
 # ----------------------------------------------------------------------------------------
 # Timing

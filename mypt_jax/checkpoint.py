@@ -2,8 +2,9 @@
 
 Layout: `<workdir>/checkpoints/<step>/{state, train_data, val_data, meta}`. Orbax writes each
 step into a temporary directory and renames it when complete, so a run killed mid-save
-leaves the previous checkpoints intact. Saves are asynchronous; the last `keep` steps plus
-the `keep_best` lowest val-loss steps survive.
+leaves the previous checkpoints intact. Saves are asynchronous on accelerators (synchronous
+on CPU and across processes, see `Checkpointer`); the last `keep` steps plus the
+`keep_best` lowest val-loss steps survive.
 
 Restore takes an abstract state carrying the *current* mesh's shardings, so a checkpoint
 written on one mesh (or device count) restores onto another.
@@ -80,6 +81,11 @@ class Checkpointer:
         # the step's temporary directory (seen as "No such file or directory" in the
         # 2-process test), which kills the run.
         async_save = async_save and jax.process_count() == 1
+        # On CPU the devices' memory is the host's: an asynchronous save holds a staged copy
+        # of the whole state while the next step allocates its own, and a 750M float32 run
+        # (9 GB of weights and AdamW moments) was killed at 24 GB that way. CPU runs save
+        # synchronously; the write is short next to a CPU step.
+        async_save = async_save and jax.default_backend() != "cpu"
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
             preservation_policy=pp.AnyPreservationPolicy(policies),

@@ -344,6 +344,16 @@ def _check_dataset(config) -> Tokenizer:
     return tok
 
 
+def _tokenizer_if_any(config) -> Tokenizer:
+    from mypt_jax import data
+    from mypt_jax.tokenizer import head_tokenizer
+
+    try:
+        return data.dataset_tokenizer(config.dataset_dir)
+    except (episodes.DatasetError, TokenizerError, OSError):
+        return head_tokenizer()
+
+
 def _check_eval_prompts(config, tok: Tokenizer) -> str | None:
     """Reads the eval prompts; fills in eval_max_new_tokens=0 (a note when block_size caps it)."""
     if not config.eval_prompts_file:
@@ -372,8 +382,14 @@ def resolve(
     *,
     num_devices: int | None = None,
     process_count: int | None = None,
+    read_files: bool = True,
 ) -> Resolved:
-    """Validates `config` and resolves derived values; raises ConfigError naming the field."""
+    """Validates `config` and resolves derived values; raises ConfigError naming the field.
+
+    `read_files=False` (the preflight, on a machine without the run's files): `init_from`
+    and the dataset are not read; the tokenizer is the dataset's where it exists, else the
+    newer upstream token map.
+    """
     config = config_dict.ConfigDict(config.to_dict())  # an unlocked copy we may fill in
     _check_fields(config)
     if workdir:
@@ -387,7 +403,7 @@ def resolve(
     notes: list[str] = []
 
     init = None
-    if config.init_from:
+    if config.init_from and read_files:
         init = describe_init(config.init_from)
         if config.inherit_init_config:
             for name in INHERITED_FIELDS:
@@ -406,7 +422,7 @@ def resolve(
         num_devices = jax.device_count() if num_devices is None else num_devices
         process_count = jax.process_count() if process_count is None else process_count
     mesh_shape = _check_mesh(config, mc, num_devices, process_count)
-    tok = _check_dataset(config)
+    tok = _check_dataset(config) if read_files else _tokenizer_if_any(config)
     if init is not None and init.tokenizer is not None:
         diff = token_map_diff(tok, init.tokenizer)
         if diff:

@@ -12,6 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from mypt_jax import sharding
+
 
 def normalise(loss_sum: jax.Array, count: jax.Array) -> jax.Array:
     return loss_sum / jnp.maximum(count, 1.0)
@@ -24,6 +26,7 @@ def head_ce_sums(
     targets_BxT: jax.Array,
     mask_BxT: jax.Array,
     chunk_size: int = 0,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(masked CE sum, mask count) of the logits `h @ w.T + b`, fused with their gradient.
 
@@ -37,7 +40,13 @@ def head_ce_sums(
 
     `chunk_size` K > 0 projects K positions of every row at a time (a scan), so at most one
     chunk's [B, K, V] logits are alive; 0 projects all T at once.
+
+    `mesh`: the training mesh; the head's inputs are pinned to it row-split (the custom VJP
+    hides the head from XLA's sharding propagation through the gradient).
     """
+    h_BxTxC = sharding.constrain(h_BxTxC, ("act_batch", "act_seq", "act_embed"), mesh)
+    targets_BxT, mask_BxT = (sharding.constrain(x, ("act_batch", "act_seq"), mesh)
+                             for x in (targets_BxT, mask_BxT))
     mask_BxT = mask_BxT.astype(jnp.float32)
     loss_sum = _fused_head(h_BxTxC, w_VxC, b_V, targets_BxT, mask_BxT, chunk_size)
     return loss_sum, jnp.sum(mask_BxT)

@@ -11,10 +11,11 @@ Layout decisions (the converter in upstream.py maps PyTorch keys onto these):
   separate buffers updated in place (a scan copied every layer's weights and cache per step).
 - Kernels are stored (in, out) so `x @ kernel`; the fused qkv kernel's output columns are
   [q | k | v], each head-major (head h owns columns h*D..(h+1)*D-1), as upstream.
-- Logical axis names live in one table, `param_logical_axes(config)`, shaped like
-  `nnx.to_pure_dict(nnx.state(model, nnx.Param))`. They are not attached as variable metadata
-  because annotated variables need a mesh at creation time in flax 0.12 (eager sharding);
-  `param_shardings(model, mesh)` turns the table into shardings via `sharding.logical_to_spec`.
+- Parameter names, shapes, logical axes and inits live in one table (param_table.py,
+  re-exported here). Activations are pinned to the training mesh with logical axes of their
+  own (`sharding.constrain`) at the block boundaries when `hidden` is given a mesh: batch split
+  over data and fsdp, width never split over fsdp, so the weights' `embed -> fsdp` split does
+  not leak into the residual stream (XLA then kept the stream replicated over fsdp).
 - Precision: parameters are stored in `param_dtype`; matmul inputs are cast to `dtype`
   (compute). Like upstream under autocast, the residual stream, the norms, the attention
   softmax and RoPE run in float32; logits come back in the compute dtype.
@@ -23,7 +24,6 @@ Layout decisions (the converter in upstream.py maps PyTorch keys onto these):
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,10 +35,15 @@ from flax import nnx, struct
 from mypt_jax import attention as attention_lib
 from mypt_jax import sharding
 from mypt_jax.attention import dropout as _dropout
+from mypt_jax.param_table import init_param, param_specs
+from mypt_jax.param_table import param_logical_axes as param_logical_axes  # re-exported
+from mypt_jax.param_table import param_shapes as param_shapes  # re-exported
+from mypt_jax.param_table import param_shardings as param_shardings  # re-exported
 
+# Logical axes of the residual stream (B, T, C), pinned at every block boundary.
+RESIDUAL_AXES = ("act_batch", "act_seq", "act_embed")
 _LAYERNORM_EPS = 1e-5
 _RMSNORM_EPS = 1e-6
-_INIT_STD = 0.02
 
 POS_ENCODINGS = ("learned", "rope")
 MLP_TYPES = ("gelu", "swiglu")
@@ -220,102 +225,6 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------------------
-# Parameter table: names, shapes, logical axes, init
-# ----------------------------------------------------------------------------------------
-
-def _param_specs(cfg: ModelConfig) -> dict[str, dict[str, tuple[tuple[int, ...], tuple, str]]]:
-    """{group: {name: (shape, logical_axes, init)}}; group "" = top level, "blocks" = stacked."""
-    L, C, V, F = cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.mlp_hidden
-    top: dict[str, tuple] = {"wte": ((V, C), ("vocab", "embed"), "normal")}
-    if cfg.pos_encoding == "learned":
-        top["wpe"] = ((cfg.block_size, C), (None, "embed"), "normal")
-    blocks: dict[str, tuple] = {}
-
-    def norm(prefix: str, group: dict, lead: tuple[int, ...], lead_axes: tuple) -> None:
-        group[f"{prefix}_scale"] = (lead + (C,), lead_axes + ("embed",), "ones")
-        if cfg.norm_type == "layernorm":
-            group[f"{prefix}_bias"] = (lead + (C,), lead_axes + ("embed",), "zeros")
-
-    layer, layer_axes = (L,), ("layers",)
-    norm("ln1", blocks, layer, layer_axes)
-    blocks["qkv_kernel"] = ((L, C, 3 * C), ("layers", "embed", "heads"), "normal")
-    if cfg.bias:
-        blocks["qkv_bias"] = ((L, 3 * C), ("layers", "heads"), "zeros")
-    blocks["proj_kernel"] = ((L, C, C), ("layers", "heads", "embed"), "normal")
-    if cfg.bias:
-        blocks["proj_bias"] = ((L, C), ("layers", "embed"), "zeros")
-    norm("ln2", blocks, layer, layer_axes)
-    if cfg.mlp_type == "gelu":
-        blocks["fc_kernel"] = ((L, C, F), ("layers", "embed", "mlp"), "normal")
-        blocks["fc_bias"] = ((L, F), ("layers", "mlp"), "zeros")
-        blocks["out_kernel"] = ((L, F, C), ("layers", "mlp", "embed"), "normal_scaled")
-        blocks["out_bias"] = ((L, C), ("layers", "embed"), "zeros")
-    else:
-        blocks["gate_kernel"] = ((L, C, F), ("layers", "embed", "mlp"), "normal")
-        blocks["up_kernel"] = ((L, C, F), ("layers", "embed", "mlp"), "normal")
-        blocks["down_kernel"] = ((L, F, C), ("layers", "mlp", "embed"), "normal_scaled")
-    norm("ln_f", top, (), ())
-    if not cfg.tie_weights:
-        top["lm_head_kernel"] = ((V, C), ("vocab", "embed"), "normal")
-    top["lm_head_bias"] = ((V,), ("vocab",), "zeros")
-    return {"": top, "blocks": blocks}
-
-
-def param_shapes(cfg: ModelConfig) -> dict[str, Any]:
-    """Pure-dict tree of parameter shapes, shaped like `nnx.state(model, nnx.Param)`."""
-    specs = _param_specs(cfg)
-    out: dict[str, Any] = {k: v[0] for k, v in specs[""].items()}
-    out["blocks"] = {k: v[0] for k, v in specs["blocks"].items()}
-    return out
-
-
-def param_logical_axes(cfg: ModelConfig) -> dict[str, Any]:
-    """Pure-dict tree of logical axis names per parameter dimension (one source of truth)."""
-    specs = _param_specs(cfg)
-    out: dict[str, Any] = {k: v[1] for k, v in specs[""].items()}
-    out["blocks"] = {k: v[1] for k, v in specs["blocks"].items()}
-    return out
-
-
-def param_shardings(model_or_state: Any, mesh: jax.sharding.Mesh, config: ModelConfig | None = None):
-    """NamedShardings for every parameter, via `sharding.LOGICAL_AXIS_RULES`.
-
-    Given a GPT (or an `nnx.State` of its params) returns an `nnx.State` of the same structure
-    whose leaves are shardings, usable as `jax.jit(out_shardings=...)` / `jax.device_put`.
-    Given a ModelConfig returns the pure nested dict.
-    """
-    if isinstance(model_or_state, ModelConfig):
-        config, state = model_or_state, None
-    elif isinstance(model_or_state, GPT):
-        config, state = model_or_state.config, nnx.state(model_or_state, nnx.Param)
-    else:
-        state = model_or_state
-        if config is None:
-            raise ValueError("param_shardings(state, mesh) needs config=")
-    axes = param_logical_axes(config)
-    pure = jax.tree.map(
-        lambda names: sharding.named_sharding(mesh, names), axes,
-        is_leaf=lambda x: isinstance(x, tuple),
-    )
-    if state is None:
-        return pure
-    out = jax.tree.map(lambda x: x, state)  # a copy we may overwrite
-    nnx.replace_by_pure_dict(out, pure)
-    return out
-
-
-def _init_param(key: jax.Array, shape: tuple[int, ...], init: str, cfg: ModelConfig) -> jax.Array:
-    dtype = jnp.dtype(cfg.param_dtype)
-    if init == "ones":
-        return jnp.ones(shape, dtype)
-    if init == "zeros":
-        return jnp.zeros(shape, dtype)
-    # Upstream HEAD init: N(0, 0.02); MLP output projections 0.02/sqrt(2 n_layer).
-    std = _INIT_STD / math.sqrt(2 * cfg.n_layer) if init == "normal_scaled" else _INIT_STD
-    return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-
-
-# ----------------------------------------------------------------------------------------
 # Pure building blocks
 # ----------------------------------------------------------------------------------------
 
@@ -432,8 +341,8 @@ class Blocks(nnx.Module):
     """All transformer blocks' parameters, stacked on a leading layer axis."""
 
     def __init__(self, cfg: ModelConfig, keys: dict[str, jax.Array]):
-        for name, (shape, _, init) in _param_specs(cfg)["blocks"].items():
-            setattr(self, name, nnx.Param(_init_param(keys[name], shape, init, cfg)))
+        for name, (shape, _, init) in param_specs(cfg)["blocks"].items():
+            setattr(self, name, nnx.Param(init_param(keys[name], shape, init, cfg)))
 
     def arrays(self) -> dict[str, jax.Array]:
         return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
@@ -442,11 +351,11 @@ class Blocks(nnx.Module):
 class GPT(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
-        specs = _param_specs(config)
+        specs = param_specs(config)
         names = [("", n) for n in specs[""]] + [("blocks", n) for n in specs["blocks"]]
         keys = dict(zip(names, jax.random.split(rngs.params(), len(names)), strict=True))
         for name, (shape, _, init) in specs[""].items():
-            setattr(self, name, nnx.Param(_init_param(keys["", name], shape, init, config)))
+            setattr(self, name, nnx.Param(init_param(keys["", name], shape, init, config)))
         self.blocks = Blocks(config, {n: keys["blocks", n] for n in specs["blocks"]})
         # Stored dropout stream (like nnx.Dropout); a call may pass its own rngs instead.
         self.dropout_rngs = rngs["dropout"].fork()
@@ -495,13 +404,15 @@ class GPT(nnx.Module):
         """Final-norm hidden states (B, T, C) in the compute dtype.
 
         Attention is causal; with `segment_ids_BxT` (packed rows) a query also only sees keys
-        of its own segment. `mesh`: the training mesh (the splash kernel runs under shard_map).
+        of its own segment. `mesh`: the training mesh; the residual stream is pinned to its
+        batch split at the block boundaries (values are the same with or without it) and the
+        splash kernel runs under shard_map over it.
         """
         cfg = self.config
         B, T = tokens_BxT.shape
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        x_BxTxC = self._embed(tokens_BxT, positions_BxT)
+        x_BxTxC = sharding.constrain(self._embed(tokens_BxT, positions_BxT), RESIDUAL_AXES, mesh)
         rope = self._rope(positions_BxT)
         keys = self._dropout_keys(deterministic, rngs)
         attend = attention_lib.full_sequence(
@@ -510,13 +421,14 @@ class GPT(nnx.Module):
         def layer(x, scanned):
             p, layer_keys = scanned
             ks = (None, None, None) if layer_keys is None else tuple(layer_keys)
+            x = sharding.constrain(x, RESIDUAL_AXES, mesh)
             q, k, v = _qkv(x, p, cfg, rope)
             attn = attend(q, k, v, ks[0])
-            return _block_tail(x, attn, p, cfg, ks), None
+            return sharding.constrain(_block_tail(x, attn, p, cfg, ks), RESIDUAL_AXES, mesh), None
 
         x_BxTxC, _ = jax.lax.scan(_remat(layer, cfg), x_BxTxC, (self.blocks.arrays(), keys),
                                   unroll=not cfg.scan_layers)
-        return self._final(x_BxTxC)
+        return sharding.constrain(self._final(x_BxTxC), RESIDUAL_AXES, mesh)
 
     def output_head(self) -> tuple[jax.Array, jax.Array]:
         """(kernel (V, C), bias (V,)) of the vocabulary projection: logits = h @ kernel.T + bias."""

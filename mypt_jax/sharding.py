@@ -12,10 +12,17 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis name -> mesh axes. Parameters and activations name their axes logically
-# (see model.py); this table alone decides where each lands on any mesh.
+# (param_table.py, model.py); this table alone decides where each lands on any mesh.
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp")),  # the input batch's rows
     ("seq", None),
+    # Activations inside the model (pinned by `constrain`): rows split like the batch, the
+    # width never split over fsdp. Left free, XLA carried the weights' embed -> fsdp split
+    # into the residual stream and kept it whole on every fsdp shard: the 750M step's
+    # temporaries grew from 11.8 GB at data=8 to 39 GB at fsdp=8 (v6e-8, launch/README.md).
+    ("act_batch", ("data", "fsdp")),
+    ("act_seq", None),
+    ("act_embed", None),
     ("layers", None),  # the stacked (scanned) layer axis is never split
     ("embed", "fsdp"),
     ("heads", "tensor"),  # qkv output columns / proj input rows, head-major
@@ -79,3 +86,14 @@ def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:
 
 def named_sharding(mesh: Mesh, logical_axes: Sequence[str | None]) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(logical_axes))
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None], mesh: Mesh | None) -> jax.Array:
+    """Pins an activation to `mesh` by its logical axes; the identity when `mesh` is None.
+
+    A constraint changes where XLA keeps the array, never its values (on one device it is a
+    no-op).
+    """
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, logical_axes))

@@ -141,7 +141,8 @@ def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_siz
     # Chunking bounds the [B, chunk, V] logits; a batch projecting fewer positions needs none.
     n = h.shape[1]
     chunk = loss_chunk_size if loss_chunk_size and loss_chunk_size < n and n % loss_chunk_size == 0 else 0
-    return loss_lib.head_ce_sums(h, *model.output_head(), batch["targets"], batch["loss_mask"], chunk)
+    return loss_lib.head_ce_sums(h, *model.output_head(), batch["targets"], batch["loss_mask"], chunk,
+                                 mesh)
 
 
 def make_train_step(

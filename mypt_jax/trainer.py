@@ -389,6 +389,14 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         loss_chunk_size=c.loss_chunk_size,
     )
     eval_fn = ts.make_eval_step(mdef, mesh, loss_chunk_size=c.loss_chunk_size)
+    if jax.default_backend() != "cpu":  # the preflight's memory check, on the real device
+        from mypt_jax import preflight
+
+        problem = preflight.check_train_step(step_fn, r, tx, mesh)
+        if problem:
+            raise cfg_lib.ConfigError(
+                f"remat/grad_accum_steps/mesh_fsdp: {problem}; `python -m mypt_jax.preflight "
+                "--config=<this config>` names the cheapest change that fits")
     compiles = CompileCounter(step_fn)
 
     # ----- the loop: eval, save, update -----

@@ -28,3 +28,22 @@ def test_logical_rules_never_reuse_a_mesh_axis():
     # batch already uses fsdp, so embed is replicated rather than sharded twice.
     assert tuple(logical_to_spec(("batch", "seq", "embed"))) == (("data", "fsdp"), None, None)
     assert tuple(logical_to_spec(("layers", None, "vocab"))) == (None, None, "tensor")
+
+
+def test_activations_split_rows_over_both_batch_axes_and_never_width_over_fsdp():
+    assert tuple(logical_to_spec(("act_batch", "act_seq", "act_embed"))) == (
+        ("data", "fsdp"), None, None)
+
+
+def test_constrain_is_the_identity_without_a_mesh_and_keeps_values_with_one():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mypt_jax.sharding import constrain, make_mesh
+
+    x = jnp.arange(24.0).reshape(2, 3, 4)
+    assert constrain(x, ("act_batch", "act_seq", "act_embed"), None) is x
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    y = jax.jit(lambda a: constrain(a * 2, ("act_batch", "act_seq", "act_embed"), mesh))(x)
+    np.testing.assert_array_equal(y, x * 2)

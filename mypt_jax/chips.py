@@ -1,0 +1,174 @@
+"""Accelerator facts and the cost model: the chip table, model FLOPs, and the roofline.
+
+The one home of these numbers: `mypt_jax.preflight`, the benchmarks and launch/README.md
+read them from here.
+
+Chip table: one row per accelerator, figures per JAX device from the vendors' data sheets
+(cited per row). A v4 or v5p chip holds two TensorCores that JAX drives as one "megacore"
+device, so its row is the whole chip; v5e and v6e chips have one TensorCore. Peaks are
+dense bf16 (no 2:4 sparsity).
+
+FLOP count of one training step (forward + backward), defined here once:
+
+    flops = 6 * N_body * B * T            # every block matmul, forward (2) + backward (4)
+          + 6 * V * C * B * P             # the vocabulary projection, on the P projected
+                                          #   positions per row (P = T unless the loss only
+                                          #   projects trained positions)
+          + 12 * L * T * C * B * T        # attention scores and weighted sum (PaLM / nanoGPT)
+
+i.e. 6 * N * tokens + 12 * L * T * C per token with N = N_body + V * C. N_body = the matmul
+weights of the blocks (qkv, attention proj, MLP kernels): what every token multiplies;
+embeddings are lookups and norms/biases are negligible. The attention term counts the whole
+T x T square as the PaLM / nanoGPT MFU figures do; half of it is masked (causal), reported as
+`attention_causal`. A forward pass alone (eval) is a third of each term; decoding is
+2 * N_matmul per token plus 4 * L * C * S for S cached positions.
+
+Roofline of one compiled program, per device (communication between devices ignored):
+
+    compute_s = executed FLOPs / bf16 peak
+    memory_s  = HBM bytes accessed / HBM bandwidth
+    step_s    = compute_s + memory_s
+    MFU       = model FLOPs / (step_s * bf16 peak)
+
+Executed FLOPs are the model FLOPs plus the forward pass that remat "full" recomputes
+(a third of the training FLOPs again); "dots" saves the matmuls and recomputes only
+elementwise work. `step_s` adds the two terms instead of taking their maximum: XLA runs a
+step's ops one after another, the matmuls near peak and the elementwise, normalisation,
+softmax and optimizer ops at HBM bandwidth, so their times add (the matmuls' own operand
+traffic is counted twice, a small error at these shapes). `step_s_bound` = max of the two
+is the optimistic bound. Bytes come from XLA's cost analysis of the compiled program (see
+preflight.py for the scanned-layer correction); FLOPs never do: XLA counts a scanned layer
+body once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    name: str  # our key
+    platform: str  # "tpu" | "cuda"
+    device_kinds: tuple[str, ...]  # lower-case substrings of jax.Device.device_kind
+    bf16_flops: float  # dense peak FLOP/s per JAX device
+    hbm_bytes: float  # HBM per JAX device (data sheet)
+    hbm_bandwidth: float  # bytes/s per JAX device
+    source: str  # the data sheet
+
+
+GIB = 2**30
+CHIPS: dict[str, Chip] = {c.name: c for c in (
+    Chip("v4", "tpu", ("tpu v4",), 275e12, 32 * GIB, 1200e9,
+         "https://cloud.google.com/tpu/docs/v4 (per chip: 275 TFLOP/s, 32 GiB, 1200 GBps)"),
+    Chip("v5e", "tpu", ("tpu v5 lite", "tpu v5e"), 197e12, 16e9, 819e9,
+         "https://cloud.google.com/tpu/docs/v5e (per chip: 197 TFLOP/s, 16 GB, 819 GBps)"),
+    Chip("v5p", "tpu", ("tpu v5p", "tpu v5"), 459e12, 95e9, 2765e9,
+         "https://cloud.google.com/tpu/docs/v5p (per chip: 459 TFLOP/s, 95 GB, 2765 GBps)"),
+    Chip("v6e", "tpu", ("tpu v6",), 918e12, 32e9, 1640e9,
+         "https://cloud.google.com/tpu/docs/v6e (per chip: 918 TFLOP/s, 32 GB, 1640 GBps)"),
+    Chip("h100_pcie", "cuda", ("h100 pcie",), 756e12, 80e9, 2.0e12,
+         "https://www.nvidia.com/en-us/data-center/h100/ (PCIe: 1513 TFLOP/s bf16 with "
+         "sparsity, 80 GB, 2.0 TB/s)"),
+    Chip("h100", "cuda", ("h100",), 989.4e12, 80e9, 3.35e12,
+         "https://www.nvidia.com/en-us/data-center/h100/ (SXM: 1979 TFLOP/s bf16 with "
+         "sparsity, 80 GB HBM3, 3.35 TB/s)"),
+    Chip("h200", "cuda", ("h200", "gh200"), 989.4e12, 141e9, 4.8e12,
+         "https://www.nvidia.com/en-us/data-center/h200/ (SXM: 1979 TFLOP/s bf16 with "
+         "sparsity, the H100's compute; 141 GB HBM3e, 4.8 TB/s)"),
+    Chip("a100", "cuda", ("a100",), 312e12, 80e9, 2.039e12,
+         "https://www.nvidia.com/en-us/data-center/a100/ (312 TFLOP/s bf16 dense, 80 GB, "
+         "2039 GB/s)"),
+    Chip("l4", "cuda", ("l4",), 121e12, 24e9, 300e9,
+         "https://www.nvidia.com/en-us/data-center/l4/ (242 TFLOP/s bf16 with sparsity, "
+         "24 GB, 300 GB/s)"),
+)}
+
+
+def chip_for_device_kind(device_kind: str) -> Chip | None:
+    """The table row of a `jax.Device.device_kind`, None if unknown (CPU)."""
+    kind = device_kind.lower()
+    for chip in CHIPS.values():  # more specific rows first (h100 pcie before h100)
+        if any(k in kind for k in chip.device_kinds):
+            return chip
+    return None
+
+
+def published_bf16_peak(device_kind: str) -> float | None:
+    """Dense bf16 FLOP/s of one device of this `jax.Device.device_kind`, None if unknown."""
+    chip = chip_for_device_kind(device_kind)
+    return chip.bf16_flops if chip else None
+
+
+# ----------------------------------------------------------------------------------------
+# FLOP counts (the formulas of the module docstring)
+# ----------------------------------------------------------------------------------------
+
+def body_matmul_params(n_layer: int, n_embd: int, mlp_hidden: int, gated: bool = False) -> int:
+    """Weights of the block matmuls (qkv, attention proj, MLP), all layers."""
+    mlp = (3 if gated else 2) * n_embd * mlp_hidden
+    return n_layer * (4 * n_embd * n_embd + mlp)
+
+
+def model_shape(cfg: Any) -> dict[str, int]:
+    """The numbers the formulas need, from a `ModelConfig`."""
+    return {"L": cfg.n_layer, "C": cfg.n_embd, "V": cfg.vocab_size,
+            "N_body": body_matmul_params(cfg.n_layer, cfg.n_embd, cfg.mlp_hidden,
+                                         cfg.mlp_type == "swiglu")}
+
+
+def train_step_flops(cfg: Any, batch: int, seq: int, projected: int | None = None) -> dict[str, float]:
+    """Model FLOPs of one train step on `batch` rows of `seq` tokens (see the module docstring).
+
+    `projected`: positions per row that go through the vocabulary projection (default: all).
+    """
+    s = model_shape(cfg)
+    P = seq if projected is None else projected
+    tokens = batch * seq
+    body = 6 * s["N_body"] * tokens
+    head = 6 * s["V"] * s["C"] * batch * P
+    attention = 12 * s["L"] * s["C"] * seq * tokens
+    return {"total": body + head + attention, "body": body, "head": head,
+            "attention": attention, "attention_causal": attention / 2}
+
+
+def forward_flops(cfg: Any, batch: int, seq: int, projected: int | None = None) -> float:
+    """Model FLOPs of a forward pass (the eval step): a third of the training step's."""
+    return train_step_flops(cfg, batch, seq, projected)["total"] / 3
+
+
+def decode_flops_per_token(cfg: Any, cached: int) -> float:
+    s = model_shape(cfg)
+    return 2 * (s["N_body"] + s["V"] * s["C"]) + 4 * s["L"] * s["C"] * cached
+
+
+def remat_flops(train_flops: dict[str, float], remat: str) -> float:
+    """FLOPs a train step executes: remat "full" recomputes the blocks' forward pass."""
+    if remat == "full":
+        return train_flops["total"] + (train_flops["body"] + train_flops["attention"]) / 3
+    return train_flops["total"]
+
+
+# ----------------------------------------------------------------------------------------
+# The roofline
+# ----------------------------------------------------------------------------------------
+
+def roofline(chip: Chip, *, model_flops: float, executed_flops: float, hbm_bytes: float | None,
+             devices: int) -> dict[str, float | None]:
+    """Predicted seconds and MFU of one program run on `devices` devices of `chip`.
+
+    FLOPs are the whole program's (all devices); `hbm_bytes` is per device, None when the
+    compiler gave no cost analysis (the memory term is then left out).
+    """
+    compute_s = executed_flops / devices / chip.bf16_flops
+    memory_s = None if hbm_bytes is None else hbm_bytes / chip.hbm_bandwidth
+    bound_s = max(compute_s, memory_s or 0.0)
+    peak = devices * chip.bf16_flops
+    if memory_s is None:  # only the compute bound is known
+        return {"compute_s": compute_s, "memory_s": None, "step_s": None, "step_s_bound": bound_s,
+                "mfu": None, "mfu_bound": model_flops / (bound_s * peak)}
+    step_s = compute_s + memory_s
+    return {"compute_s": compute_s, "memory_s": memory_s, "step_s": step_s,
+            "step_s_bound": bound_s, "mfu": model_flops / (step_s * peak),
+            "mfu_bound": model_flops / (bound_s * peak)}

@@ -1,0 +1,49 @@
+"""The chip table, the FLOP formula and the roofline arithmetic."""
+
+import pytest
+
+from mypt_jax import chips
+from mypt_jax.model import ModelConfig
+
+PHASE3A = ModelConfig(n_layer=32, n_embd=1280, n_head=20, block_size=512, vocab_size=50304)
+
+
+@pytest.mark.parametrize("kind, name", [
+    ("TPU v4", "v4"), ("TPU v5 lite", "v5e"), ("TPU v5", "v5p"), ("TPU v6 lite", "v6e"),
+    ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H100 PCIe", "h100_pcie"), ("NVIDIA H200", "h200"),
+])  # fmt: skip
+def test_device_kinds_find_their_row(kind, name):
+    assert chips.chip_for_device_kind(kind).name == name
+
+
+def test_cpu_has_no_row():
+    assert chips.chip_for_device_kind("cpu") is None
+    assert chips.published_bf16_peak("cpu") is None
+
+
+def test_phase3a_step_flops():
+    # 6 N tokens + attention: ~36 TFLOP for the 750M model at batch 16, block 512 (the
+    # issue's figure), of which the head projects every position.
+    flops = chips.train_step_flops(PHASE3A, 16, 512)
+    assert flops["total"] == pytest.approx(36.3e12, rel=0.01)
+    # Projecting 8 positions per row removes almost all of the head's share.
+    k8 = chips.train_step_flops(PHASE3A, 16, 512, projected=8)
+    assert flops["total"] - k8["total"] == pytest.approx(flops["head"] * (1 - 8 / 512))
+    assert chips.forward_flops(PHASE3A, 16, 512) == pytest.approx(flops["total"] / 3)
+    # Full remat runs the blocks' forward again; the head is not rematerialised.
+    full = chips.remat_flops(flops, "full")
+    assert full == pytest.approx(flops["total"] + (flops["body"] + flops["attention"]) / 3)
+    assert chips.remat_flops(flops, "dots") == flops["total"]
+
+
+def test_roofline_adds_compute_and_memory():
+    chip = chips.CHIPS["v5p"]
+    r = chips.roofline(chip, model_flops=4 * 459e12, executed_flops=4 * 459e12,
+                       hbm_bytes=2765e9, devices=4)
+    assert r["compute_s"] == pytest.approx(1.0) and r["memory_s"] == pytest.approx(1.0)
+    assert r["step_s"] == pytest.approx(2.0) and r["step_s_bound"] == pytest.approx(1.0)
+    assert r["mfu"] == pytest.approx(0.5) and r["mfu_bound"] == pytest.approx(1.0)
+    no_bytes = chips.roofline(chip, model_flops=1e12, executed_flops=1e12, hbm_bytes=None, devices=1)
+    # Without bytes (compile-only GPU) only the compute bound is known.
+    assert no_bytes["memory_s"] is None and no_bytes["step_s"] is None and no_bytes["mfu"] is None
+    assert no_bytes["mfu_bound"] == pytest.approx(1.0)

@@ -1,0 +1,230 @@
+"""The preflight: ahead-of-time compiles for TPU slices, fit decisions, the fix it names."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import jax
+import pytest
+
+from mypt_jax import config as cfg_lib
+from mypt_jax import optim, preflight, sharding
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 2**30
+
+
+def _tiny(**overrides):
+    from configs import cpu_tiny
+
+    c = cpu_tiny.get_config()
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def _cli(tmp_path, *args, name="report.json"):
+    """Runs the preflight in a fresh process (libtpu must load before JAX picks a backend)."""
+    out = tmp_path / name
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    proc = subprocess.run([sys.executable, "-m", "mypt_jax.preflight", *args, "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    report = json.loads(out.read_text()) if out.exists() else None
+    return proc, report
+
+
+# ----------------------------------------------------------------------------- unit
+
+
+class _FakeStep:
+    def __init__(self, compiled=None, error=None):
+        self.compiled, self.error, self.lowered = compiled, error, 0
+
+    def lower(self, state, batch):
+        self.lowered += 1
+        assert set(batch) >= {"inputs", "targets", "loss_mask"}
+        return types.SimpleNamespace(compile=self._compile)
+
+    def _compile(self):
+        if self.error:
+            raise self.error
+        return self.compiled
+
+
+def _fake_compiled(temp):
+    stats = types.SimpleNamespace(argument_size_in_bytes=GIB, output_size_in_bytes=GIB,
+                                  alias_size_in_bytes=GIB, temp_size_in_bytes=temp,
+                                  generated_code_size_in_bytes=0)
+    return types.SimpleNamespace(memory_analysis=lambda: stats)
+
+
+def test_run_start_check_decides_from_the_compiled_step():
+    r = cfg_lib.resolve(_tiny(), "unused", num_devices=1, process_count=1, read_files=False)
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    tx, _ = optim.optimizer_from_config(r.config)
+    # CPU reports no allocator limit: nothing is compiled, nothing to say.
+    cpu = _FakeStep(_fake_compiled(100 * GIB))
+    assert preflight.check_train_step(cpu, r, tx, mesh) is None and cpu.lowered == 0
+    assert preflight.check_train_step(_FakeStep(_fake_compiled(GIB)), r, tx, mesh,
+                                      capacity=16 * GIB) is None
+    problem = preflight.check_train_step(_FakeStep(_fake_compiled(20 * GIB)), r, tx, mesh,
+                                         capacity=16 * GIB)
+    assert "needs 21.00 GiB" in problem and "16.00 GiB" in problem and "8x64" in problem
+    oom = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
+                       "for HLO temporaries (41.41G) exceeds available HBM (15.75G).")
+    assert "41.41G" in preflight.check_train_step(_FakeStep(error=oom), r, tx, mesh,
+                                                   capacity=16 * GIB)
+    with pytest.raises(ValueError, match="other"):
+        preflight.check_train_step(_FakeStep(error=ValueError("other")), r, tx, mesh,
+                                   capacity=16 * GIB)
+
+
+def test_suggestion_is_the_first_change_that_fits(monkeypatch):
+    target = preflight.Target("local", jax.devices()[:1], 1, None, 8 * GIB, None)
+    seen = []
+
+    def fake_compile(program, mc, target, layer_cost=True):
+        seen.append(mc.remat)
+        return {"fits": mc.remat == "full", "name": program.name}
+
+    monkeypatch.setattr(preflight, "compile_program", fake_compile)
+    s = preflight.suggest(_tiny(), target)
+    # Tried in order: the all-fsdp mesh, remat dots, then remat full, which fits.
+    assert [t["change"] for t in s["tried"]] == [
+        "--config.mesh_data=1 --config.mesh_fsdp=-1", "--config.remat=dots",
+        "--config.remat=full"]
+    assert s["change"] == "--config.remat=full" and seen == ["none", "dots", "full"]
+
+
+def test_gpu_memory_fraction_is_the_launch_scripts():
+    sys.path.insert(0, str(ROOT / "launch"))
+    try:
+        import gpu
+    finally:
+        sys.path.pop(0)
+    assert float(gpu.DEFAULT_MEM_FRACTION) == preflight.dm.GPU_MEM_FRACTION
+
+
+# ----------------------------------------------------------------------------- TPU compiles
+
+
+@pytest.mark.slow
+def test_tiny_model_on_v5e_4(tmp_path):
+    proc, report = _cli(
+        tmp_path, "--config=configs/cpu_tiny.py", "--topology", "v5e-4", "--mix_batches", "0",
+        "--config.eval_prompts_file=configs/sft_eval/phase3a1_alpha_test_prompts.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fits" in proc.stdout.splitlines()[-1]
+    assert report["fits"] and report["target"]["devices"] == 4
+    assert report["target"]["chip"]["name"] == "v5e"
+    assert report["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+    kinds = [p["kind"] for p in report["programs"]]
+    assert kinds == ["train", "eval", "decode"]
+    train = report["programs"][0]
+    assert train["shape"] == {"rows": 8, "length": 64, "positions": 0, "packed": False}
+    m = train["memory"]
+    assert m["required"] == (m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"]
+                             + m["code"])
+    assert 0 < m["required"] < report["target"]["capacity_per_device"]
+    # The donated state aliases its update.
+    assert m["aliased"] > 0.9 * m["arguments"]
+    # FLOPs from the model's formula; XLA's bytes corrected over both layers.
+    assert train["model_flops"] > 0 and train["xla_cost"]["bytes_accessed"] > 0
+    assert train["layer_bytes_factor"] > 1
+    assert train["hbm_bytes"] == pytest.approx(
+        train["xla_cost"]["bytes_accessed"] * train["layer_bytes_factor"], rel=1e-3)
+    assert 0 < train["roofline"]["mfu"] <= train["roofline"]["mfu_bound"] <= 1
+    # Eval and generation run while the optimizer state stays in memory.
+    assert report["programs"][1]["memory"]["resident"] > 0
+    assert report["phase"]["max_iters"] == 40 and report["phase"]["padded_train_s"] > 0
+    assert report["host"]["checkpoint_staging_bytes"] == report["host"]["state_bytes"]
+
+
+@pytest.mark.slow
+def test_a_batch_too_big_for_the_chip_fails(tmp_path):
+    # 16384 rows x 64 positions x 50304 logits in float32 is ~200 GiB of temporaries.
+    proc, report = _cli(tmp_path, "--config=configs/cpu_tiny.py", "--topology", "v5e-4",
+                        "--config.batch_size=16384", "--programs", "train", "--no_suggest",
+                        "--mix_batches", "0", "--no_layer_cost")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "DOES NOT FIT" in proc.stdout
+    assert not report["fits"] and not report["programs"][0]["fits"]
+    assert report["programs"][0]["memory"]["temporaries"] > 16 * GIB
+
+
+FSDP_PRESET = '''
+from configs import cpu_tiny
+
+
+def get_config():
+    c = cpu_tiny.get_config()
+    c.n_layer, c.n_embd, c.n_head, c.block_size, c.vocab_size = 2, 512, 8, 256, 4096
+    c.batch_size = 16
+    c.precision = "mixed"
+    c.length_buckets = (256,)
+    return c
+'''
+
+
+@pytest.mark.slow
+def test_fsdp_temporaries_do_not_exceed_data_parallel(tmp_path):
+    # Before the residual stream was pinned to the batch split, XLA kept activations whole
+    # on every fsdp shard: this model's temporaries were 532 MB at fsdp=8 against 36 MB at
+    # data=8 (7 MB at fsdp=8 after).
+    preset = tmp_path / "fsdp_preset.py"
+    preset.write_text(FSDP_PRESET)
+    temps = {}
+    for name, (d, f) in {"data": (8, 1), "fsdp": (1, 8)}.items():
+        proc, report = _cli(tmp_path, f"--config={preset}", "--topology", "v5e-8",
+                            f"--config.mesh_data={d}", f"--config.mesh_fsdp={f}",
+                            "--programs", "train", "--no_layer_cost", "--no_suggest",
+                            "--mix_batches", "0", name=f"{name}.json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert report["mesh"]["fsdp"] == f
+        temps[name] = report["programs"][0]["memory"]["temporaries"]
+    assert temps["fsdp"] <= temps["data"], temps
+
+
+def test_phase_times_from_a_report(tmp_path):
+    import train_helpers
+
+    from mypt_jax import chips
+
+    # A report as the preflight writes it, for a v5p-8 whose steps cost 30 ms (block 512) and
+    # 10 ms (bucket 64); each phase's dataset is a tiny prepared one.
+    chip = chips.CHIPS["v5p"]
+
+    def train(length, step_s):
+        roof = chips.roofline(chip, model_flops=1e12, executed_flops=1e12,
+                              hbm_bytes=(step_s - 1e12 / 4 / chip.bf16_flops) * chip.hbm_bandwidth,
+                              devices=4)
+        return {"kind": "train", "fits": True, "roofline": roof,
+                "shape": {"rows": 16, "length": length, "positions": 0, "packed": False}}
+
+    report = {"target": {"name": "v5p-8", "devices": 4, "hosts": 1, "chip": {"name": "v5p"},
+                         "capacity_per_device": 95e9},
+              "mesh": {"data": 1, "fsdp": 4, "tensor": 1},
+              "model": {"remat": "none"}, "batch_size": 16, "grad_accum_steps": 1,
+              "programs": [train(512, 0.030), train(64, 0.010)]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    dataset = train_helpers.make_dataset(tmp_path)
+    for phase in ("phase3a1_alpha", "phase3a1_beta", "phase3a1_gamma", "phase3a2"):
+        (tmp_path / "root" / "data" / "sft_ready").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "root" / "data" / "sft_ready" / phase).symlink_to(dataset)
+    out = subprocess.run([sys.executable, "benchmarks/phase_times.py", "--report",
+                          str(tmp_path / "report.json"), "--root", str(tmp_path / "root"),
+                          "--batches", "20"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    phases = json.loads(out.stdout)["phases"]
+    gamma = phases["3a1_gamma"]
+    assert gamma["max_iters"] == 2500
+    assert gamma["padded_train_s"] == pytest.approx(2500 * 0.030, rel=1e-3)
+    # Every row of the tiny dataset fits the 64 bucket, and projects few positions.
+    assert all(k.startswith("16x64/") for k in gamma["shape_mix"])
+    assert sum(gamma["shape_mix"].values()) == pytest.approx(1.0)
+    # The 64 bucket's memory term, plus the 750M model's FLOPs of each shape.
+    assert 2500 * 0.009 < gamma["padding_free_train_s"] < gamma["padded_train_s"]
+    assert phases["3a2"]["max_iters"] == 4000
