@@ -31,9 +31,7 @@ def get_config() -> config_dict.ConfigDict:
     # step ran ~5% faster on a Sapphire Rapids CPU (no stacked per-layer residuals to copy).
     c.scan_layers = True
     c.attention = "auto"  # "auto" (splash on TPU, cudnn on GPU, xla on CPU) | "xla" | "splash" | "cudnn"
-    # False drops the attention-probability dropout site (the fused kernels have none) and keeps
-    # the two residual ones; splash/cudnn with dropout > 0 require False (mypt_jax/attention.py).
-    c.attention_prob_dropout = True
+    c.attention_prob_dropout = True  # False: only residual dropout (splash/cudnn with dropout > 0 need it)
 
     # ----- data -----
     c.dataset_dir = ""  # prepared episode dataset (train/, val/, tokenizer_state.json)
