@@ -126,6 +126,13 @@ def _replicated(x: Any, mesh) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=ts.replicated(mesh))
 
 
+def _attention(mc: ModelConfig, mesh, prob_dropout: bool) -> str:
+    """The full-sequence attention kernel the program runs (attention.py's choice)."""
+    from mypt_jax import attention
+
+    return attention.resolve(mc, attention.platform_of(mesh), prob_dropout=prob_dropout)[0]
+
+
 def _train_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape) -> Program:
     c, mc = r.config, r.model_config
     tx, schedule = optim.optimizer_from_config(c)
@@ -137,7 +144,8 @@ def _train_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape) -> Pro
         return step.lower(ts.abstract_state(tx, mc, mesh), _sharded_batch(shape, mesh))
 
     flops = chips.train_step_flops(mc, shape.rows, shape.length, shape.positions or None)
-    return Program(f"train_step {shape}", "train", lower, flops["total"],
+    kernel = _attention(mc, mesh, mc.dropout > 0 and mc.attention_prob_dropout)
+    return Program(f"train_step {shape} {kernel}", "train", lower, flops["total"],
                    chips.remat_flops(flops, mc.remat), None, 0, dataclasses.asdict(shape))
 
 
@@ -149,7 +157,8 @@ def _eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, residen
         return step.lower(ts.abstract_params(mc, mesh), _sharded_batch(shape, mesh))
 
     flops = chips.forward_flops(mc, shape.rows, shape.length, shape.positions or None)
-    return Program(f"eval_step {shape}", "eval", lower, flops, flops, None, resident,
+    kernel = _attention(mc, mesh, False)
+    return Program(f"eval_step {shape} {kernel}", "eval", lower, flops, flops, None, resident,
                    dataclasses.asdict(shape))
 
 
