@@ -10,7 +10,6 @@ dense bf16 peak of the device kind (`published_bf16_peak`).
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import statistics
@@ -26,6 +25,7 @@ from mypt_jax.chips import (  # noqa: F401 - re-exported for the benchmark scrip
     published_bf16_peak,
     train_step_flops,
 )
+from mypt_jax.preflight import rounded  # noqa: F401 - re-exported for the benchmark scripts
 
 # Every benchmark runs with the host allocator settings of our entry points (torch, in the
 # same process, gets them too).
@@ -176,11 +176,3 @@ def have_torch() -> bool:
     return True
 
 
-def rounded(tree: Any, digits: int = 4) -> Any:
-    if isinstance(tree, dict):
-        return {k: rounded(v, digits) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return [rounded(v, digits) for v in tree]
-    if isinstance(tree, float) and math.isfinite(tree):
-        return float(f"{tree:.{digits}g}")
-    return tree
