@@ -129,16 +129,11 @@ def device_memory(device: Any = None) -> dict[str, int] | None:
 
 
 def compiled_memory(compiled: Any) -> dict[str, int] | None:
-    """XLA's own buffer accounting of a compiled executable (arguments, outputs, temporaries)."""
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        return None
-    if m is None:
-        return None
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-              "alias_size_in_bytes", "generated_code_size_in_bytes")
-    return {f.removesuffix("_in_bytes"): int(getattr(m, f, 0)) for f in fields}
+    """XLA's own buffer accounting of a compiled executable (`device_memory.from_compiled`)."""
+    from mypt_jax import device_memory
+
+    report = device_memory.from_compiled(compiled)
+    return report.to_dict() if report else None
 
 
 # ----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 
 The four phases share the model, the batch and the mesh, so one report's compiled train
 steps serve all of them; each phase's mix of batch shapes comes from its own prepared
-dataset under `--root`, its step and eval counts from its config (`preflight.phase_time`
+dataset under `--root`, its step and eval counts from its config (`phase_estimate.phase_time`
 states the prediction). Evals count only where the report compiled them. Prints JSON.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mypt_jax import batching, chips, data_inspect, preflight  # noqa: E402
+from mypt_jax import batching, chips, data_inspect, phase_estimate, preflight  # noqa: E402
 
 PHASES = {"3a1_alpha": "configs/phase3a1_alpha.py", "3a1_beta": "configs/phase3a1_beta.py",
           "3a1_gamma": "configs/phase3a1_gamma.py", "3a2": "configs/phase3a2.py"}
@@ -47,8 +47,9 @@ def main(argv=None) -> None:
         r = preflight.resolve_for(c, target)
         layout = batching.layout_from_config(
             r.config, data_shards=c.mesh_data * c.mesh_fsdp, process_count=target.hosts)
-        mix = preflight.bucket_mix(r, layout, args.batches)
-        out["phases"][phase] = preflight.phase_time(r, target, report["programs"], mix)
+        mix = phase_estimate.bucket_mix(r, layout, args.batches)
+        out["phases"][phase] = phase_estimate.phase_time(r, target.chip, len(target.devices),
+                                                         report["programs"], mix)
     print(json.dumps(preflight.rounded(out), indent=2))
 
 

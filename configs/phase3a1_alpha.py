@@ -14,6 +14,13 @@ def get_config():
     c.episode_min_tokens = 10
     c.weight_decay = 0.05
     c.eval_prompts_file = "configs/sft_eval/phase3a1_eval_prompts.json"
+    # The preflight's choices for the 750M step (launch/README.md): weights and AdamW state
+    # split over every device (FSDP), the batch over the same axis; and remat "dots", which
+    # keeps the weight matmuls' outputs and recomputes the rest, the same function with a
+    # third of the temporaries and half the HBM traffic of no remat.
+    c.mesh_data = 1
+    c.mesh_fsdp = -1
+    c.remat = "dots"
     c.log_file = "logs/train/phase3a1_alpha.jsonl"
     c.workdir = "runs/phase3a1_alpha"
     return c

@@ -26,19 +26,22 @@ T x T square as the PaLM / nanoGPT MFU figures do; half of it is masked (causal)
 Roofline of one compiled program, per device (communication between devices ignored):
 
     compute_s = executed FLOPs / bf16 peak
-    memory_s  = HBM bytes accessed / HBM bandwidth
-    step_s    = compute_s + memory_s
+    overlap_s = HBM bytes of matmul instructions and async copies / HBM bandwidth
+    memory_s  = HBM bytes of all instructions / HBM bandwidth
+    step_s    = max(compute_s, overlap_s) + (memory_s - overlap_s)
     MFU       = model FLOPs / (step_s * bf16 peak)
 
 Executed FLOPs are the model FLOPs plus the forward pass that remat "full" recomputes
-(a third of the training FLOPs again); "dots" saves the matmuls and recomputes only
-elementwise work. `step_s` adds the two terms instead of taking their maximum: XLA runs a
-step's ops one after another, the matmuls near peak and the elementwise, normalisation,
-softmax and optimizer ops at HBM bandwidth, so their times add (the matmuls' own operand
-traffic is counted twice, a small error at these shapes). `step_s_bound` = max of the two
-is the optimistic bound. Bytes come from XLA's cost analysis of the compiled program (see
-preflight.py for the scanned-layer correction); FLOPs never do: XLA counts a scanned layer
-body once.
+(a third of the training FLOPs again); "dots" saves the weight matmuls' outputs and
+recomputes the elementwise work and attention's forward (its matmuls have batch dims, so
+the policy does not save them). XLA runs a step's instructions one after another: a matmul (with the
+elementwise work fused into it) streams its operands while the MXU computes, and the
+compiler's asynchronous copies between HBM and on-chip memory prefetch the next operands
+meanwhile, so their bytes overlap the FLOPs; the other instructions (normalisation, softmax, dropout, the optimizer
+update, copies, collectives) run at HBM bandwidth, so their time adds. `step_s_bound` =
+max(compute_s, memory_s) is the optimistic bound. Bytes come from the compiled program
+(`hlo_cost.py`: HBM only, every loop iteration counted); FLOPs never do: XLA counts a
+scanned layer body once.
 """
 
 from __future__ import annotations
@@ -144,9 +147,12 @@ def decode_flops_per_token(cfg: Any, cached: int) -> float:
 
 
 def remat_flops(train_flops: dict[str, float], remat: str) -> float:
-    """FLOPs a train step executes: remat "full" recomputes the blocks' forward pass."""
+    """FLOPs a train step executes: remat "full" recomputes the blocks' forward pass; "dots"
+    keeps the weight matmuls' outputs and recomputes attention (its matmuls carry batch dims)."""
     if remat == "full":
         return train_flops["total"] + (train_flops["body"] + train_flops["attention"]) / 3
+    if remat == "dots":
+        return train_flops["total"] + train_flops["attention"] / 3
     return train_flops["total"]
 
 
@@ -155,11 +161,12 @@ def remat_flops(train_flops: dict[str, float], remat: str) -> float:
 # ----------------------------------------------------------------------------------------
 
 def roofline(chip: Chip, *, model_flops: float, executed_flops: float, hbm_bytes: float | None,
-             devices: int) -> dict[str, float | None]:
+             devices: int, overlapped_bytes: float = 0.0) -> dict[str, float | None]:
     """Predicted seconds and MFU of one program run on `devices` devices of `chip`.
 
     FLOPs are the whole program's (all devices); `hbm_bytes` is per device, None when the
-    compiler gave no cost analysis (the memory term is then left out).
+    compiler gave no byte count (the memory term is then left out); `overlapped_bytes` is the
+    part of it that moves while the compute runs (matmul instructions, async copies).
     """
     compute_s = executed_flops / devices / chip.bf16_flops
     memory_s = None if hbm_bytes is None else hbm_bytes / chip.hbm_bandwidth
@@ -168,7 +175,8 @@ def roofline(chip: Chip, *, model_flops: float, executed_flops: float, hbm_bytes
     if memory_s is None:  # only the compute bound is known
         return {"compute_s": compute_s, "memory_s": None, "step_s": None, "step_s_bound": bound_s,
                 "mfu": None, "mfu_bound": model_flops / (bound_s * peak)}
-    step_s = compute_s + memory_s
-    return {"compute_s": compute_s, "memory_s": memory_s, "step_s": step_s,
-            "step_s_bound": bound_s, "mfu": model_flops / (step_s * peak),
+    overlap_s = min(overlapped_bytes / chip.hbm_bandwidth, memory_s)
+    step_s = max(compute_s, overlap_s) + memory_s - overlap_s
+    return {"compute_s": compute_s, "memory_s": memory_s, "overlapped_memory_s": overlap_s,
+            "step_s": step_s, "step_s_bound": bound_s, "mfu": model_flops / (step_s * peak),
             "mfu_bound": model_flops / (bound_s * peak)}

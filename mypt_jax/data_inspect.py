@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import sys
@@ -47,14 +48,30 @@ def load_config(spec: str, overrides: Sequence[str] = ()):
         key, eq, value = item.removeprefix("--config.").partition("=")
         if not eq or key not in config:
             raise ValueError(f"{item}: expected --config.<field>=<value> with a field of {path}")
-        current = config[key]
-        if isinstance(current, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"{item}: expected true/false")
-            config[key] = value.lower() in ("true", "1")
-        else:
-            config[key] = type(current)(value) if current is not None else value
+        config[key] = _parse_override(item, config[key], value)
     return config
+
+
+def _parse_override(item: str, current: Any, value: str) -> Any:
+    """`value` as the type of the field's current value, as absl's --config flags parse it."""
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{item}: expected true/false")
+        return value.lower() in ("true", "1")
+    if isinstance(current, tuple | list):
+        try:
+            parsed = ast.literal_eval(value) if value.strip() else ()
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{item}: expected a tuple such as (64, 512)") from None
+        parsed = tuple(parsed) if isinstance(parsed, tuple | list) else (parsed,)
+        return type(current)(parsed)
+    if current is None:
+        return value
+    try:
+        return type(current)(value)
+    except ValueError:
+        kind = {int: "an integer", float: "a number"}.get(type(current), type(current).__name__)
+        raise ValueError(f"{item}: expected {kind}") from None
 
 
 def iterator_kwargs(config) -> dict[str, Any]:

@@ -10,14 +10,13 @@ loop the eval prompts use. Without `--topology` it compiles for this machine's d
 
 Per program: compile seconds; XLA's per-device memory (arguments, outputs, temporaries,
 code; `device_memory.py`) against what the device holds; fits or not; XLA's FLOPs and bytes
-accessed; the model's FLOPs and a roofline step time and MFU (`chips.py` states the formula).
-XLA's cost analysis counts a scanned layer body once, so for train steps the bytes are
-corrected by two extra compiles with one and two unrolled layers: every per-layer cost is
-linear in depth, so bytes(L) = bytes(1) + (L - 1) * (bytes(2) - bytes(1)). FLOPs always come
-from the model's formula.
+accessed (as XLA reports them: a scanned layer body once); the HBM bytes every instruction
+moves, over all loop iterations (`hlo_cost.py`); the model's FLOPs and a roofline step time
+and MFU (`chips.py` states the formula). FLOPs always come from the model's formula.
 
-Host memory: an asynchronous checkpoint copies the train state to host memory while the
-next step runs; on CPU that is the same memory as the devices'. Reported as `host`.
+Host memory (`host`): an asynchronous checkpoint copies the train state to host memory while
+the next step runs; CPU runs save synchronously, and there the programs' own memory is the
+host's.
 
 Exit status: 0 when everything fits, 1 when something does not (the cheapest change that
 fits is named: a mesh, a remat policy, or a smaller per-device batch through
@@ -28,22 +27,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 
-from mypt_jax import batching, chips, optim, sharding
+from mypt_jax import batching, chips, hlo_cost, optim, phase_estimate, sharding
 from mypt_jax import config as cfg_lib
 from mypt_jax import device_memory as dm
 from mypt_jax import topology as topo_lib
+from mypt_jax import train_programs as tp
 from mypt_jax import train_step as ts
-from mypt_jax.model import ModelConfig
 
 # ----------------------------------------------------------------------------------------
 # Targets
@@ -87,150 +84,6 @@ def target_for(name: str | None) -> Target:
 
 
 # ----------------------------------------------------------------------------------------
-# Programs
-# ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Program:
-    name: str
-    kind: str  # "train" | "eval" | "decode"
-    lower: Callable[[ModelConfig], Any]  # model config -> jax.stages.Lowered
-    model_flops: float  # all devices
-    executed_flops: float
-    hbm_bytes_model: float | None  # per device, where we model it instead of asking XLA
-    resident: int  # bytes per device alive during the program but not its argument
-    shape: dict[str, Any]
-
-
-def _bytes_per_device(tree: Any) -> int:
-    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (its shards)."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
-        total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
-    return total
-
-
-def _bytes_global(tree: Any) -> int:
-    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def _sharded_batch(shape: batching.BatchShape, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    bsh = ts.batch_sharding(mesh)
-    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh)
-            for k, v in batching.abstract_batch(shape).items()}
-
-
-def _replicated(x: Any, mesh) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=ts.replicated(mesh))
-
-
-def _attention(mc: ModelConfig, mesh, prob_dropout: bool) -> str:
-    """The full-sequence attention kernel the program runs (attention.py's choice)."""
-    from mypt_jax import attention
-
-    return attention.resolve(mc, attention.platform_of(mesh), prob_dropout=prob_dropout)[0]
-
-
-def _train_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape) -> Program:
-    c, mc = r.config, r.model_config
-    tx, schedule = optim.optimizer_from_config(c)
-
-    def lower(mc: ModelConfig):
-        step = ts.make_train_step(ts.model_def(mc), tx, schedule, mesh, seed=c.seed,
-                                  grad_accum_steps=c.grad_accum_steps,
-                                  loss_chunk_size=c.loss_chunk_size)
-        return step.lower(ts.abstract_state(tx, mc, mesh), _sharded_batch(shape, mesh))
-
-    flops = chips.train_step_flops(mc, shape.rows, shape.length, shape.positions or None)
-    kernel = _attention(mc, mesh, mc.dropout > 0 and mc.attention_prob_dropout)
-    return Program(f"train_step {shape} {kernel}", "train", lower, flops["total"],
-                   chips.remat_flops(flops, mc.remat), None, 0, dataclasses.asdict(shape))
-
-
-def _eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, resident: int) -> Program:
-    c, mc = r.config, r.model_config
-
-    def lower(mc: ModelConfig):
-        step = ts.make_eval_step(ts.model_def(mc), mesh, loss_chunk_size=c.loss_chunk_size)
-        return step.lower(ts.abstract_params(mc, mesh), _sharded_batch(shape, mesh))
-
-    flops = chips.forward_flops(mc, shape.rows, shape.length, shape.positions or None)
-    kernel = _attention(mc, mesh, False)
-    return Program(f"eval_step {shape} {kernel}", "eval", lower, flops, flops, None, resident,
-                   dataclasses.asdict(shape))
-
-
-def _decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
-    """The greedy generation loop of the eval prompts, as `evaluate.evaluate` calls it."""
-    from flax import nnx
-
-    from mypt_jax import decode, evaluate
-
-    c, mc = r.config, r.model_config
-    if not c.eval_prompts_file:
-        return None
-    prompts = evaluate.load_eval_prompts(c.eval_prompts_file).prompts
-    ids = decode.fit_prompts([r.tokenizer.encode(p) for p in prompts.values()],
-                             block_size=mc.block_size, max_new_tokens=c.eval_max_new_tokens)
-    B, P = len(ids), decode.prompt_bucket(max(len(x) for x in ids), mc.block_size)
-    N = decode.new_tokens_bucket(c.eval_max_new_tokens)
-    stops = len(decode.default_stop_ids(r.tokenizer))
-    width = max(decode.STOP_SLOTS, -(-stops // decode.STOP_SLOTS) * decode.STOP_SLOTS)
-
-    def lower(mc: ModelConfig):
-        mdef = ts.model_def(mc)
-        graphdef, state = nnx.split(mdef.merge(ts.abstract_params(mc, mesh)))
-        state = jax.tree.map(
-            lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else _replicated(x, mesh), state)
-
-        def sds(shape, dtype):
-            return jax.ShapeDtypeStruct(shape, dtype, sharding=ts.replicated(mesh))
-
-        sampling = {k: sds((), v.dtype) for k, v in decode.GREEDY.arrays().items()}
-        key = jax.eval_shape(lambda: jax.random.key(0))
-        return decode._generate_jit.lower(
-            graphdef, state, sds((B, P), jnp.int32), sds((B,), jnp.int32), sds((), jnp.int32),
-            sampling, sds((width,), jnp.int32), sds((), key.dtype), sds((), jnp.bool_),
-            max_new_cap=N, penalty_window=decode.PENALTY_WINDOW)
-
-    # Every generated token reads all weights (storage dtype) and the KV cache once.
-    params = ts.abstract_params(mc, mesh)
-    cache = 2 * mc.n_layer * B * (P + N) * mc.n_embd * jnp.dtype(mc.dtype).itemsize
-    steps = N + 1  # the prefill, then one step per new token
-    hbm = steps * (_bytes_global(params) + cache) / mesh.size
-    flops = B * (P + N) * chips.decode_flops_per_token(mc, (P + N) // 2)
-    return Program(f"generate {B}x{P}+{N}", "decode", lower, flops, flops, hbm, resident,
-                   {"rows": B, "prompt": P, "new_tokens": N})
-
-
-PROGRAM_KINDS = ("train", "eval", "decode")
-
-
-def programs(r: cfg_lib.Resolved, mesh, hosts: int, kinds: tuple[str, ...] = PROGRAM_KINDS,
-             largest_only: bool = False) -> list[Program]:
-    """What `mypt_jax.train` compiles for this config (of `kinds`), largest train shape first.
-
-    `largest_only`: only the largest train shape (the most memory a step needs).
-    """
-    shapes = batching.step_shapes(r.config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"],
-                                  process_count=hosts)
-    shapes = sorted(shapes, key=lambda s: -s.rows * s.length)
-    if largest_only:
-        shapes = shapes[:1]
-    tx, _ = optim.optimizer_from_config(r.config)
-    opt_resident = _bytes_per_device(ts.abstract_state(tx, r.model_config, mesh).opt_state)
-    out = [_train_program(r, mesh, s) for s in shapes] if "train" in kinds else []
-    if "eval" in kinds:
-        out.append(_eval_program(r, mesh, shapes[0], opt_resident))
-    decode_program = _decode_program(r, mesh, opt_resident) if "decode" in kinds else None
-    if decode_program is not None:
-        out.append(decode_program)
-    return out
-
-
-# ----------------------------------------------------------------------------------------
 # Compiling
 # ----------------------------------------------------------------------------------------
 
@@ -248,18 +101,17 @@ def _xla_cost(compiled: Any) -> dict[str, float] | None:
             "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
 
 
-def compile_program(program: Program, mc: ModelConfig, target: Target,
-                    bytes_factor: float = 1.0) -> dict[str, Any]:
-    """Compiles one program for the target; its memory, fit, costs and roofline.
-
-    `bytes_factor` scales XLA's bytes accessed for the layers its scanned body leaves out
-    (`layer_bytes_factor`).
-    """
+def compile_program(program: tp.Program, target: Target) -> dict[str, Any]:
+    """Compiles one program for the target; its memory, fit, costs and roofline."""
     out: dict[str, Any] = {"name": program.name, "kind": program.kind, "shape": program.shape}
     t0 = time.perf_counter()
     try:
-        compiled = program.lower(mc).compile()
+        compiled = program.lower().compile()
     except Exception as e:  # noqa: BLE001 - an out-of-memory compile is a result, not a crash
+        if "cuDNN not found" in str(e):
+            raise topo_lib.TopologyError(
+                f"{program.name}: compiling cuDNN attention needs the cuDNN library; "
+                "`pip install -e \".[cuda]\"` installs it (or pass --config.attention=xla)") from e
         if not dm.is_oom(e):
             raise
         out["compile_s"] = time.perf_counter() - t0
@@ -279,40 +131,24 @@ def compile_program(program: Program, mc: ModelConfig, target: Target,
     if problem:
         out["error"] = problem
     out["xla_cost"] = _xla_cost(compiled)
-    add_roofline(out, program, mc, target, bytes_factor)
+    if program.hbm_bytes_model is None:  # GPUs too, where XLA gives no cost analysis
+        out["hbm"] = hlo_cost.hbm_bytes(compiled.as_text()).to_dict()
+    add_roofline(out, program, target)
     return out
 
 
-def add_roofline(result: dict[str, Any], program: Program, mc: ModelConfig, target: Target,
-                 bytes_factor: float = 1.0) -> None:
+def add_roofline(result: dict[str, Any], program: tp.Program, target: Target) -> None:
+    """Model FLOPs and the roofline; HBM bytes from the program's HLO (or its own model)."""
     result["model_flops"] = program.model_flops
     result["executed_flops"] = program.executed_flops
-    hbm = program.hbm_bytes_model
-    if hbm is None and result.get("xla_cost") is not None:
-        hbm = result["xla_cost"]["bytes_accessed"] * (bytes_factor if mc.scan_layers else 1.0)
+    hbm, overlapped = program.hbm_bytes_model, 0.0
+    if hbm is None and "hbm" in result:
+        hbm, overlapped = result["hbm"]["total"], result["hbm"]["overlapped"]
     result["hbm_bytes"] = hbm
     if target.chip is not None:
         result["roofline"] = chips.roofline(
             target.chip, model_flops=program.model_flops, executed_flops=program.executed_flops,
-            hbm_bytes=hbm, devices=len(target.devices))
-
-
-def layer_bytes_factor(program: Program, mc: ModelConfig, scanned_bytes: float) -> float | None:
-    """All-layer over scanned bytes accessed of a train step, from 1- and 2-layer compiles.
-
-    Applied to every train and eval program of the run: it assumes the share of per-layer
-    traffic is the same at every batch shape (exact for the shape it was measured on).
-    """
-    if not mc.scan_layers or mc.n_layer == 1 or not scanned_bytes:
-        return None
-    costs = []
-    for n in (1, 2):
-        cost = _xla_cost(program.lower(mc.replace(n_layer=n, scan_layers=False)).compile())
-        if cost is None:
-            return None
-        costs.append(cost["bytes_accessed"])
-    all_layers = costs[0] + (mc.n_layer - 1) * (costs[1] - costs[0])
-    return all_layers / scanned_bytes
+            hbm_bytes=hbm, overlapped_bytes=overlapped, devices=len(target.devices))
 
 
 def check_train_step(step_fn: Any, r: cfg_lib.Resolved, tx: Any, mesh,
@@ -331,7 +167,7 @@ def check_train_step(step_fn: Any, r: cfg_lib.Resolved, tx: Any, mesh,
                 key=lambda s: s.rows * s.length)
     try:
         compiled = step_fn.lower(ts.abstract_state(tx, r.model_config, mesh),
-                                 _sharded_batch(shape, mesh)).compile()
+                                 tp.sharded_batch(shape, mesh)).compile()
     except Exception as e:  # noqa: BLE001
         if not dm.is_oom(e):
             raise
@@ -351,9 +187,15 @@ def resolve_for(config: config_dict.ConfigDict, target: Target) -> cfg_lib.Resol
 
 
 def host_report(r: cfg_lib.Resolved, mesh, target: Target, results: list[dict]) -> dict[str, Any]:
-    """Host memory: the checkpoint staging copy, plus the device programs on a CPU target."""
+    """Host memory: the checkpoint staging copy, plus the device programs on a CPU target.
+
+    An asynchronous save stages a copy of the state in host memory while the next steps run.
+    CPU runs save synchronously (`checkpoint.py`): their devices' memory is the host's, and
+    a staged copy next to a step was what ran a 750M CPU run out of 23 GB. So on CPU the
+    peak is the largest program over the local devices, with no staged copy beside it.
+    """
     tx, _ = optim.optimizer_from_config(r.config)
-    state = _bytes_global(ts.abstract_state(tx, r.model_config, mesh))
+    state = tp.bytes_global(ts.abstract_state(tx, r.model_config, mesh))
     staging = state // target.hosts  # orbax copies each unique shard once, on its own host
     out: dict[str, Any] = {"state_bytes": state, "checkpoint_staging_bytes": staging}
     if target.chip is None:  # CPU: device memory is host memory
@@ -361,78 +203,10 @@ def host_report(r: cfg_lib.Resolved, mesh, target: Target, results: list[dict]) 
         worst = max((p["memory"]["required"] for p in results if p.get("memory", {}).get("required")),
                     default=0)
         out["programs_bytes"] = worst * local
-        out["peak_bytes"] = worst * local + staging
+        out["checkpoint_staging_bytes"] = 0  # synchronous saves
+        out["peak_bytes"] = worst * local
         out["host_memory_bytes"] = target.host_memory
         out["fits"] = target.host_memory is None or out["peak_bytes"] <= target.host_memory
-    return out
-
-
-def bucket_mix(r: cfg_lib.Resolved, layout: batching.Layout,
-               batches: int) -> dict[batching.BatchShape, float] | None:
-    """Share of train steps per batch shape, from the first `batches` batches of the dataset."""
-    from mypt_jax import data, data_inspect
-
-    if batches <= 0 or not os.path.isdir(r.config.dataset_dir or ""):
-        return None
-    it = data.make_iterator(r.config.dataset_dir, "train", tokenizer=r.tokenizer,
-                            row_stats=True, process_index=0, process_count=1,
-                            **data_inspect.iterator_kwargs(r.config))
-    counts: dict[batching.BatchShape, int] = {}
-    try:
-        for _ in range(batches):
-            _, info = batching.shape_batch(next(it), layout, pad_id=r.tokenizer.eot_id)
-            counts[info.shape] = counts.get(info.shape, 0) + 1
-    finally:
-        close = getattr(it, "close", None)
-        if close:
-            close()
-    return {k: v / batches for k, v in counts.items()}
-
-
-def phase_time(r: cfg_lib.Resolved, target: Target, results: list[dict],
-               mix: dict[batching.BatchShape, float] | None) -> dict[str, Any] | None:
-    """Predicted seconds of the config's max_iters steps (and its evals), from the roofline.
-
-    Padded: every step at the largest shape. Padding-free: the dataset's shape mix, each
-    shape's compute from the FLOP formula and its memory term from its length bucket's
-    compiled step (which projects every position: an upper bound; the largest shape's when
-    only that one was compiled).
-    """
-    if target.chip is None:
-        return None
-    c, mc = r.config, r.model_config
-    train = [p for p in results if p["kind"] == "train" and "roofline" in p]
-    if not train:
-        return None
-    by_length = {p["shape"]["length"]: p for p in train}
-    largest = train[0]
-    evals = c.max_iters // c.eval_interval + 1
-    bound_only = largest["roofline"]["step_s"] is None  # no bytes: compute bound only
-
-    def step_s(roof: dict) -> float:
-        return roof["step_s_bound"] if bound_only else roof["step_s"]
-
-    per_eval = sum(step_s(p["roofline"]) * (c.eval_iters if p["kind"] == "eval" else 1)
-                   for p in results if p["kind"] in ("eval", "decode") and "roofline" in p)
-    out: dict[str, Any] = {
-        "max_iters": c.max_iters, "evals": evals, "eval_s": per_eval,
-        "padded_train_s": c.max_iters * step_s(largest["roofline"]), "compute_bound_only": bound_only,
-    }
-    if mix:
-        mean = 0.0
-        for shape, share in mix.items():
-            flops = chips.train_step_flops(mc, shape.rows, shape.length, shape.positions or None)
-            base = by_length.get(shape.length, largest)["roofline"]
-            memory = None if base["memory_s"] is None else base["memory_s"] * target.chip.hbm_bandwidth
-            t = chips.roofline(target.chip, model_flops=flops["total"],
-                               executed_flops=chips.remat_flops(flops, mc.remat),
-                               hbm_bytes=memory, devices=len(target.devices))
-            mean += share * step_s(t)
-        out["shape_mix"] = {str(k): v for k, v in sorted(mix.items(), key=lambda kv: -kv[1])}
-        out["padding_free_train_s"] = c.max_iters * mean
-    out["total_padded_s"] = out["padded_train_s"] + evals * per_eval
-    if "padding_free_train_s" in out:
-        out["total_padding_free_s"] = out["padding_free_train_s"] + evals * per_eval
     return out
 
 
@@ -464,8 +238,8 @@ def suggest(config: config_dict.ConfigDict, target: Target) -> dict[str, Any] | 
         except cfg_lib.ConfigError:
             continue  # e.g. a microbatch the mesh cannot split
         mesh = sharding.make_mesh(r.mesh_shape, devices=target.devices)
-        train = programs(r, mesh, target.hosts, ("train",), largest_only=True)[0]
-        result = compile_program(train, r.model_config, target)
+        train = tp.programs(r, mesh, target.hosts, ("train",), largest_only=True)[0]
+        result = compile_program(train, target)
         flags = " ".join(f"--config.{k}={v}" for k, v in change.items())
         tried.append({"change": flags, "fits": result["fits"]})
         if result["fits"]:
@@ -474,30 +248,19 @@ def suggest(config: config_dict.ConfigDict, target: Target) -> dict[str, Any] | 
 
 
 def run(config: config_dict.ConfigDict, topology: str | None = None, *,
-        layer_cost: bool = True, mix_batches: int = 200, find_fix: bool = True,
-        kinds: tuple[str, ...] = PROGRAM_KINDS, largest_only: bool = False,
+        mix_batches: int = 200, find_fix: bool = True,
+        kinds: tuple[str, ...] = tp.PROGRAM_KINDS, largest_only: bool = False,
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole preflight: every program compiled and checked, as one JSON-able dict."""
     target = target_for(topology)
     r = resolve_for(config, target)
     mesh = sharding.make_mesh(r.mesh_shape, devices=target.devices)
     results: list[dict[str, Any]] = []
-    factor = 1.0
-    for program in programs(r, mesh, target.hosts, kinds, largest_only):
-        results.append(compile_program(program, r.model_config, target, factor))
+    for program in tp.programs(r, mesh, target.hosts, kinds, largest_only):
+        results.append(compile_program(program, target))
         if progress:
             progress(f"{program.name}: compiled in {results[-1]['compile_s']:.1f} s, "
                      + ("fits" if results[-1]["fits"] else "does not fit"))
-        first = results[-1]
-        if layer_cost and len(results) == 1 and program.kind == "train" and first.get("xla_cost"):
-            t0 = time.perf_counter()
-            factor = layer_bytes_factor(program, r.model_config,
-                                        first["xla_cost"]["bytes_accessed"]) or 1.0
-            add_roofline(first, program, r.model_config, target, factor)
-            first["layer_bytes_factor"] = factor
-            if progress:
-                progress(f"bytes accessed over all layers: x{factor:.2f} of XLA's scanned count "
-                         f"(1- and 2-layer compiles, {time.perf_counter() - t0:.1f} s)")
     layout = batching.layout_from_config(
         r.config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=target.hosts)
     host = host_report(r, mesh, target, results)
@@ -511,7 +274,8 @@ def run(config: config_dict.ConfigDict, topology: str | None = None, *,
         "batch_size": r.config.batch_size, "grad_accum_steps": r.config.grad_accum_steps,
         "programs": results,
         "host": host,
-        "phase": phase_time(r, target, results, bucket_mix(r, layout, mix_batches)),
+        "phase": phase_estimate.phase_time(r, target.chip, len(target.devices), results,
+                                            phase_estimate.bucket_mix(r, layout, mix_batches)),
     }
     report["fits"] = all(p["fits"] for p in results) and host.get("fits", True)
     if not report["fits"] and find_fix:
@@ -523,6 +287,10 @@ def _gib(x: float | None) -> str:
     return "-" if x is None else f"{x / 2**30:.2f}"
 
 
+def _gb(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1e9:.1f}"
+
+
 def format_report(report: dict[str, Any]) -> str:
     t = report["target"]
     lines = [f"target {t['name']}: {t['devices']} devices, {t['hosts']} host(s), "
@@ -530,7 +298,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"remat {report['model']['remat']} | batch {report['batch_size']} "
              f"(accum {report['grad_accum_steps']})",
              f"{'program':34} {'compile s':>9} {'args':>7} {'temp':>7} {'need':>7} {'GiB of':>7} "
-             f"{'fits':>4} {'step ms':>8} {'MFU':>5}"]
+             f"{'fits':>4} {'HBM GB':>7} {'step ms':>8} {'MFU':>5}"]
     for p in report["programs"]:
         m = p.get("memory") or {}
         roof = p.get("roofline") or {}
@@ -542,14 +310,14 @@ def format_report(report: dict[str, Any]) -> str:
             step = mfu = "-"
         lines.append(f"{p['name'][:34]:34} {p['compile_s']:9.1f} {_gib(m.get('arguments')):>7} "
                      f"{_gib(m.get('temporaries')):>7} {_gib(m.get('required')):>7} "
-                     f"{_gib(p.get('capacity')):>7} {'yes' if p['fits'] else 'NO':>4} {step:>8} "
-                     f"{mfu:>5}")
+                     f"{_gib(p.get('capacity')):>7} {'yes' if p['fits'] else 'NO':>4} "
+                     f"{_gb(p.get('hbm_bytes')):>7} {step:>8} {mfu:>5}")
         if p.get("error"):
             lines.append(f"    {p['error']}")
     h = report["host"]
     line = f"host: checkpoint staging {_gib(h['checkpoint_staging_bytes'])} GiB per host"
     if "peak_bytes" in h:
-        line += (f", peak {_gib(h['peak_bytes'])} GiB (programs + staging) of "
+        line += (f", peak {_gib(h['peak_bytes'])} GiB (programs; saves are synchronous) of "
                  f"{_gib(h['host_memory_bytes'])} GiB RAM")
     lines.append(line)
     ph = report.get("phase")
@@ -601,10 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="", help="also write the report here")
     p.add_argument("--mix_batches", type=int, default=200,
                    help="train batches read from the dataset (if present) for the shape mix")
-    p.add_argument("--no_layer_cost", action="store_true",
-                   help="skip the 1- and 2-layer compiles that correct XLA's bytes accessed")
-    p.add_argument("--programs", default=",".join(PROGRAM_KINDS),
-                   help="which programs to compile, of " + ",".join(PROGRAM_KINDS))
+    p.add_argument("--programs", default=",".join(tp.PROGRAM_KINDS),
+                   help="which programs to compile, of " + ",".join(tp.PROGRAM_KINDS))
     p.add_argument("--largest_shape_only", action="store_true",
                    help="compile the train step for the largest batch shape only")
     p.add_argument("--no_suggest", action="store_true",
@@ -614,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unrecognized arguments: {bad}")
     kinds = tuple(k for k in args.programs.split(",") if k)
-    if not kinds or set(kinds) - set(PROGRAM_KINDS):
-        p.error(f"--programs {args.programs!r}: expected a comma list of {PROGRAM_KINDS}")
+    if not kinds or set(kinds) - set(tp.PROGRAM_KINDS):
+        p.error(f"--programs {args.programs!r}: expected a comma list of {tp.PROGRAM_KINDS}")
     if args.topology:
         try:
             topo_lib.prepare_environment(topo_lib.get(args.topology))
@@ -624,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         config = data_inspect.load_config(args.config, rest)
-        report = run(config, args.topology or None, layer_cost=not args.no_layer_cost,
-                     mix_batches=args.mix_batches, find_fix=not args.no_suggest, kinds=kinds,
+        report = run(config, args.topology or None, mix_batches=args.mix_batches, find_fix=not args.no_suggest, kinds=kinds,
                      largest_only=args.largest_shape_only,
                      progress=lambda m: print(m, file=sys.stderr, flush=True))
     except (cfg_lib.ConfigError, topo_lib.TopologyError, ValueError, FileNotFoundError) as e:
@@ -640,4 +405,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from mypt_jax import stack
+
+    stack.unlimited_for_tpu_compiles()
     raise SystemExit(main())

@@ -107,4 +107,7 @@ def cli(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from mypt_jax import stack
+
+    stack.unlimited_for_tpu_compiles()
     cli(sys.argv)

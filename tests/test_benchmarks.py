@@ -77,3 +77,17 @@ def test_aot_attention_compiles_splash_for_a_tpu_topology():
     # the stated floor: model FLOPs over the chips' published bf16 peak (v5e 197 TFLOP/s)
     assert run["predicted_step_s_at_100pct_mfu"] == pytest.approx(
         run["model_flops_per_step"] / (4 * 197e12), rel=1e-3)
+
+
+@pytest.mark.slow
+def test_preflight_table_rows_follow_the_reports(tmp_path):
+    report = _run("preflight_table.py", "--config", "configs/cpu_tiny.py", "--out", str(tmp_path),
+                  "--runs", "v5e-4", "v5e-4:remat=full,mesh_data=1,mesh_fsdp=-1")
+    plain, changed = report["rows"]
+    assert plain["mesh"] == "4x1x1" and plain["remat"] == "none"
+    assert changed["mesh"] == "1x4x1" and changed["remat"] == "full"
+    assert plain["fits"] and changed["fits"] and 0 < plain["mfu"] < 1
+    assert changed["step_ms"] > 0 and plain["need_gib"] > 0
+    saved = json.loads((tmp_path / "v5e-4_remat-full_mesh_data-1_mesh_fsdp--1.json").read_text())
+    assert saved["table"]["max_rss_bytes"] > 0 and saved["model"]["remat"] == "full"
+    assert report["markdown"].count("\n| v5e-4") == 2

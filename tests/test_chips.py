@@ -33,16 +33,27 @@ def test_phase3a_step_flops():
     # Full remat runs the blocks' forward again; the head is not rematerialised.
     full = chips.remat_flops(flops, "full")
     assert full == pytest.approx(flops["total"] + (flops["body"] + flops["attention"]) / 3)
-    assert chips.remat_flops(flops, "dots") == flops["total"]
+    # "dots" keeps the weight matmuls' outputs; attention's batched matmuls run again.
+    assert chips.remat_flops(flops, "dots") == pytest.approx(flops["total"] + flops["attention"] / 3)
+    assert chips.remat_flops(flops, "none") == flops["total"]
 
 
-def test_roofline_adds_compute_and_memory():
+def test_roofline_adds_compute_and_the_memory_it_cannot_overlap():
     chip = chips.CHIPS["v5p"]
     r = chips.roofline(chip, model_flops=4 * 459e12, executed_flops=4 * 459e12,
                        hbm_bytes=2765e9, devices=4)
     assert r["compute_s"] == pytest.approx(1.0) and r["memory_s"] == pytest.approx(1.0)
     assert r["step_s"] == pytest.approx(2.0) and r["step_s_bound"] == pytest.approx(1.0)
     assert r["mfu"] == pytest.approx(0.5) and r["mfu_bound"] == pytest.approx(1.0)
+    # Matmul and async-copy traffic overlaps the compute: 0.6 s of it hides under 1 s of
+    # FLOPs; 1.5 s
+    # of it does not, and only its excess over the compute shows.
+    hidden = chips.roofline(chip, model_flops=4 * 459e12, executed_flops=4 * 459e12,
+                            hbm_bytes=2765e9, overlapped_bytes=0.6 * 2765e9, devices=4)
+    assert hidden["step_s"] == pytest.approx(1.4) and hidden["overlapped_memory_s"] == pytest.approx(0.6)
+    slow = chips.roofline(chip, model_flops=4 * 459e12, executed_flops=4 * 459e12,
+                          hbm_bytes=2 * 2765e9, overlapped_bytes=1.5 * 2765e9, devices=4)
+    assert slow["step_s"] == pytest.approx(1.5 + 0.5)
     no_bytes = chips.roofline(chip, model_flops=1e12, executed_flops=1e12, hbm_bytes=None, devices=1)
     # Without bytes (compile-only GPU) only the compute bound is known.
     assert no_bytes["memory_s"] is None and no_bytes["step_s"] is None and no_bytes["mfu"] is None

@@ -6,6 +6,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import logging
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -562,3 +563,19 @@ def test_process_defaults_come_from_jax(dataset):
         episode_min_tokens=MIN_TOKENS,
     )
     _assert_batches_equal(_take(implicit, 2), _take(_iterator(root), 2))
+
+
+def test_config_overrides_parse_as_the_fields_types():
+    c = data_inspect.load_config("configs/cpu_tiny.py", [
+        "--config.length_buckets=(64, 512)", "--config.batch_size=4",
+        "--config.learning_rate=1e-3", "--config.use_loss_mask=false"])
+    assert c.length_buckets == (64, 512) and c.batch_size == 4
+    assert c.learning_rate == 1e-3 and c.use_loss_mask is False
+    assert data_inspect.load_config("configs/cpu_tiny.py",
+                                    ["--config.length_buckets=512"]).length_buckets == (512,)
+    for bad, says in [("--config.length_buckets=(5", "expected a tuple"),
+                      ("--config.batch_size=x", "expected an integer"),
+                      ("--config.use_loss_mask=maybe", "expected true/false"),
+                      ("--config.no_such_field=1", "expected --config.<field>=<value>")]:
+        with pytest.raises(ValueError, match=re.escape(bad) + ".*" + says):
+            data_inspect.load_config("configs/cpu_tiny.py", [bad])

@@ -1,0 +1,162 @@
+"""What `mypt_jax.train` compiles, as programs to lower ahead of time, with their FLOPs.
+
+One `Program` per train step batch shape (the padding-free layout's length buckets,
+`batching.step_shapes`), the eval step at the largest shape, and the generation loop of
+the eval prompts. Each lowers from abstract, sharded arrays (no weights, no data), so the
+same programs compile for this machine or for compile-only devices (`topology.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mypt_jax import batching, chips, optim
+from mypt_jax import config as cfg_lib
+from mypt_jax import train_step as ts
+from mypt_jax.model import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    name: str
+    kind: str  # "train" | "eval" | "decode"
+    model: ModelConfig
+    lower: Callable[[], Any]  # -> jax.stages.Lowered
+    model_flops: float  # all devices
+    executed_flops: float
+    hbm_bytes_model: float | None  # per device, where we model it instead of asking XLA
+    resident: int  # bytes per device alive during the program but not its argument
+    shape: dict[str, Any]
+
+
+def bytes_per_device(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (its shards)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def bytes_global(tree: Any) -> int:
+    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def sharded_batch(shape: batching.BatchShape, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    bsh = ts.batch_sharding(mesh)
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh)
+            for k, v in batching.abstract_batch(shape).items()}
+
+
+def replicated(x: Any, mesh) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=ts.replicated(mesh))
+
+
+def _attention(mc: ModelConfig, mesh, prob_dropout: bool) -> str:
+    """The full-sequence attention kernel the program runs (attention.py's choice)."""
+    from mypt_jax import attention
+
+    return attention.resolve(mc, attention.platform_of(mesh), prob_dropout=prob_dropout)[0]
+
+
+def _train_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape) -> Program:
+    c, mc = r.config, r.model_config
+    tx, schedule = optim.optimizer_from_config(c)
+
+    def lower():
+        step = ts.make_train_step(ts.model_def(mc), tx, schedule, mesh, seed=c.seed,
+                                  grad_accum_steps=c.grad_accum_steps,
+                                  loss_chunk_size=c.loss_chunk_size)
+        return step.lower(ts.abstract_state(tx, mc, mesh), sharded_batch(shape, mesh))
+
+    flops = chips.train_step_flops(mc, shape.rows, shape.length, shape.positions or None)
+    kernel = _attention(mc, mesh, mc.dropout > 0 and mc.attention_prob_dropout)
+    return Program(f"train_step {shape} {kernel}", "train", mc, lower, flops["total"],
+                   chips.remat_flops(flops, mc.remat), None, 0, dataclasses.asdict(shape))
+
+
+def _eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, resident: int) -> Program:
+    c, mc = r.config, r.model_config
+
+    def lower():
+        step = ts.make_eval_step(ts.model_def(mc), mesh, loss_chunk_size=c.loss_chunk_size)
+        return step.lower(ts.abstract_params(mc, mesh), sharded_batch(shape, mesh))
+
+    flops = chips.forward_flops(mc, shape.rows, shape.length, shape.positions or None)
+    kernel = _attention(mc, mesh, False)
+    return Program(f"eval_step {shape} {kernel}", "eval", mc, lower, flops, flops, None, resident,
+                   dataclasses.asdict(shape))
+
+
+def _decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
+    """The greedy generation loop of the eval prompts, as `evaluate.evaluate` calls it."""
+    from flax import nnx
+
+    from mypt_jax import decode, evaluate
+
+    c, mc = r.config, r.model_config
+    if not c.eval_prompts_file:
+        return None
+    prompts = evaluate.load_eval_prompts(c.eval_prompts_file).prompts
+    ids = decode.fit_prompts([r.tokenizer.encode(p) for p in prompts.values()],
+                             block_size=mc.block_size, max_new_tokens=c.eval_max_new_tokens)
+    B, P = len(ids), decode.prompt_bucket(max(len(x) for x in ids), mc.block_size)
+    N = decode.new_tokens_bucket(c.eval_max_new_tokens)
+    stops = len(decode.default_stop_ids(r.tokenizer))
+    width = max(decode.STOP_SLOTS, -(-stops // decode.STOP_SLOTS) * decode.STOP_SLOTS)
+
+    def lower():
+        mdef = ts.model_def(mc)
+        graphdef, state = nnx.split(mdef.merge(ts.abstract_params(mc, mesh)))
+        state = jax.tree.map(
+            lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else replicated(x, mesh), state)
+
+        def sds(shape, dtype):
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=ts.replicated(mesh))
+
+        sampling = {k: sds((), v.dtype) for k, v in decode.GREEDY.arrays().items()}
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        return decode._generate_jit.lower(
+            graphdef, state, sds((B, P), jnp.int32), sds((B,), jnp.int32), sds((), jnp.int32),
+            sampling, sds((width,), jnp.int32), sds((), key.dtype), sds((), jnp.bool_),
+            max_new_cap=N, penalty_window=decode.PENALTY_WINDOW)
+
+    # Every generated token reads all weights (storage dtype) and the KV cache once.
+    params = ts.abstract_params(mc, mesh)
+    cache = 2 * mc.n_layer * B * (P + N) * mc.n_embd * jnp.dtype(mc.dtype).itemsize
+    steps = N + 1  # the prefill, then one step per new token
+    hbm = steps * (bytes_global(params) + cache) / mesh.size
+    flops = B * (P + N) * chips.decode_flops_per_token(mc, (P + N) // 2)
+    return Program(f"generate {B}x{P}+{N}", "decode", mc, lower, flops, flops, hbm, resident,
+                   {"rows": B, "prompt": P, "new_tokens": N})
+
+
+PROGRAM_KINDS = ("train", "eval", "decode")
+
+
+def programs(r: cfg_lib.Resolved, mesh, hosts: int, kinds: tuple[str, ...] = PROGRAM_KINDS,
+             largest_only: bool = False) -> list[Program]:
+    """What `mypt_jax.train` compiles for this config (of `kinds`), largest train shape first.
+
+    `largest_only`: only the largest train shape (the most memory a step needs).
+    """
+    shapes = batching.step_shapes(r.config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"],
+                                  process_count=hosts)
+    shapes = sorted(shapes, key=lambda s: -s.rows * s.length)
+    if largest_only:
+        shapes = shapes[:1]
+    tx, _ = optim.optimizer_from_config(r.config)
+    opt_resident = bytes_per_device(ts.abstract_state(tx, r.model_config, mesh).opt_state)
+    out = [_train_program(r, mesh, s) for s in shapes] if "train" in kinds else []
+    if "eval" in kinds:
+        out.append(_eval_program(r, mesh, shapes[0], opt_resident))
+    decode_program = _decode_program(r, mesh, opt_resident) if "decode" in kinds else None
+    if decode_program is not None:
+        out.append(decode_program)
+    return out
