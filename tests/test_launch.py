@@ -660,10 +660,12 @@ def test_readme_trainer_flags_are_accepted_by_the_trainer():
     """The README's overrides parse with the real trainer flags and give the documented mesh."""
     runs = [w for w in readme_commands() if w[2] == "run"]
     assert len(runs) == 3
-    expected = {  # (mesh_data, mesh_fsdp, mesh_tensor, batch_size, grad_accum_steps, distributed)
-        "mypt-v4": (1, -1, 1, 16, 1, False),
-        "mypt-v5p": (1, -1, 1, 16, 1, True),
-        "me@h100-box": (-1, 1, 1, 16, 1, False),
+    # (mesh_data, mesh_fsdp, mesh_tensor, batch_size, grad_accum_steps, remat, distributed): the
+    # table's choice, FSDP over every device with remat "dots", is the phase configs' own.
+    expected = {
+        "mypt-v4": (1, -1, 1, 16, 1, "dots", False),
+        "mypt-v5p": (1, -1, 1, 16, 1, "dots", True),
+        "me@h100-box": (1, -1, 1, 16, 1, "dots", False),
     }
     probe = (
         "import json, sys\n"
@@ -672,11 +674,11 @@ def test_readme_trainer_flags_are_accepted_by_the_trainer():
         "flags.FLAGS(sys.argv)\n"
         "c = flags.FLAGS.config\n"
         "print(json.dumps([c.mesh_data, c.mesh_fsdp, c.mesh_tensor, c.batch_size,"
-        " c.grad_accum_steps, flags.FLAGS.distributed]))"
+        " c.grad_accum_steps, c.remat, flags.FLAGS.distributed]))"
     )
     for words in runs:
         machine = words[words.index("--name" if "--name" in words else "--host") + 1]
-        extra = words[words.index("--") + 1 :]
+        extra = words[words.index("--") + 1 :] if "--" in words else []
         result = subprocess.run(
             [sys.executable, "-c", probe, f"--config={launchlib.DEFAULT_CONFIG}", *extra],
             cwd=ROOT,
