@@ -38,6 +38,8 @@ def preflight(run: str, args, out: Path) -> dict:
     if args.dataset:
         cmd.append(f"--config.dataset_dir={args.dataset}")
     cmd += [f"--config.{kv}" for kv in fields.split(",") if kv]
+    if args.programs:
+        cmd += ["--programs", args.programs]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
@@ -108,6 +110,7 @@ def main(argv=None) -> None:
     p.add_argument("--runs", nargs="+", required=True, help="TOPOLOGY[:field=value,...] ...")
     p.add_argument("--dataset", default="", help="the config's prepared dataset (shape mix)")
     p.add_argument("--out", default="preflight_reports")
+    p.add_argument("--programs", default="", help="the preflight's --programs (default: all)")
     p.add_argument("--from_json", action="store_true", help="format the reports in --out")
     args = p.parse_args(argv)
     out = Path(args.out)

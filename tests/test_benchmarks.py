@@ -73,7 +73,7 @@ def test_aot_attention_compiles_splash_for_a_tpu_topology():
     assert "error" not in run, run
     assert (run["chips"], run["resolved"], run["pallas_kernel_in_hlo"]) == (4, "splash", True)
     assert run["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
-    assert run["memory_per_device"]["argument_size"] > 0
+    assert run["memory_per_device"]["arguments"] > 0
     # the stated floor: model FLOPs over the chips' published bf16 peak (v5e 197 TFLOP/s)
     assert run["predicted_step_s_at_100pct_mfu"] == pytest.approx(
         run["model_flops_per_step"] / (4 * 197e12), rel=1e-3)
