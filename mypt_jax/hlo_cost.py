@@ -12,16 +12,16 @@ from HBM. This module walks the compiled module instead:
   updates a buffer in place through `dynamic-update-slice` costs the update, not the buffer;
   so do a `slice`, `dynamic-slice` or `dynamic-update-slice` outside fusions; an async
   `copy-start`/`slice-start` (HBM to on-chip memory and back) costs its HBM side once;
-- a while loop costs its body times its trip count, read from the loop condition
-  (`counter < N` with a literal N); a loop whose count cannot be read counts once and is
-  reported in `unknown_loops`;
+- a while loop costs its body times its trip count (XLA's `known_trip_count`, else the loop
+  condition's `counter < N` with a literal N); a loop whose count cannot be read counts once
+  and is reported in `unknown_loops`; a conditional costs the mean of its branches;
 - instructions are split into `matmul` (a dot or convolution, alone or inside the fusion,
   or a matmul kernel: splash attention, cuBLAS, cuDNN), `async_copy` (the prefetches and
   evictions between HBM and on-chip memory that run beside other instructions),
-  `collective` (all-reduce, all-gather,
-  reduce-scatter, all-to-all, collective-permute) and `other` (elementwise, normalisation,
-  softmax, the optimizer update, copies). The roofline in `chips.py` overlaps the matmuls'
-  and async copies' traffic with the compute and adds the rest.
+  `collective` (all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute) and
+  `other` (elementwise, normalisation, softmax, the optimizer update, copies). The roofline
+  in `chips.py` overlaps the matmuls' and async copies' traffic with the compute and adds
+  the rest.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ _ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\](\{[^}]*\}
 _INSTR = re.compile(r"^(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$")
 _HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+)")
 _FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "opt-barrier",
-         "partition-id", "replica-id", "after-all", "add-dependency", "iota"}
+         "partition-id", "replica-id", "after-all", "add-dependency"}
 _DONE = re.compile(r"-done$")  # the matching -start carries the bytes
 _COLLECTIVE = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 # Custom calls that run kernels with matmuls in them (Pallas/Mosaic such as splash attention,
@@ -156,6 +156,15 @@ def _called(attrs: str, key: str) -> list[str]:
     return re.findall(r"%?([\w.\-]+)", m.group(1))
 
 
+def _users(instrs) -> dict[str, list[_Instr]]:
+    """Value name -> the instructions that read it."""
+    users: dict[str, list[_Instr]] = {}
+    for i in instrs:
+        for o in i.operands:
+            users.setdefault(o, []).append(i)
+    return users
+
+
 def _source(body: dict[str, _Instr], name: str) -> str:
     """The value a chain of bitcasts starts from."""
     while name in body and body[name].op == "bitcast":
@@ -187,10 +196,7 @@ class _Module:
             return array_bytes(instr.shape) + sum(array_bytes(self.shapes.get(o, ""))
                                                   for o in instr.operands)
         params = {i.name: int(i.args) for i in body.values() if i.op == "parameter"}
-        users: dict[str, list[_Instr]] = {}
-        for i in body.values():
-            for o in i.operands:
-                users.setdefault(o, []).append(i)
+        users = _users(body.values())
         root = list(body.values())[-1]
         outputs = list(root.operands) if root.op == "tuple" else [root.name]
         out_arrays = _ARRAY.findall(instr.shape)
@@ -223,10 +229,7 @@ class _Module:
             elif u.op == "fusion":
                 inner = next(iter(_called(u.attrs, "calls")), "")
                 body = self.comps.get(inner, [])
-                inner_users: dict[str, list[_Instr]] = {}
-                for i in body:
-                    for o in i.operands:
-                        inner_users.setdefault(o, []).append(i)
+                inner_users = _users(body)
                 for k, operand in enumerate(u.operands):
                     if operand != value:
                         continue
