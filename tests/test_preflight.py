@@ -152,8 +152,8 @@ def test_tiny_model_on_v5e_4(tmp_path):
     assert train["model_flops"] > 0 and train["xla_cost"]["bytes_accessed"] > 0
     hbm = train["hbm"]
     assert hbm["unknown_loops"] == 0 and hbm["matmul"] > 0 and hbm["other"] > 0
-    assert train["hbm_bytes"] == pytest.approx(
-        hbm["matmul"] + hbm["async_copy"] + hbm["collective"] + hbm["other"])
+    assert train["hbm_bytes"] == pytest.approx(  # the JSON keeps 4 significant digits
+        hbm["matmul"] + hbm["async_copy"] + hbm["collective"] + hbm["other"], rel=1e-3)
     assert 0 < train["roofline"]["mfu"] <= train["roofline"]["mfu_bound"] <= 1
     # Eval and generation run while the optimizer state stays in memory.
     assert report["programs"][1]["memory"]["resident"] > 0
