@@ -156,6 +156,10 @@ def _called(attrs: str, key: str) -> list[str]:
     return re.findall(r"%?([\w.\-]+)", m.group(1))
 
 
+def _is_matmul(i: _Instr) -> bool:
+    return i.op in ("dot", "convolution") or _KERNEL_TARGET.search(i.attrs) is not None
+
+
 def _users(instrs) -> dict[str, list[_Instr]]:
     """Value name -> the instructions that read it."""
     users: dict[str, list[_Instr]] = {}
@@ -183,18 +187,20 @@ class _Module:
         if comp not in self._matmul:
             self._matmul[comp] = False  # guards recursion
             self._matmul[comp] = any(
-                i.op in ("dot", "convolution") or _KERNEL_TARGET.search(i.attrs) is not None
-                or (i.op == "fusion" and any(self.has_matmul(c) for c in _called(i.attrs, "calls")))
+                _is_matmul(i) or (i.op == "fusion" and any(self.has_matmul(c) for c in _called(i.attrs, "calls")))
                 for i in self.comps.get(comp, []))
         return self._matmul[comp]
+
+    def plain_bytes(self, i: _Instr) -> float:
+        """Output plus every operand, whole (XLA's own count, HBM only)."""
+        return array_bytes(i.shape) + sum(array_bytes(self.shapes.get(o, "")) for o in i.operands)
 
     def fusion_bytes(self, instr: _Instr) -> float:
         """Output plus operands of a fusion, counting dynamic slices and in-place updates."""
         fused = next(iter(_called(instr.attrs, "calls")), None)
         body = {i.name: i for i in self.comps.get(fused, [])}
         if not body:
-            return array_bytes(instr.shape) + sum(array_bytes(self.shapes.get(o, ""))
-                                                  for o in instr.operands)
+            return self.plain_bytes(instr)
         params = {i.name: int(i.args) for i in body.values() if i.op == "parameter"}
         users = _users(body.values())
         root = list(body.values())[-1]
@@ -214,18 +220,18 @@ class _Module:
             if pname in in_place or idx >= len(instr.operands):
                 continue
             full = array_bytes(self.shapes.get(instr.operands[idx], ""))
-            total += min(full, self._read(fused, pname, users, full))
+            total += min(full, self._read(pname, users, full))
         return total
 
-    def _read(self, comp: str, value: str, users: dict[str, list[_Instr]], full: float) -> float:
-        """Bytes of `value` (a parameter of fused computation `comp`) that its users read:
+    def _read(self, value: str, users: dict[str, list[_Instr]], full: float) -> float:
+        """Bytes of `value` (a fused computation's parameter) that its `users` read:
         dynamic slices of it, through bitcasts and nested fusions; else all of it."""
         total = 0.0
         for u in users.get(value, []):
             if u.op == "dynamic-slice" and u.operands[0] == value:
                 total += array_bytes(u.shape, hbm_only=False)
             elif u.op == "bitcast":
-                total += self._read(comp, u.name, users, full)
+                total += self._read(u.name, users, full)
             elif u.op == "fusion":
                 inner = next(iter(_called(u.attrs, "calls")), "")
                 body = self.comps.get(inner, [])
@@ -235,7 +241,7 @@ class _Module:
                         continue
                     param = next((i.name for i in body if i.op == "parameter" and int(i.args) == k),
                                  None)
-                    total += full if param is None else self._read(inner, param, inner_users, full)
+                    total += full if param is None else self._read(param, inner_users, full)
             else:
                 return full
         return total
@@ -264,10 +270,14 @@ class _Module:
                 for body in _called(i.attrs, "body"):
                     self.cost(body, out, times * (n or 1))
                 continue
-            if i.op in ("call", "conditional"):
-                branches = _called(i.attrs, "to_apply") + _called(i.attrs, "branch_computations")
-                for c in branches[:1] if i.op == "call" else branches:
-                    self.cost(c, out, times / (1 if i.op == "call" else len(branches)))
+            if i.op == "call":
+                for c in _called(i.attrs, "to_apply"):
+                    self.cost(c, out, times)
+                continue
+            if i.op == "conditional":  # which branch runs is not known: their mean
+                branches = _called(i.attrs, "branch_computations")
+                for c in branches:
+                    self.cost(c, out, times / len(branches))
                 continue
             matmul, overlapped = False, False
             if i.op == "fusion":
@@ -285,9 +295,8 @@ class _Module:
             elif i.op == "dynamic-update-slice":  # in place: reads and writes the update
                 nbytes = 2 * array_bytes(self.shapes.get(i.operands[1], ""))
             else:
-                nbytes = array_bytes(i.shape) + sum(array_bytes(self.shapes.get(o, ""))
-                                                    for o in i.operands)
-                matmul = i.op in ("dot", "convolution") or _KERNEL_TARGET.search(i.attrs) is not None
+                nbytes = self.plain_bytes(i)
+                matmul = _is_matmul(i)
             if any(i.op.startswith(c) for c in _COLLECTIVE):
                 out.collective += times * nbytes
             elif matmul:

@@ -162,9 +162,7 @@ def check_train_step(step_fn: Any, r: cfg_lib.Resolved, tx: Any, mesh,
     capacity = capacity or dm.device_capacity(mesh.devices.flat[0])
     if capacity is None:
         return None
-    shape = max(batching.step_shapes(r.config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"],
-                                     process_count=jax.process_count()),
-                key=lambda s: s.rows * s.length)
+    shape = tp.train_shapes(r.config, mesh, jax.process_count())[0]
     try:
         compiled = step_fn.lower(ts.abstract_state(tx, r.model_config, mesh),
                                  tp.sharded_batch(shape, mesh)).compile()
@@ -196,14 +194,15 @@ def host_report(r: cfg_lib.Resolved, mesh, target: Target, results: list[dict]) 
     """
     tx, _ = optim.optimizer_from_config(r.config)
     state = tp.bytes_global(ts.abstract_state(tx, r.model_config, mesh))
-    staging = state // target.hosts  # orbax copies each unique shard once, on its own host
+    cpu = target.chip is None  # device memory is host memory; saves are synchronous
+    # orbax copies each unique shard once, on its own host
+    staging = 0 if cpu else state // target.hosts
     out: dict[str, Any] = {"state_bytes": state, "checkpoint_staging_bytes": staging}
-    if target.chip is None:  # CPU: device memory is host memory
+    if cpu:
         local = len(target.devices) // target.hosts
         worst = max((p["memory"]["required"] for p in results if p.get("memory", {}).get("required")),
                     default=0)
         out["programs_bytes"] = worst * local
-        out["checkpoint_staging_bytes"] = 0  # synchronous saves
         out["peak_bytes"] = worst * local
         out["host_memory_bytes"] = target.host_memory
         out["fits"] = target.host_memory is None or out["peak_bytes"] <= target.host_memory

@@ -140,15 +140,20 @@ def _decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
 PROGRAM_KINDS = ("train", "eval", "decode")
 
 
+def train_shapes(config, mesh, hosts: int) -> list[batching.BatchShape]:
+    """Every train batch shape the layout can produce, the largest (rows x length) first."""
+    shapes = batching.step_shapes(config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"],
+                                  process_count=hosts)
+    return sorted(shapes, key=lambda s: -s.rows * s.length)
+
+
 def programs(r: cfg_lib.Resolved, mesh, hosts: int, kinds: tuple[str, ...] = PROGRAM_KINDS,
              largest_only: bool = False) -> list[Program]:
     """What `mypt_jax.train` compiles for this config (of `kinds`), largest train shape first.
 
     `largest_only`: only the largest train shape (the most memory a step needs).
     """
-    shapes = batching.step_shapes(r.config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"],
-                                  process_count=hosts)
-    shapes = sorted(shapes, key=lambda s: -s.rows * s.length)
+    shapes = train_shapes(r.config, mesh, hosts)
     if largest_only:
         shapes = shapes[:1]
     tx, _ = optim.optimizer_from_config(r.config)
