@@ -44,14 +44,13 @@ def preflight(run: str, args, out: Path) -> dict:
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
-        proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         stderr = err.read()
+    code = os.waitstatus_to_exitcode(status)
     if not out.exists():
-        raise SystemExit(f"{run}: the preflight wrote no report (exit {proc.returncode}):\n"
-                         + stderr[-3000:])
+        raise SystemExit(f"{run}: the preflight wrote no report (exit {code}):\n" + stderr[-3000:])
     report = json.loads(out.read_text())
-    report["table"] = {"run": run, "wall_s": time.perf_counter() - t0, "exit": proc.returncode,
+    report["table"] = {"run": run, "wall_s": time.perf_counter() - t0, "exit": code,
                        "max_rss_bytes": usage.ru_maxrss * 1024}
     out.write_text(json.dumps(report, indent=2))
     return report

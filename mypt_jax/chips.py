@@ -34,11 +34,12 @@ Roofline of one compiled program, per device (communication between devices igno
 Executed FLOPs are the model FLOPs plus the forward pass that remat "full" recomputes
 (a third of the training FLOPs again); "dots" saves the weight matmuls' outputs and
 recomputes the elementwise work and attention's forward (its matmuls have batch dims, so
-the policy does not save them). XLA runs a step's instructions one after another: a matmul (with the
-elementwise work fused into it) streams its operands while the MXU computes, and the
-compiler's asynchronous copies between HBM and on-chip memory prefetch the next operands
-meanwhile, so their bytes overlap the FLOPs; the other instructions (normalisation, softmax, dropout, the optimizer
-update, copies, collectives) run at HBM bandwidth, so their time adds. `step_s_bound` =
+the policy does not save them). XLA runs a step's instructions one after another: a matmul
+(with the elementwise work fused into it) streams its operands while the MXU computes, and
+the compiler's asynchronous copies between HBM and on-chip memory prefetch the next
+operands meanwhile, so their bytes overlap the FLOPs; the other instructions
+(normalisation, softmax, dropout, the optimizer update, copies, collectives) run at HBM
+bandwidth, so their time adds. `step_s_bound` =
 max(compute_s, memory_s) is the optimistic bound. Bytes come from the compiled program
 (`hlo_cost.py`: HBM only, every loop iteration counted); FLOPs never do: XLA counts a
 scanned layer body once.
