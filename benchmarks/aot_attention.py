@@ -43,7 +43,8 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other processes may 
 import jax  # noqa: E402
 
 from benchmarks import bench_train, common  # noqa: E402
-from mypt_jax import attention, sharding  # noqa: E402
+from mypt_jax.model import attention  # noqa: E402
+from mypt_jax.parallel import sharding  # noqa: E402
 
 # v5p-8 = 4 chips (2x2x1), v6e-8 = 8 chips (2x4); data parallel, and v6e fully sharded too.
 DEFAULT_RUNS = (

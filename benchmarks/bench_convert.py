@@ -25,9 +25,9 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from mypt_jax import torch_pickle, upstream
+from mypt_jax.data.tokenizer import Tokenizer, head_tokenizer
+from mypt_jax.interop import torch_pickle, upstream
 from mypt_jax.model import ModelConfig
-from mypt_jax.tokenizer import Tokenizer, head_tokenizer
 
 
 class SyntheticTensor:

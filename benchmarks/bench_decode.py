@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from mypt_jax import decode  # noqa: E402
+from mypt_jax.decoding import decode  # noqa: E402
 from mypt_jax.model import GPT, ModelConfig  # noqa: E402
 
 MODELS = {

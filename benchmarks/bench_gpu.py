@@ -181,7 +181,7 @@ def attention(args) -> dict[str, Any]:
 def decoding(args) -> dict[str, Any]:
     from flax import nnx
 
-    from mypt_jax import decode
+    from mypt_jax.decoding import decode
     from mypt_jax.model import GPT, ModelConfig
 
     over = SMOKE_SHAPE if args.smoke else dict(n_layer=32, n_embd=1280, n_head=20, block_size=512)
@@ -213,7 +213,7 @@ def decoding(args) -> dict[str, Any]:
 
 def data_throughput(args) -> dict[str, Any]:
     from benchmarks import bench_loader
-    from mypt_jax.prepare import prepare
+    from mypt_jax.data.prepare import prepare
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench_gpu-") as tmp:

@@ -18,8 +18,9 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from mypt_jax import data, episodes
-from mypt_jax.tokenizer import Tokenizer
+from mypt_jax.data import episodes
+from mypt_jax.data import loader as data
+from mypt_jax.data.tokenizer import Tokenizer
 
 
 def make_dataset(root: Path, num_episodes: int, seed: int = 0) -> dict:

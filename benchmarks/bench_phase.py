@@ -46,9 +46,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import bench_train, common  # noqa: E402
-from mypt_jax import batching, data, optim, sharding  # noqa: E402
-from mypt_jax import train_step as ts  # noqa: E402
-from mypt_jax.data_inspect import load_config  # noqa: E402
+from mypt_jax.data import batching  # noqa: E402
+from mypt_jax.data import loader as data  # noqa: E402
+from mypt_jax.data.inspect import load_config  # noqa: E402
+from mypt_jax.parallel import sharding  # noqa: E402
+from mypt_jax.training import optim  # noqa: E402
+from mypt_jax.training import step as ts  # noqa: E402
 
 LAYOUTS = {  # name -> (length buckets: default?, loss_positions, pack)
     "padded": (False, batching.ALL_POSITIONS, False),

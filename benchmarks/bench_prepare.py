@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mypt_jax.prepare import prepare  # noqa: E402
+from mypt_jax.data.prepare import prepare  # noqa: E402
 
 
 def _run(module: str, *args: str) -> None:

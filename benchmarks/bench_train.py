@@ -38,10 +38,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from mypt_jax import batching, data, optim, sharding  # noqa: E402
-from mypt_jax import config as cfg_lib  # noqa: E402
-from mypt_jax import train_step as ts  # noqa: E402
+from mypt_jax.data import batching  # noqa: E402
+from mypt_jax.data import loader as data  # noqa: E402
 from mypt_jax.model import ModelConfig  # noqa: E402
+from mypt_jax.parallel import sharding  # noqa: E402
+from mypt_jax.training import config as cfg_lib  # noqa: E402
+from mypt_jax.training import optim  # noqa: E402
+from mypt_jax.training import step as ts  # noqa: E402
 
 SHAPES: dict[str, dict[str, int]] = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=4, block_size=64, batch_size=4),  # smoke tests
@@ -136,7 +139,7 @@ class TorchStep:
         import torch
         import torch.nn.functional as F
 
-        from mypt_jax import upstream
+        from mypt_jax.interop import upstream
         from tests.torch_reference import Cfg, TorchGPT
 
         self.torch, self.F = torch, F

@@ -20,9 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mypt_jax import config as cfg_lib  # noqa: E402
-from mypt_jax import data, data_inspect, optim, sharding  # noqa: E402
-from mypt_jax import train_step as ts  # noqa: E402
+from mypt_jax.data import inspect as data_inspect
+from mypt_jax.data import loader as data  # noqa: E402
+from mypt_jax.parallel import sharding
+from mypt_jax.training import config as cfg_lib  # noqa: E402
+from mypt_jax.training import optim
+from mypt_jax.training import step as ts  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -17,15 +17,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mypt_jax import hostmem
-from mypt_jax.chips import (  # noqa: F401 - re-exported for the benchmark scripts
+from mypt_jax.parallel import hostmem
+from mypt_jax.preflight.chips import (  # noqa: F401 - re-exported for the benchmark scripts
     body_matmul_params,
     decode_flops_per_token,
     model_shape,
     published_bf16_peak,
     train_step_flops,
 )
-from mypt_jax.preflight import rounded  # noqa: F401 - re-exported for the benchmark scripts
+from mypt_jax.preflight.report import rounded  # noqa: F401 - re-exported for the benchmark scripts
 
 # Every benchmark runs with the host allocator settings of our entry points (torch, in the
 # same process, gets them too).
@@ -130,7 +130,7 @@ def device_memory(device: Any = None) -> dict[str, int] | None:
 
 def compiled_memory(compiled: Any) -> dict[str, int] | None:
     """XLA's own buffer accounting of a compiled executable (`device_memory.from_compiled`)."""
-    from mypt_jax import device_memory
+    from mypt_jax.parallel import device_memory
 
     report = device_memory.from_compiled(compiled)
     return report.to_dict() if report else None

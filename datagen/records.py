@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from mypt_jax.chat import ROLES, SYSTEM_PROMPT
+from mypt_jax.data.chat import ROLES, SYSTEM_PROMPT
 
 RECORD_KEYS = ("system", "context", "messages", "language")
 

@@ -20,10 +20,11 @@ import numpy as np
 from etils.epath import Path
 from flax import nnx
 
-from mypt_jax import batching, model_io, upstream
-from mypt_jax.model import GPT, ModelConfig, from_params
-from mypt_jax.paths import as_path
-from mypt_jax.tokenizer import Tokenizer
+from mypt_jax.data import batching
+from mypt_jax.data.paths import as_path
+from mypt_jax.data.tokenizer import Tokenizer
+from mypt_jax.interop import model_io, upstream
+from mypt_jax.model.transformer import GPT, ModelConfig, from_params
 
 
 class MyPTModel:
@@ -97,7 +98,7 @@ class MyPTModel:
         `max_new_tokens`: 100, or what block_size leaves after the longest prompt (warns).
         Returns one `decode.Generation` (prompt, completion, ids, stopped_by) per prompt.
         """
-        from mypt_jax import decode
+        from mypt_jax.decoding import decode
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return decode.generate_text(self, self.tokenizer, prompts, **sampling)

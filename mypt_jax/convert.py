@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from mypt_jax import model_io, upstream
-from mypt_jax.torch_pickle import CheckpointError
+from mypt_jax.interop import model_io, upstream
+from mypt_jax.interop.torch_pickle import CheckpointError
 
 _NP_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _PARAM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}

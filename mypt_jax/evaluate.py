@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mypt_jax import decode
-from mypt_jax.paths import read_json
-from mypt_jax.tokenizer import SEED_SPECIAL_TOKENS, Tokenizer
+from mypt_jax.data.paths import read_json
+from mypt_jax.data.tokenizer import SEED_SPECIAL_TOKENS, Tokenizer
+from mypt_jax.decoding import decode
 
 # Same strings in the seed and the newer token maps; only their ids moved.
 _STOP_TAGS = (SEED_SPECIAL_TOKENS["myPT_assistant_close"], SEED_SPECIAL_TOKENS["myPT_eot"])

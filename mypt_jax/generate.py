@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mypt_jax import decode
+from mypt_jax.decoding import decode
 
 # Upstream --mode values other than basic ignore the sampling flags and use a fixed preset.
 MODE_PRESETS = {"qa": "factual", "creative": "creative", "factual": "factual", "code": "code"}

@@ -20,7 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mypt_jax import upstream_cli
+from mypt_jax.interop import upstream_cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "preset file (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the run lives (overrides config.workdir)")
@@ -37,15 +37,15 @@ def main(argv, upstream: upstream_cli.Translation | None = None,
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     import jax
 
-    from mypt_jax import distributed, hostmem
+    from mypt_jax.parallel import distributed, hostmem
 
     hostmem.keep_freed_memory()
 
     # Joins when the environment names a coordinator (or --distributed forces it, as on TPU
     # pods); must run before anything touches the JAX backend.
     distributed.maybe_initialize(force=_DISTRIBUTED.value)
-    from mypt_jax import trainer
-    from mypt_jax.config import ConfigError
+    from mypt_jax.training import trainer
+    from mypt_jax.training.config import ConfigError
 
     try:
         config = _CONFIG.value
@@ -107,7 +107,7 @@ def cli(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from mypt_jax import stack
+    from mypt_jax.parallel import stack
 
     stack.unlimited_for_tpu_compiles()
     cli(sys.argv)

@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--eval_prompts_file", default="", help="also generate at every eval")
     args = p.parse_args()
 
-    from mypt_jax import distributed
+    from mypt_jax.parallel import distributed
 
     if args.num_processes > 1:
         distributed.maybe_initialize(
@@ -47,7 +47,7 @@ def main() -> None:
     import jax
     import train_helpers
 
-    from mypt_jax import trainer
+    from mypt_jax.training import trainer
 
     summaries = []
     for steps in (FIRST_STEPS, TOTAL_STEPS):

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mypt_jax import attention, sharding
-from mypt_jax import loss as loss_lib
-from mypt_jax.model import GPT, ConfigError, ModelConfig
+from mypt_jax.model import GPT, ConfigError, ModelConfig, attention
+from mypt_jax.model import loss as loss_lib
+from mypt_jax.parallel import sharding
 
 # head_dim 64, the 750M model's
 CFG = ModelConfig(block_size=256, vocab_size=96, n_embd=128, n_head=2, n_layer=2, dropout=0.0)
@@ -187,8 +187,8 @@ def test_packed_rows_through_sharded_splash_equal_unpacked_einsum_loss():
 def test_auto_compiles_the_splash_kernel_for_a_tpu_topology(monkeypatch):
     from jax.experimental import topologies
 
-    from mypt_jax import optim
-    from mypt_jax import train_step as ts
+    from mypt_jax.training import optim
+    from mypt_jax.training import step as ts
 
     monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")  # no GCE metadata server here
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # another process may hold libtpu
@@ -310,7 +310,7 @@ def test_configs_written_before_the_attention_fields_still_load():
 
 def test_training_config_fields_reach_the_model_config():
     from configs import base
-    from mypt_jax import config as cfg_lib
+    from mypt_jax.training import config as cfg_lib
 
     c = base.get_config()
     assert (c.attention, c.attention_prob_dropout) == ("auto", True)

@@ -9,10 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mypt_jax import batching, data, sharding
-from mypt_jax import train_step as ts
+from mypt_jax.data import batching
+from mypt_jax.data import loader as data
+from mypt_jax.data.prepare import prepare
 from mypt_jax.model import ModelConfig
-from mypt_jax.prepare import prepare
+from mypt_jax.parallel import sharding
+from mypt_jax.training import step as ts
 
 BLOCK = 32
 WORDS = "apple blue cat door egg fish green house ice jam kite lamp moon nest owl pear".split()

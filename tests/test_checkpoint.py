@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import train_helpers
 
-from mypt_jax import checkpoint, data, optim, sharding
-from mypt_jax import train_step as ts
+from mypt_jax.data import loader as data
 from mypt_jax.model import ModelConfig
+from mypt_jax.parallel import sharding
+from mypt_jax.training import checkpoint, optim
+from mypt_jax.training import step as ts
 
 CFG = ModelConfig(block_size=16, vocab_size=50304, n_embd=16, n_head=2, n_layer=1)
 
@@ -69,7 +71,7 @@ def test_params_only_restore(tmp_path):
 
 
 def test_nan_loss_stops_naming_step_and_last_good_checkpoint(dataset, tmp_path):
-    from mypt_jax import trainer
+    from mypt_jax.training import trainer
 
     c = train_helpers.tiny_config(dataset, tmp_path / "run", learning_rate=1e9, grad_clip=0.0,
                                   warmup_iters=0, max_iters=30, eval_interval=4,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from mypt_jax import chips
 from mypt_jax.model import ModelConfig
+from mypt_jax.preflight import chips
 
 PHASE3A = ModelConfig(n_layer=32, n_embd=1280, n_head=20, block_size=512, vocab_size=50304)
 

@@ -7,10 +7,10 @@ import pytest
 import train_helpers
 
 from configs import cpu_tiny, phase3a1_alpha, phase3a1_beta, phase3a1_gamma, phase3a2
-from mypt_jax import config as cfg_lib
-from mypt_jax import trainer
+from mypt_jax.data.tokenizer import Tokenizer
 from mypt_jax.model import ModelConfig
-from mypt_jax.tokenizer import Tokenizer
+from mypt_jax.training import config as cfg_lib
+from mypt_jax.training import trainer
 
 
 @pytest.fixture(scope="module")

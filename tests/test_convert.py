@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import mypt_jax
-from mypt_jax import convert, model_io, torch_pickle, upstream
-from mypt_jax.tokenizer import Tokenizer, head_tokenizer
+from mypt_jax import convert
+from mypt_jax.data.tokenizer import Tokenizer, head_tokenizer
+from mypt_jax.interop import model_io, torch_pickle, upstream
 from tests.test_model import ARCHS, PROMPT_IDS, TINY, greedy_nocache
 from tests.torch_reference import Cfg, TorchGPT, load_upstream_dir, write_upstream_dir
 
@@ -290,9 +291,9 @@ def test_load_accepts_a_training_run_directory(tmp_path):
     from flax import nnx
 
     import mypt_jax
-    from mypt_jax import model_io
+    from mypt_jax.data.tokenizer import Tokenizer
+    from mypt_jax.interop import model_io
     from mypt_jax.model import GPT, ModelConfig
-    from mypt_jax.tokenizer import Tokenizer
 
     config = ModelConfig(block_size=32, n_embd=32, n_head=2, n_layer=1, dropout=0.0)
     module = GPT(config, rngs=nnx.Rngs(0))

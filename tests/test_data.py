@@ -15,9 +15,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mypt_jax import data, data_inspect, episodes
-from mypt_jax.episodes import DatasetError
-from mypt_jax.tokenizer import SEED_SPECIAL_TOKENS, Tokenizer
+from mypt_jax.data import episodes
+from mypt_jax.data import inspect as data_inspect
+from mypt_jax.data import loader as data
+from mypt_jax.data.episodes import DatasetError
+from mypt_jax.data.tokenizer import SEED_SPECIAL_TOKENS, Tokenizer
 
 CONFIG_FILE = Path(__file__).with_name("data_config_for_tests.py")
 EOT = 50271
@@ -325,7 +327,7 @@ def test_batch_not_divisible_by_processes(dataset):
 def test_global_batch_on_mesh(dataset):
     import jax
 
-    from mypt_jax.sharding import make_mesh
+    from mypt_jax.parallel.sharding import make_mesh
 
     root, _ = dataset
     local = next(_iterator(root))
@@ -503,7 +505,7 @@ def test_prepared_dataset_dump_matches_reference_from_raw_files(tmp_path):
     """prepare -> inspect --out -> the reference fed straight from np.fromfile of the files."""
     import json
 
-    from mypt_jax import prepare
+    from mypt_jax.data import prepare
 
     jsonl = tmp_path / "chats.jsonl"
     with jsonl.open("w") as f:

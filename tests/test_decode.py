@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mypt_jax import decode, generate
+from mypt_jax import generate
+from mypt_jax.data.tokenizer import Tokenizer
+from mypt_jax.decoding import decode
 from mypt_jax.model import GPT, ModelConfig
-from mypt_jax.tokenizer import Tokenizer
 
 BLOCK = 128
 GENERATIONS = {
@@ -417,9 +418,10 @@ def test_loaded_model_generate_matches_library(tmp_path):
     from flax import nnx
 
     import mypt_jax
-    from mypt_jax import decode, model_io
+    from mypt_jax.data.tokenizer import Tokenizer
+    from mypt_jax.decoding import decode
+    from mypt_jax.interop import model_io
     from mypt_jax.model import GPT, ModelConfig
-    from mypt_jax.tokenizer import Tokenizer
 
     config = ModelConfig(block_size=64, n_embd=32, n_head=2, n_layer=1, dropout=0.0)
     module = GPT(config, rngs=nnx.Rngs(3))

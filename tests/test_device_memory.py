@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from mypt_jax import device_memory as dm
+from mypt_jax.parallel import device_memory as dm
 
 GIB = 2**30
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mypt_jax import decode, evaluate
-from mypt_jax.chat import SYSTEM_PROMPT, chat_prompt
+from mypt_jax import evaluate
+from mypt_jax.data.chat import SYSTEM_PROMPT, chat_prompt
+from mypt_jax.data.tokenizer import Tokenizer
+from mypt_jax.decoding import decode
 from mypt_jax.model import GPT, ModelConfig
-from mypt_jax.tokenizer import Tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "sft_eval"
 
@@ -178,7 +179,7 @@ def test_cli_errors_name_the_prompts_file(tmp_path, capsys):
 
 def test_cli_default_max_new_tokens_fits_a_short_block(tmp_path, capsys):
     """The README's Step 4 evaluate command on a block-64 model (the quickstart's) answers."""
-    from mypt_jax import model_io
+    from mypt_jax.interop import model_io
 
     tok = Tokenizer()
     prompts_file = CONFIGS / "phase3a1_alpha_test_prompts.json"

@@ -1,5 +1,5 @@
-from mypt_jax import health
-from mypt_jax.tokenizer import Tokenizer
+from mypt_jax.data.tokenizer import Tokenizer
+from mypt_jax.training import health
 
 TAGS = list(Tokenizer().id_by_string)
 

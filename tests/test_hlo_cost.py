@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mypt_jax import hlo_cost
+from mypt_jax.preflight import hlo_cost
 
 # A 4-iteration loop whose body reads one [8,128] f32 layer of a stacked [4,8,128] weight
 # (through a nested fusion), multiplies it into a [16,8] activation held on chip, and

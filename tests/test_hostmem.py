@@ -4,14 +4,14 @@ import sys
 
 import pytest
 
-from mypt_jax import hostmem
+from mypt_jax.parallel import hostmem
 
 # A child process, so the settings do not leak into the test session. It allocates and frees
 # a 256 MB buffer twice and counts the minor page faults of the second allocation: glibc's
 # default maps a fresh buffer (one fault per 4 KB page), the tuned heap reuses the pages.
 _CHILD = """
 import ctypes, resource, sys
-from mypt_jax import hostmem
+from mypt_jax.parallel import hostmem
 applied = hostmem.keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

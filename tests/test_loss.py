@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from mypt_jax import loss
+from mypt_jax.model import loss
 
 
 def _ce(logits, targets, mask):

@@ -8,7 +8,7 @@ import torch
 from flax import nnx
 
 from mypt_jax import model as M
-from mypt_jax import upstream
+from mypt_jax.interop import upstream
 from tests.torch_reference import Cfg, TorchGPT
 
 # UPSTREAM_MODEL.md §2.4: the seed doc's prompt, 25 ids.

@@ -138,7 +138,7 @@ def test_two_processes_equal_one(tmp_path):
 
 
 def test_environment_decides_whether_to_join():
-    from mypt_jax.distributed import DistributedError, requested
+    from mypt_jax.parallel.distributed import DistributedError, requested
 
     assert requested({}) is None
     assert requested({"SLURM_NTASKS": "1", "OMPI_COMM_WORLD_SIZE": "1"}) is None
@@ -156,7 +156,7 @@ def test_environment_decides_whether_to_join():
 
 
 def test_single_process_does_not_join_and_late_join_is_refused(monkeypatch):
-    from mypt_jax import distributed
+    from mypt_jax.parallel import distributed
 
     for var in (*_DIST_ENV, "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)

@@ -5,8 +5,8 @@ import optax
 import pytest
 import torch
 
-from mypt_jax import optim
 from mypt_jax.model import ModelConfig, param_shapes
+from mypt_jax.training import optim
 
 
 def _flat(tree, prefix=""):

@@ -18,9 +18,11 @@ import train_helpers
 from etils.epath import backend as epath_backend
 from fsspec.implementations.memory import MemoryFileSystem
 
-from mypt_jax import checkpoint, config, metrics, model_io, paths, upstream
+from mypt_jax.data import paths
+from mypt_jax.data.tokenizer import Tokenizer
+from mypt_jax.interop import model_io, upstream
 from mypt_jax.model import ModelConfig, param_shapes
-from mypt_jax.tokenizer import Tokenizer
+from mypt_jax.training import checkpoint, config, metrics
 
 TINY = ModelConfig(block_size=16, vocab_size=50304, n_embd=16, n_head=2, n_layer=2,
                    param_dtype="bfloat16")

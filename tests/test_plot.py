@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mypt_jax import plot
+from mypt_jax.training import plot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import jax
 import pytest
 
-from mypt_jax import config as cfg_lib
-from mypt_jax import optim, preflight, sharding
+from mypt_jax.parallel import sharding
+from mypt_jax.preflight import report as preflight
+from mypt_jax.training import config as cfg_lib
+from mypt_jax.training import optim
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -209,7 +211,7 @@ def test_fsdp_temporaries_do_not_exceed_data_parallel(tmp_path):
 def test_phase_times_from_a_report(tmp_path):
     import train_helpers
 
-    from mypt_jax import chips
+    from mypt_jax.preflight import chips
 
     # A report as the preflight writes it, for a v5p-8 whose steps cost 30 ms (block 512) and
     # 10 ms (bucket 64); each phase's dataset is a tiny prepared one.

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mypt_jax import episodes, prepare
-from mypt_jax.chat import serialize_conversation
-from mypt_jax.tokenizer import Tokenizer, gpt2_encoding
+from mypt_jax.data import episodes, prepare
+from mypt_jax.data.chat import serialize_conversation
+from mypt_jax.data.tokenizer import Tokenizer, gpt2_encoding
 
 # ----- an independent re-statement of the upstream algorithm (spec section 5), literals only -----
 

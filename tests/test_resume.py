@@ -21,7 +21,7 @@ OVERRIDES = {
 # step is called for update number {step} (0-based): nothing is flushed, as with `kill -9`.
 _KILL_AT = """
 import os, runpy, signal, sys
-from mypt_jax import train_step
+from mypt_jax.training import step as train_step
 make_train_step = train_step.make_train_step
 def make_then_kill(*args, **kwargs):
     step_fn, calls = make_train_step(*args, **kwargs), [0]

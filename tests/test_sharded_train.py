@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import train_helpers
 
-from mypt_jax import checkpoint, config, optim, sharding
-from mypt_jax import train_step as ts
 from mypt_jax.model import ModelConfig
+from mypt_jax.parallel import sharding
+from mypt_jax.training import checkpoint, config, optim
+from mypt_jax.training import step as ts
 
 OVERRIDES = {
     "max_iters": 4, "warmup_iters": 2, "eval_interval": 100, "log_interval": 1, "eval_iters": 1, "dropout": 0.1,

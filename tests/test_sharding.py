@@ -1,6 +1,6 @@
 import pytest
 
-from mypt_jax.sharding import logical_to_spec, resolve_mesh_shape
+from mypt_jax.parallel.sharding import logical_to_spec, resolve_mesh_shape
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def test_constrain_is_the_identity_without_a_mesh_and_keeps_values_with_one():
     import jax.numpy as jnp
     import numpy as np
 
-    from mypt_jax.sharding import constrain, make_mesh
+    from mypt_jax.parallel.sharding import constrain, make_mesh
 
     x = jnp.arange(24.0).reshape(2, 3, 4)
     assert constrain(x, ("act_batch", "act_seq", "act_embed"), None) is x

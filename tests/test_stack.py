@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 PROBE = ("import os, resource, sys\n"
-         "from mypt_jax import stack\n"
+         "from mypt_jax.parallel import stack\n"
          "print('before', os.getpid(), flush=True)\n"
          "stack.unlimited_for_tpu_compiles()\n"
          "print('after', os.getpid(), resource.getrlimit(resource.RLIMIT_STACK)[0], sys.argv[1:])\n")

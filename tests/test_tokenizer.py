@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from mypt_jax import tokenizer as tok
-from mypt_jax.chat import SYSTEM_PROMPT, chat_prompt, serialize_conversation
-from mypt_jax.tokenizer import Tokenizer, TokenizerError, head_tokenizer
+from mypt_jax.data import tokenizer as tok
+from mypt_jax.data.chat import SYSTEM_PROMPT, chat_prompt, serialize_conversation
+from mypt_jax.data.tokenizer import Tokenizer, TokenizerError, head_tokenizer
 
 # From the upstream, measured (UPSTREAM_MODEL.md 2.4): the seed doc's prompt for "Say Hello.".
 SAY_HELLO_IDS = [

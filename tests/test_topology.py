@@ -2,7 +2,7 @@
 
 import pytest
 
-from mypt_jax import topology
+from mypt_jax.preflight import topology
 
 
 @pytest.mark.parametrize("name, chip, devices, hosts", [

@@ -15,8 +15,9 @@ import train_helpers
 from configs import cpu_tiny
 from datagen import format_lock
 from datagen.records import write_jsonl
-from mypt_jax import data, trainer
-from mypt_jax.prepare import prepare
+from mypt_jax.data import loader as data
+from mypt_jax.data.prepare import prepare
+from mypt_jax.training import trainer
 from tests.torch_reference import Cfg, TorchGPT, write_upstream_dir
 
 BLOCK = 128  # alpha episodes are at most 34 tokens: the default buckets cut rows to 64

@@ -8,8 +8,8 @@ import pytest
 from configs import cpu_alpha
 from datagen import format_lock
 from datagen.records import write_jsonl
-from mypt_jax import trainer
-from mypt_jax.prepare import prepare, split_indices
+from mypt_jax.data.prepare import prepare, split_indices
+from mypt_jax.training import trainer
 
 STEP4 = {"Say hello.": "hello.", "Say Hello.": "Hello.", "Sag Hallo.": "Hallo."}
 PROMPTS_FILE = "configs/sft_eval/phase3a1_alpha_test_prompts.json"

@@ -13,7 +13,7 @@ import pytest
 import train_helpers
 
 from configs import base, phase3a1_alpha, phase3a1_beta, phase3a1_gamma, phase3a2
-from mypt_jax import upstream_cli
+from mypt_jax.interop import upstream_cli
 
 REPO = train_helpers.REPO
 SFT1 = REPO / "configs" / "sft1"
@@ -163,10 +163,11 @@ def test_seed_step3_commands_run_as_written(tmp_path, monkeypatch):
     then its Step 4 command, each with only the program name swapped."""
     from flax import nnx
 
-    from mypt_jax import generate, model_io
+    from mypt_jax import generate
+    from mypt_jax.data.prepare import prepare
+    from mypt_jax.data.tokenizer import Tokenizer
+    from mypt_jax.interop import model_io
     from mypt_jax.model import GPT, ModelConfig
-    from mypt_jax.prepare import prepare
-    from mypt_jax.tokenizer import Tokenizer
 
     monkeypatch.chdir(tmp_path)
     chat = train_helpers.write_chat_jsonl(tmp_path / "chat.jsonl", 40)

@@ -30,7 +30,7 @@ def write_chat_jsonl(path: Path, n: int = 60) -> Path:
 
 
 def make_dataset(tmp: Path, n: int = 60) -> Path:
-    from mypt_jax.prepare import prepare
+    from mypt_jax.data.prepare import prepare
 
     out = tmp / "ds"
     prepare(write_chat_jsonl(tmp / "chat.jsonl", n), out, val_split=0.2, progress=False)
@@ -83,7 +83,9 @@ def final_params(workdir: Path, step: int | None = None) -> dict:
     """The params of a run's newest (or given) checkpoint, as host numpy arrays."""
     import jax
 
-    from mypt_jax import checkpoint, config, sharding, train_step
+    from mypt_jax.parallel import sharding
+    from mypt_jax.training import checkpoint, config
+    from mypt_jax.training import step as train_step
 
     meta = config.latest_run_meta(workdir)
     from mypt_jax.model import ModelConfig

@@ -27,13 +27,16 @@ import numpy as np
 from etils import epath
 from ml_collections import config_dict
 
-from mypt_jax import batching, data, health, optim, paths, sharding
-from mypt_jax import checkpoint as ckpt_lib
-from mypt_jax import config as cfg_lib
-from mypt_jax import train_step as ts
-from mypt_jax.metrics import MetricsWriter
-from mypt_jax.model import ModelConfig, param_shardings
-from mypt_jax.step_stats import CompileCounter, StepWindow
+from mypt_jax.data import batching, paths
+from mypt_jax.data import loader as data
+from mypt_jax.model.transformer import ModelConfig, param_shardings
+from mypt_jax.parallel import sharding
+from mypt_jax.training import checkpoint as ckpt_lib
+from mypt_jax.training import config as cfg_lib
+from mypt_jax.training import health, optim
+from mypt_jax.training import step as ts
+from mypt_jax.training.metrics import MetricsWriter
+from mypt_jax.training.step_stats import CompileCounter, StepWindow
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +61,10 @@ def _init_source_params(init: cfg_lib.InitSource, mesh) -> dict:
         params, _ = ckpt_lib.restore_params(init.path, abstract)
         return params
     if init.kind == "upstream":
-        from mypt_jax import upstream
+        from mypt_jax.interop import upstream
 
         return upstream.read_upstream(init.path).params
-    from mypt_jax import model_io  # our model dir (config.json + tokenizer.json + params/)
+    from mypt_jax.interop import model_io  # our model dir (config.json + tokenizer.json + params/)
 
     return model_io.load_params(init.path, init.model_config, mesh=mesh)
 
@@ -269,7 +272,7 @@ def _check_resume(meta: dict, r: cfg_lib.Resolved, workdir: str) -> list[str]:
 
 
 def _export_upstream(r: cfg_lib.Resolved, params, step: int) -> epath.Path:
-    from mypt_jax import upstream
+    from mypt_jax.interop import upstream
 
     c = r.config
     dst = paths.as_path(c.workdir) / "upstream"
@@ -299,7 +302,7 @@ def _save_model_dir(r: cfg_lib.Resolved, params) -> epath.Path:
     """
     from jax.experimental import multihost_utils
 
-    from mypt_jax import model_io
+    from mypt_jax.interop import model_io
 
     dst = paths.as_path(r.config.workdir) / model_io.RUN_MODEL_DIR
     host = jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
@@ -390,7 +393,7 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     )
     eval_fn = ts.make_eval_step(mdef, mesh, loss_chunk_size=c.loss_chunk_size)
     if jax.default_backend() != "cpu":  # the preflight's memory check, on the real device
-        from mypt_jax import preflight
+        from mypt_jax.preflight import report as preflight
 
         problem = preflight.check_train_step(step_fn, r, tx, mesh)
         if problem:

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from mypt_jax import episodes
-from mypt_jax.data import EpisodeSplit, dataset_tokenizer, make_iterator, read_metadata
-from mypt_jax.episodes import DatasetError
-from mypt_jax.tokenizer import Tokenizer, TokenizerError
+from mypt_jax.data import episodes
+from mypt_jax.data.episodes import DatasetError
+from mypt_jax.data.loader import EpisodeSplit, dataset_tokenizer, make_iterator, read_metadata
+from mypt_jax.data.tokenizer import Tokenizer, TokenizerError
 
 LOADER_CONFIG_FIELDS = {  # flat upstream-named config field -> make_iterator argument
     "batch_size": "batch_size",
@@ -181,7 +181,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mypt_jax import sharding
+from mypt_jax.parallel import sharding
 
 if TYPE_CHECKING:
-    from mypt_jax.model import ModelConfig
+    from mypt_jax.model.transformer import ModelConfig
 
 _INIT_STD = 0.02
 

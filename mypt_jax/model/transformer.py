@@ -32,13 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from mypt_jax import attention as attention_lib
-from mypt_jax import sharding
-from mypt_jax.attention import dropout as _dropout
-from mypt_jax.param_table import init_param, param_specs
-from mypt_jax.param_table import param_logical_axes as param_logical_axes  # re-exported
-from mypt_jax.param_table import param_shapes as param_shapes  # re-exported
-from mypt_jax.param_table import param_shardings as param_shardings  # re-exported
+from mypt_jax.model import attention as attention_lib
+from mypt_jax.model.attention import dropout as _dropout
+from mypt_jax.model.param_table import init_param, param_specs
+from mypt_jax.model.param_table import param_logical_axes as param_logical_axes  # re-exported
+from mypt_jax.model.param_table import param_shapes as param_shapes  # re-exported
+from mypt_jax.model.param_table import param_shardings as param_shardings  # re-exported
+from mypt_jax.parallel import sharding
 
 # Logical axes of the residual stream (B, T, C), pinned at every block boundary.
 RESIDUAL_AXES = ("act_batch", "act_seq", "act_embed")

@@ -24,11 +24,12 @@ from typing import Any
 from etils import epath
 from ml_collections import config_dict
 
-from mypt_jax import batching, episodes, sharding
-from mypt_jax.model import ConfigError as ModelConfigError
-from mypt_jax.model import ModelConfig, param_logical_axes, param_shapes
-from mypt_jax.paths import COMMIT_MARKER, as_path, is_remote
-from mypt_jax.tokenizer import Tokenizer, TokenizerError
+from mypt_jax.data import batching, episodes
+from mypt_jax.data.paths import COMMIT_MARKER, as_path, is_remote
+from mypt_jax.data.tokenizer import Tokenizer, TokenizerError
+from mypt_jax.model.transformer import ConfigError as ModelConfigError
+from mypt_jax.model.transformer import ModelConfig, param_logical_axes, param_shapes
+from mypt_jax.parallel import sharding
 
 MODEL_FIELDS = (
     "block_size", "vocab_size", "n_embd", "n_head", "n_layer", "dropout", "bias", "tie_weights",
@@ -321,7 +322,7 @@ def _check_mesh(config, mc: ModelConfig, num_devices: int, process_count: int) -
 
 
 def _check_dataset(config) -> Tokenizer:
-    from mypt_jax import data
+    from mypt_jax.data import loader as data
 
     if not config.dataset_dir:
         raise ConfigError("dataset_dir: empty; point it at a prepared dataset")
@@ -345,8 +346,8 @@ def _check_dataset(config) -> Tokenizer:
 
 
 def _tokenizer_if_any(config) -> Tokenizer:
-    from mypt_jax import data
-    from mypt_jax.tokenizer import head_tokenizer
+    from mypt_jax.data import loader as data
+    from mypt_jax.data.tokenizer import head_tokenizer
 
     try:
         return data.dataset_tokenizer(config.dataset_dir)
@@ -358,7 +359,8 @@ def _check_eval_prompts(config, tok: Tokenizer) -> str | None:
     """Reads the eval prompts; fills in eval_max_new_tokens=0 (a note when block_size caps it)."""
     if not config.eval_prompts_file:
         return None
-    from mypt_jax import decode, evaluate
+    from mypt_jax import evaluate
+    from mypt_jax.decoding import decode
 
     try:
         prompts = evaluate.load_eval_prompts(config.eval_prompts_file).prompts

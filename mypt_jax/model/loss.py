@@ -12,7 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mypt_jax import sharding
+from mypt_jax.parallel import sharding
 
 
 def normalise(loss_sum: jax.Array, count: jax.Array) -> jax.Array:

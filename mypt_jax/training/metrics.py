@@ -24,7 +24,7 @@ from typing import Any
 from etils import epath
 from tqdm import tqdm
 
-from mypt_jax.paths import is_remote
+from mypt_jax.data.paths import is_remote
 
 SYNC_INTERVAL_S = 60.0  # the longest a remote log lags behind (step records only)
 

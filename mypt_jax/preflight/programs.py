@@ -16,10 +16,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mypt_jax import batching, chips, optim
-from mypt_jax import config as cfg_lib
-from mypt_jax import train_step as ts
-from mypt_jax.model import ModelConfig
+from mypt_jax.data import batching
+from mypt_jax.model.transformer import ModelConfig
+from mypt_jax.preflight import chips
+from mypt_jax.training import config as cfg_lib
+from mypt_jax.training import optim
+from mypt_jax.training import step as ts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +62,7 @@ def replicated(x: Any, mesh) -> jax.ShapeDtypeStruct:
 
 def _attention(mc: ModelConfig, mesh, prob_dropout: bool) -> str:
     """The full-sequence attention kernel the program runs (attention.py's choice)."""
-    from mypt_jax import attention
+    from mypt_jax.model import attention
 
     return attention.resolve(mc, attention.platform_of(mesh), prob_dropout=prob_dropout)[0]
 
@@ -98,7 +100,8 @@ def _decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
     """The greedy generation loop of the eval prompts, as `evaluate.evaluate` calls it."""
     from flax import nnx
 
-    from mypt_jax import decode, evaluate
+    from mypt_jax import evaluate
+    from mypt_jax.decoding import decode
 
     c, mc = r.config, r.model_config
     if not c.eval_prompts_file:

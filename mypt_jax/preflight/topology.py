@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from mypt_jax.chips import CHIPS, Chip
+from mypt_jax.preflight.chips import CHIPS, Chip
 
 
 class TopologyError(ValueError):

@@ -17,9 +17,9 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mypt_jax import loss as loss_lib
-from mypt_jax import sharding
-from mypt_jax.model import GPT, ModelConfig, param_shardings
+from mypt_jax.model import loss as loss_lib
+from mypt_jax.model.transformer import GPT, ModelConfig, param_shardings
+from mypt_jax.parallel import sharding
 
 Params = dict[str, Any]
 Batch = dict[str, jax.Array]

@@ -43,10 +43,10 @@ from typing import Any
 import grain
 import numpy as np
 
-from mypt_jax import episodes
-from mypt_jax.episodes import DatasetError, Shard
-from mypt_jax.paths import read_json
-from mypt_jax.tokenizer import Tokenizer, TokenizerError
+from mypt_jax.data import episodes
+from mypt_jax.data.episodes import DatasetError, Shard
+from mypt_jax.data.paths import read_json
+from mypt_jax.data.tokenizer import Tokenizer, TokenizerError
 
 MODES = ("epoch", "random")
 VAL_FALLBACKS = (None, "train")
@@ -518,7 +518,7 @@ def global_batch(local_batch: Batch, mesh, spec=None) -> dict[str, Any]:
     import jax
     from jax.sharding import NamedSharding
 
-    from mypt_jax.sharding import logical_to_spec
+    from mypt_jax.parallel.sharding import logical_to_spec
 
     sharding = NamedSharding(mesh, spec if spec is not None else logical_to_spec(("batch", "seq")))
     out = {}
@@ -538,9 +538,3 @@ def global_batch(local_batch: Batch, mesh, spec=None) -> dict[str, Any]:
             )
         out[name] = jax.make_array_from_process_local_data(sharding, local, global_shape)
     return out
-
-
-if __name__ == "__main__":
-    from mypt_jax.data_inspect import main
-
-    sys.exit(main())

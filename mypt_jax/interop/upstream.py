@@ -26,10 +26,10 @@ import ml_dtypes
 import numpy as np
 from etils import epath
 
-from mypt_jax import torch_pickle
-from mypt_jax.model import ConfigError, ModelConfig, param_shapes
-from mypt_jax.paths import as_path, is_remote, read_json
-from mypt_jax.tokenizer import BASE_VOCAB_SIZE, Tokenizer, TokenizerError, head_tokenizer
+from mypt_jax.data.paths import as_path, is_remote, read_json
+from mypt_jax.data.tokenizer import BASE_VOCAB_SIZE, Tokenizer, TokenizerError, head_tokenizer
+from mypt_jax.interop import torch_pickle
+from mypt_jax.model.transformer import ConfigError, ModelConfig, param_shapes
 
 LEGACY_FILES = ("final.pt", "latest.pt")
 PAYLOAD_DTYPES = {"fp32": np.dtype(np.float32), "bf16": np.dtype(ml_dtypes.bfloat16),
@@ -471,7 +471,7 @@ def write_state_dict_dir(
 
     DST may be remote (`gs://...`): staged locally, uploaded with model.pt last.
     """
-    from mypt_jax import model_io  # staged_dir; model_io pulls in orbax, needed only here
+    from mypt_jax.interop import model_io  # staged_dir; model_io pulls in orbax, needed only here
 
     dst = as_path(dst)
     if dst.exists():

@@ -35,12 +35,15 @@ import jax
 import numpy as np
 from ml_collections import config_dict
 
-from mypt_jax import batching, chips, hlo_cost, optim, phase_estimate, sharding
-from mypt_jax import config as cfg_lib
-from mypt_jax import device_memory as dm
-from mypt_jax import topology as topo_lib
-from mypt_jax import train_programs as tp
-from mypt_jax import train_step as ts
+from mypt_jax.data import batching
+from mypt_jax.parallel import device_memory as dm
+from mypt_jax.parallel import sharding
+from mypt_jax.preflight import chips, hlo_cost, phase_estimate
+from mypt_jax.preflight import programs as tp
+from mypt_jax.preflight import topology as topo_lib
+from mypt_jax.training import config as cfg_lib
+from mypt_jax.training import optim
+from mypt_jax.training import step as ts
 
 # ----------------------------------------------------------------------------------------
 # Targets
@@ -359,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from mypt_jax import data_inspect
+    from mypt_jax.data import inspect as data_inspect
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="preset file (configs/*.py[:arg])")
@@ -401,10 +404,3 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump(rounded(report), f, indent=2)
     return 0 if report["fits"] else 1
-
-
-if __name__ == "__main__":
-    from mypt_jax import stack
-
-    stack.unlimited_for_tpu_compiles()
-    raise SystemExit(main())

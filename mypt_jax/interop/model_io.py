@@ -29,9 +29,16 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from mypt_jax.model import GPT, ConfigError, ModelConfig, from_params, param_shapes, param_shardings
-from mypt_jax.paths import absolute, as_path, is_remote
-from mypt_jax.tokenizer import Tokenizer, TokenizerError
+from mypt_jax.data.paths import absolute, as_path, is_remote
+from mypt_jax.data.tokenizer import Tokenizer, TokenizerError
+from mypt_jax.model.transformer import (
+    GPT,
+    ConfigError,
+    ModelConfig,
+    from_params,
+    param_shapes,
+    param_shardings,
+)
 
 PARAMS_DIR = "params"
 RUN_MODEL_DIR = "model"  # a training run writes its final weights to <workdir>/model

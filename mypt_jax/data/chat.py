@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from mypt_jax.tokenizer import SEED_SPECIAL_TOKENS as _TAGS
+from mypt_jax.data.tokenizer import SEED_SPECIAL_TOKENS as _TAGS
 
 # The upstream's CONVERSATION_SYSTEM_PROMPT; prepare always inserts it, whatever a record says.
 SYSTEM_PROMPT = "You are MyPT. Be concise: 1-2 sentences. Follow instructions exactly."

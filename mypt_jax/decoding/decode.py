@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mypt_jax.tokenizer import Tokenizer
+from mypt_jax.data.tokenizer import Tokenizer
 
 PAD_ID = -1  # out_ids after a row has stopped
 DEFAULT_MAX_NEW_TOKENS = 100  # upstream generate.py and GPT.generate

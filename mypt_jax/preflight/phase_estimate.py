@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mypt_jax import batching, chips
-from mypt_jax import config as cfg_lib
+from mypt_jax.data import batching
+from mypt_jax.preflight import chips
+from mypt_jax.training import config as cfg_lib
 
 
 def bucket_mix(r: cfg_lib.Resolved, layout: batching.Layout,
                batches: int) -> dict[batching.BatchShape, float] | None:
     """Share of train steps per batch shape, from the first `batches` batches of the dataset."""
-    from mypt_jax import data, data_inspect
+    from mypt_jax.data import inspect as data_inspect
+    from mypt_jax.data import loader as data
 
     if batches <= 0 or not os.path.isdir(r.config.dataset_dir or ""):
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mypt_jax.batching import BatchInfo, BatchShape
+from mypt_jax.data.batching import BatchInfo, BatchShape
 
 
 class StepWindow:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mypt_jax.config import warmup_steps
+from mypt_jax.training.config import warmup_steps
 
 
 def lr_schedule(

@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from mypt_jax import sharding
+from mypt_jax.parallel import sharding
 
 if TYPE_CHECKING:
-    from mypt_jax.model import ModelConfig
+    from mypt_jax.model.transformer import ModelConfig
 
 ATTENTIONS = ("auto", "xla", "splash", "cudnn")
 _AUTO = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}  # Device.platform -> fused kernel

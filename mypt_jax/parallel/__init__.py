@@ -1,0 +1,1 @@
+"""Parallel: the mesh and its sharding rules, `jax.distributed`, device and host memory, stack size."""
