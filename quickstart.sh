@@ -31,7 +31,8 @@ model=$(.venv/bin/python - "$@" <<'PY'
 import sys
 from pathlib import Path
 
-from mypt_jax import model_io, pipeline
+from mypt_jax.curriculum import pipeline
+from mypt_jax.interop import model_io
 
 args = pipeline.build_parser().parse_args(["--phase", "3a1_alpha", *sys.argv[1:]])
 config = pipeline.phase_config(Path(args.root), pipeline.PHASES["3a1_alpha"], "cpu", None, {})

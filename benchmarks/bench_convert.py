@@ -26,7 +26,7 @@ import ml_dtypes
 import numpy as np
 
 from mypt_jax.data.tokenizer import Tokenizer, head_tokenizer
-from mypt_jax.interop import torch_pickle, upstream
+from mypt_jax.interop import state_dict, torch_pickle, upstream
 from mypt_jax.model import ModelConfig
 
 
@@ -49,8 +49,8 @@ class SyntheticTensor:
 def build_upstream_dir(path: Path, cfg: ModelConfig) -> int:
     """Writes the directory; returns model.pt's size in bytes."""
     sd = OrderedDict()
-    for i, (key, shape) in enumerate(upstream.upstream_shapes(cfg).items()):
-        seed = 0 if key == upstream.TIED_KEY else i  # tied: an equal second copy, as upstream
+    for i, (key, shape) in enumerate(state_dict.upstream_shapes(cfg).items()):
+        seed = 0 if key == state_dict.TIED_KEY else i  # tied: an equal second copy, as upstream
         sd[key] = SyntheticTensor(shape, seed, ones=key.endswith(".weight") and len(shape) == 1)
     path.mkdir(parents=True)
     tok = head_tokenizer() if cfg.generation == "head" else Tokenizer()

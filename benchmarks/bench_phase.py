@@ -4,7 +4,7 @@
     python benchmarks/bench_phase.py --dataset ... --shape 750m --precision mixed --aot_only
 
 The same `--steps` global batches of the real episode stream (the preset's loader settings:
-block 512, batch 16, its epoch seed) are shaped four ways (mypt_jax/batching.py) and trained
+block 512, batch 16, its epoch seed) are shaped four ways (mypt_jax/data/batching.py) and trained
 by the trainer's own step (`train_step.make_train_step`), each layout from the same initial
 weights:
 - padded: the upstream layout (rows of block_size, every position projected);
@@ -38,7 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# glibc left as it is (mypt_jax/hostmem.py): the layouts' many differently sized buffers
+# glibc left as it is (mypt_jax/parallel/hostmem.py): the layouts' many differently sized buffers
 # fragment a heap that is never trimmed, and an 8-step gamma run grew past 20 GB with it.
 os.environ.setdefault("MYPT_MALLOC_TUNING", "0")
 

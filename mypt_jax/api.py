@@ -24,7 +24,8 @@ from mypt_jax.data import batching
 from mypt_jax.data.paths import as_path
 from mypt_jax.data.tokenizer import Tokenizer
 from mypt_jax.interop import model_io, upstream
-from mypt_jax.model.transformer import GPT, ModelConfig, from_params
+from mypt_jax.model.config import ModelConfig
+from mypt_jax.model.transformer import GPT, from_params
 
 
 class MyPTModel:

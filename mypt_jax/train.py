@@ -6,7 +6,7 @@
         --config_file UPSTREAM.json [--eval_prompts_file F] [upstream numeric flags ...]
 
 Rerunning the same command resumes from the newest checkpoint in the workdir. The second form
-is the upstream train.py command line (mypt_jax/upstream_cli.py); both mix, lowest first:
+is the upstream train.py command line (mypt_jax/interop/upstream_cli.py); both mix, lowest first:
 configs/base.py or --config < --config_file < upstream flags < --config.field and --workdir.
 """
 

@@ -106,7 +106,7 @@ def test_data_steps_skip_when_complete_and_redo_when_not(tmp_path):
 
 def _check_summary_is_true(s: dict, root: Path) -> None:
     import mypt_jax
-    from mypt_jax.training.config import latest_run_meta
+    from mypt_jax.training.run_meta import latest_run_meta
 
     phase = pipeline.PHASES[s["phase"]]
     for path, n in s["data"]["generated"].items():
@@ -151,7 +151,7 @@ def test_all_phases_on_cpu_chain_and_report_truly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default root "." (relative paths must work end to end)
     summaries = pipeline.run("all", preset="cpu", overrides=TINY)
     assert [s["phase"] for s in summaries] == list(pipeline.PHASES)
-    from mypt_jax.training.config import latest_run_meta
+    from mypt_jax.training.run_meta import latest_run_meta
 
     previous_workdir = ""
     for s in summaries:

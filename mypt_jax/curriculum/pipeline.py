@@ -28,12 +28,10 @@ phases one after another in `logs/pipeline_all_<preset>.loss.png`); every number
 read back from the files the steps wrote.
 """
 
+
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import importlib
 import json
 import sys
 import time
@@ -41,89 +39,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from mypt_jax.curriculum.phases import (
+    BASE_CHECKPOINT,
+    GENERATED,
+    MIX_SEED,
+    PHASES,
+    PRESETS,
+    VAL_SPLIT,
+    Phase,
+    PipelineError,
+    _datagen,
+    _repo_file,
+    count_records,
+    parse_overrides,
+    phase_config,
+    test_results_path,
+)
+from mypt_jax.curriculum.summary import format_summary, phase_summary, write_summary
+from mypt_jax.data.paths import write_json_atomic
+from mypt_jax.training.run_meta import finished_run
+
 STEPS = ("generate", "mix", "prepare", "train", "test")
-PRESETS = ("real", "cpu")
 SKIPPED = "skipped (complete)"
-MIX_SEED = 42  # the seed commands' default
-VAL_SPLIT = 0.1  # the seed commands' --val_split
-BASE_CHECKPOINT = "checkpoints/domain_v5_sft_ready"
-_PIPELINE_PATHS = ("dataset_dir", "workdir", "log_file", "init_from")  # one per phase, not --set
-
-
-class PipelineError(RuntimeError):
-    pass
-
-
-# ----------------------------------------------------------------------------- the phase table
-
-
-@dataclasses.dataclass(frozen=True)
-class Generated:
-    """A Step 1 dataset: which generator, its arguments, where the seed doc puts it."""
-
-    generator: str  # "format_lock" | "echo" (datagen modules)
-    kwargs: dict[str, Any]
-    output_dir: str
-
-    @property
-    def path(self) -> str:
-        return f"{self.output_dir}/{_datagen(self.generator).OUTPUT_NAME}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    name: str
-    datasets: tuple[str, ...]  # keys of GENERATED; the first is this phase's, the rest replay
-    mix_output: str | None  # None: prepare the first dataset as it is
-    prepared: str
-    config: str  # module under configs/ for the real preset
-    test_prompts: str  # Step 4
-    previous: str | None  # the phase whose run initialises this one
-
-
-GENERATED = {
-    "format_lock_alpha": Generated("format_lock", {"mode": "minimal", "math": "exclude"},
-                                   "data/sft_format_lock_alpha"),
-    "echo_beta": Generated("echo", {"gibberish": "exclude", "max_examples": 2500},
-                           "data/sft_echo_beta"),
-    "echo_gamma": Generated("echo", {"gibberish": "only"}, "data/sft_echo_gamma"),
-    "format_lock_3a2": Generated("format_lock", {"mode": "full", "math": "include"},
-                                 "data/sft_format_lock_3a2"),
-}
-PHASES = {
-    p.name: p for p in (
-        Phase("3a1_alpha", ("format_lock_alpha",), None, "data/sft_ready/phase3a1_alpha",
-              "phase3a1_alpha", "configs/sft_eval/phase3a1_alpha_test_prompts.json", None),
-        Phase("3a1_beta", ("echo_beta", "format_lock_alpha"),
-              "data/sft_mixed/phase3a1_beta_mixed.jsonl", "data/sft_ready/phase3a1_beta",
-              "phase3a1_beta", "configs/sft_eval/phase3a1_beta_test_prompts.json", "3a1_alpha"),
-        Phase("3a1_gamma", ("echo_gamma", "echo_beta"),
-              "data/sft_mixed/phase3a1_gamma_mixed.jsonl", "data/sft_ready/phase3a1_gamma",
-              "phase3a1_gamma", "configs/sft_eval/phase3a1_gamma_test_prompts.json", "3a1_beta"),
-        Phase("3a2", ("format_lock_3a2", "echo_beta"),
-              "data/sft_mixed/phase3a2_mixed.jsonl", "data/sft_ready/phase3a2",
-              "phase3a2", "configs/sft_eval/phase3a2_test_prompts.json", "3a1_gamma"),
-    )
-}
-
-
-def _datagen(name: str):
-    return importlib.import_module(f"datagen.{name}")
-
-
-def _configs(module: str):
-    if str(REPO) not in sys.path:  # configs/ is a directory of the repository, not installed
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module(f"configs.{module}")
-
-
-# ----------------------------------------------------------------------------- small helpers
-
-
-def count_records(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(1 for line in f if line.strip())
 
 
 def _newer_or_same(path: Path, inputs: Sequence[Path]) -> bool:
@@ -139,20 +76,6 @@ def _is_main() -> bool:
 def _log(msg: str) -> None:
     if _is_main():
         print(msg, flush=True)
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`field=value` strings -> dict; values are Python literals, else strings."""
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise PipelineError(f"--set {item!r}: expected field=value")
-        try:
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key] = raw
-    return out
 
 
 # ----------------------------------------------------------------------------- Step 1
@@ -222,64 +145,6 @@ def prepare_step(root: Path, phase: Phase) -> dict[str, Any]:
     return {"status": "done", "dir": str(out)}
 
 
-# ----------------------------------------------------------------------------- Step 3
-
-
-def _anchor(root: Path, value: str) -> str:
-    """A config path: absolute or a URL (gs://...) stays, else under the root."""
-    if not value or "://" in value or Path(value).is_absolute():
-        return value
-    return str(root / value)
-
-
-def _repo_file(root: Path, value: str) -> str:
-    """A file the repository ships (eval prompts): under the root if there, else the repo's."""
-    if not value or Path(value).is_absolute() or (root / value).is_file():
-        return _anchor(root, value)
-    return str(REPO / value)
-
-
-def phase_config(root: Path, phase: Phase, preset: str, init_from: str | None,
-                 overrides: dict[str, Any]):
-    """The training ConfigDict of a phase with every path resolved under the root."""
-    from ml_collections import config_dict
-
-    if preset == "cpu":
-        c = _configs("pipeline_cpu").get_config(phase.name)
-    else:
-        c = _configs(phase.config).get_config()
-    c = config_dict.ConfigDict(c.to_dict())
-    c.dataset_dir = str(root / phase.prepared)
-    c.workdir = _anchor(root, c.workdir)
-    c.log_file = _anchor(root, c.log_file) if c.log_file else str(Path(c.workdir) / "log.jsonl")
-    c.eval_prompts_file = _repo_file(root, c.eval_prompts_file)
-    if init_from is not None:
-        c.init_from = init_from
-    elif phase.previous is not None:
-        c.init_from = ""  # filled in by the caller from the previous phase's config
-    else:
-        c.init_from = _anchor(root, c.init_from)
-    for key, value in overrides.items():
-        if key not in c:
-            raise PipelineError(f"--set {key}: unknown config field (see configs/base.py)")
-        if key in _PIPELINE_PATHS:
-            raise PipelineError(f"--set {key}: set by the pipeline per phase (use --root/--init_from)")
-        if isinstance(c[key], float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        c[key] = value
-    return c
-
-
-def finished_run(workdir: str, max_iters: int) -> dict | None:
-    """The final checkpoint's record if the run finished at (or past) max_iters, else None."""
-    from mypt_jax.training.config import latest_run_meta
-
-    meta = latest_run_meta(workdir)
-    if meta and meta.get("finished") and meta.get("step", -1) >= max_iters:
-        return meta
-    return None
-
-
 def train_step(config) -> dict[str, Any]:
     from mypt_jax.training import trainer
 
@@ -297,14 +162,9 @@ def _question(prompt: str) -> str:
     return prompt[start + len("<myPT_user>"):end] if 0 <= start < end else prompt
 
 
-def test_results_path(workdir: str) -> Path:
-    return Path(workdir) / "test_prompts.json"
-
-
 def test_step(config, prompts_file: str) -> dict[str, Any]:
     """Greedy answers to the phase's test prompts from the run's final model directory."""
-    import mypt_jax
-    from mypt_jax import evaluate
+    from mypt_jax.decoding import eval_prompts
     from mypt_jax.interop import model_io
 
     model_dir = Path(config.workdir) / model_io.RUN_MODEL_DIR
@@ -315,125 +175,12 @@ def test_step(config, prompts_file: str) -> dict[str, Any]:
         saved = json.loads(out.read_text(encoding="utf-8"))
         if saved.get("prompts_file") == prompts_file:
             return {"status": SKIPPED, "results": saved["results"]}
-    model = mypt_jax.load(model_dir)
-    results = evaluate.evaluate(model, model.tokenizer, evaluate.load_eval_prompts(prompts_file),
-                                max_new_tokens=config.eval_max_new_tokens or None)
-    evaluate.write_json_atomic(out, {"model_dir": str(model_dir), "prompts_file": prompts_file,
-                                     "results": results})
+    module, _, tokenizer = model_io.load_model(model_dir, dtype="float32", compute_dtype="float32")
+    results = eval_prompts.evaluate(module, tokenizer, eval_prompts.load_eval_prompts(prompts_file),
+                                    max_new_tokens=config.eval_max_new_tokens or None)
+    write_json_atomic(out, {"model_dir": str(model_dir), "prompts_file": prompts_file,
+                            "results": results})
     return {"status": "done", "results": results}
-
-
-# ----------------------------------------------------------------------------- the summary
-
-
-def phase_summary(
-    root: Path, phase: Phase, config, prompts_file: str, step_status: dict[str, dict]
-) -> dict[str, Any]:
-    """Everything reported for a phase, read back from what the steps wrote."""
-    from mypt_jax.data.loader import read_metadata
-    from mypt_jax.interop import model_io
-    from mypt_jax.training import health, plot
-
-    data = {"generated": {}, "mixed": None, "prepared": None}
-    for key in phase.datasets:
-        path = root / GENERATED[key].path
-        data["generated"][str(path)] = count_records(path) if path.is_file() else None
-    if phase.mix_output:
-        path = root / phase.mix_output
-        data["mixed"] = {"path": str(path), "records": count_records(path) if path.is_file() else None}
-    prepared = root / phase.prepared
-    meta = read_metadata(prepared) if prepared.is_dir() else {}
-    if meta:
-        data["prepared"] = {
-            "dir": str(prepared), "source": meta.get("source_file"),
-            "records": meta["num_conversations"],
-            "train_episodes": meta["num_train_episodes"], "val_episodes": meta["num_val_episodes"],
-            "train_tokens": meta["num_train_tokens"], "val_tokens": meta["num_val_tokens"],
-        }
-
-    out: dict[str, Any] = {"phase": phase.name, "steps": step_status, "data": data}
-    run = finished_run(config.workdir, config.max_iters)
-    log_path = Path(config.log_file)
-    if run is not None:
-        ckpt = Path(config.workdir) / "checkpoints" / str(run["step"])
-        metrics = run.get("metrics") or {}
-        out["train"] = {
-            "workdir": config.workdir, "init_from": config.init_from or None,
-            "steps": run["step"], "first_val_loss": run.get("first_val_loss"),
-            "final_val_loss": metrics.get("val_loss"), "checkpoint": str(ckpt),
-            "model_dir": str(Path(config.workdir) / model_io.RUN_MODEL_DIR), "log": str(log_path),
-            "training_eval_scores": metrics.get("gen_scores", {}),
-        }
-        if log_path.is_file() and _is_main():
-            out["train"]["loss_plot"] = str(plot.write_run_figure(log_path, label=phase.name))
-    tested = test_results_path(config.workdir)
-    results = json.loads(tested.read_text(encoding="utf-8"))["results"] if tested.is_file() else []
-    if results:
-        out["test"] = {
-            "prompts_file": prompts_file,
-            "results": [{k: r[k] for k in ("name", "completion", "expected", "exact", "normalized")}
-                        for r in results],
-            "exact": sum(bool(r["exact"]) for r in results),
-            "normalized": sum(bool(r["normalized"]) for r in results),
-            "scored": sum(r["expected"] is not None for r in results),
-        }
-    if run is not None:
-        from mypt_jax.data.tokenizer import Tokenizer
-
-        tags = list(Tokenizer.from_state(run["tokenizer"]).id_by_string) if run.get("tokenizer") else []
-        red = health.check([tuple(x) for x in run.get("val_history", [])], results,
-                           step=run["step"], tag_strings=tags,
-                           simple_prompts_after=config.simple_prompts_after)
-        out["red_lines"] = red
-        out["verdict"] = "RED LINE" if red else "ok"
-    return out
-
-
-def write_summary(path: Path, payload: Any) -> Path:
-    from mypt_jax.evaluate import write_json_atomic
-
-    write_json_atomic(path, payload)
-    return path
-
-
-def format_summary(summaries: Sequence[dict]) -> str:
-    lines = ["", "=" * 72, "Phase 3a pipeline summary", "=" * 72]
-    for s in summaries:
-        lines.append(f"[{s['phase']}]  " + "  ".join(
-            f"{k}: {v['status']}" for k, v in s["steps"].items()))
-        d = s["data"]
-        for path, n in d["generated"].items():
-            lines.append(f"  generated  {path}: {n} records")
-        if d["mixed"]:
-            lines.append(f"  mixed      {d['mixed']['path']}: {d['mixed']['records']} records")
-        if d["prepared"]:
-            p = d["prepared"]
-            lines.append(f"  prepared   {p['dir']}: {p['train_episodes']} train / {p['val_episodes']} "
-                         f"val episodes, {p['train_tokens']} / {p['val_tokens']} tokens")
-        t = s.get("train")
-        if t:
-            first = "?" if t["first_val_loss"] is None else f"{t['first_val_loss']:.4f}"
-            final = "?" if t["final_val_loss"] is None else f"{t['final_val_loss']:.4f}"
-            lines.append(f"  trained    {t['steps']} steps from {t['init_from'] or 'scratch'}: "
-                         f"val loss {first} -> {final}")
-            lines.append(f"  checkpoint {t['checkpoint']}  (model: {t['model_dir']})")
-            if "loss_plot" in t:
-                lines.append(f"  loss curve {t['loss_plot']}")
-        test = s.get("test")
-        if test:
-            lines.append(f"  test       exact {test['exact']}/{test['scored']}, "
-                         f"normalized {test['normalized']}/{test['scored']}")
-            for r in test["results"]:
-                mark = "ok" if r["exact"] else ("~ok" if r["normalized"] else "--")
-                lines.append(f"    [{mark:>3}] {r['name']}: {r['completion']!r}"
-                             + (f" (expected {r['expected']!r})" if r["expected"] is not None else ""))
-        if "verdict" in s:
-            lines.append(f"  red lines  {s['verdict']}"
-                         + "".join(f"\n    - {f}" for f in s["red_lines"]))
-        if "summary_file" in s:
-            lines.append(f"  summary    {s['summary_file']}")
-        lines.append(f"  wall time  {s['wall_time_s']:.1f}s")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the driver

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from mypt_jax.data import episodes
+from mypt_jax.data.dataset import EpisodeSplit, dataset_tokenizer, read_metadata
 from mypt_jax.data.episodes import DatasetError
-from mypt_jax.data.loader import EpisodeSplit, dataset_tokenizer, make_iterator, read_metadata
+from mypt_jax.data.loader import make_iterator
 from mypt_jax.data.tokenizer import Tokenizer, TokenizerError
 
 LOADER_CONFIG_FIELDS = {  # flat upstream-named config field -> make_iterator argument

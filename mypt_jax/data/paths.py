@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,17 @@ def read_json(path: str | os.PathLike, error: type[Exception], what: str = "file
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise error(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Writes JSON through a temporary file and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

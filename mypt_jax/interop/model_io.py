@@ -31,14 +31,9 @@ from flax import nnx
 
 from mypt_jax.data.paths import absolute, as_path, is_remote
 from mypt_jax.data.tokenizer import Tokenizer, TokenizerError
-from mypt_jax.model.transformer import (
-    GPT,
-    ConfigError,
-    ModelConfig,
-    from_params,
-    param_shapes,
-    param_shardings,
-)
+from mypt_jax.model.config import ConfigError, ModelConfig
+from mypt_jax.model.param_table import param_shapes, param_shardings
+from mypt_jax.model.transformer import GPT, from_params
 
 PARAMS_DIR = "params"
 RUN_MODEL_DIR = "model"  # a training run writes its final weights to <workdir>/model

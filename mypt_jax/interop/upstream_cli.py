@@ -153,7 +153,7 @@ def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
         raise UpstreamConfigError(
             f"--config_file {path}: unknown field {unknown[0]!r}"
             + (f" (and {', '.join(map(repr, unknown[1:]))})" if unknown[1:] else "")
-            + "; known fields are listed in mypt_jax/upstream_cli.py")
+            + "; known fields are listed in mypt_jax/interop/upstream_cli.py")
     return data
 
 

@@ -14,7 +14,7 @@ The model config's `attention` picks the full-sequence kernel:
 
 The fused kernels have no attention-probability dropout. `attention_prob_dropout=False`
 (any kernel) drops that site and keeps the two residual ones; an explicit fused kernel with
-dropout > 0 and that site kept is a config error (`config_error`).
+dropout > 0 and that site kept is a config error (`ModelConfig` checks it).
 
 Decoding keeps the einsum form against its cache (`attend_cached`) whatever `attention` says.
 """
@@ -33,9 +33,8 @@ from jax.sharding import Mesh
 from mypt_jax.parallel import sharding
 
 if TYPE_CHECKING:
-    from mypt_jax.model.transformer import ModelConfig
+    from mypt_jax.model.config import ModelConfig
 
-ATTENTIONS = ("auto", "xla", "splash", "cudnn")
 _AUTO = {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn"}  # Device.platform -> fused kernel
 _MASK_VALUE = -1e30  # finite: a fully masked row gives a uniform softmax instead of NaNs
 # Splash tiles: kv blocks are multiples of the TPU lane width (128); blocks up to 512 (MaxText's
@@ -52,21 +51,6 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
         return x
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def config_error(cfg: ModelConfig) -> str | None:
-    """Why `attention` cannot run this config (message after "model config "), or None."""
-    if cfg.attention not in ATTENTIONS:
-        return f"attention={cfg.attention!r}: expected one of {ATTENTIONS}"
-    if cfg.attention in ("splash", "cudnn") and cfg.dropout > 0 and cfg.attention_prob_dropout:
-        return (
-            f"attention={cfg.attention!r} has no attention-probability dropout, but dropout="
-            f"{cfg.dropout} and attention_prob_dropout=true: set attention_prob_dropout=false "
-            "(keeps the residual dropout sites), dropout=0, or attention='xla'"
-        )
-    if cfg.attention == "cudnn" and cfg.dtype == "float32":
-        return "attention='cudnn' needs a bfloat16 or float16 compute dtype, got dtype='float32'"
-    return None
 
 
 def platform_of(mesh: Mesh | None) -> str:

@@ -1,6 +1,6 @@
 """The parameter table of the GPT: every parameter's name, shape, logical axes and init.
 
-One table (`param_specs`) for both the module (model.py builds its variables from it) and
+One table (`param_specs`) for both the module (transformer.py builds its variables from it) and
 everything that needs shapes or shardings without building a model (config checks, the
 converter, restore targets). Logical axis names are not attached as variable metadata
 because annotated variables need a mesh at creation time in flax 0.12 (eager sharding);
@@ -19,7 +19,7 @@ from flax import nnx
 from mypt_jax.parallel import sharding
 
 if TYPE_CHECKING:
-    from mypt_jax.model.transformer import ModelConfig
+    from mypt_jax.model.config import ModelConfig
 
 _INIT_STD = 0.02
 

@@ -12,7 +12,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis name -> mesh axes. Parameters and activations name their axes logically
-# (param_table.py, model.py); this table alone decides where each lands on any mesh.
+# (param_table.py, transformer.py); this table alone decides where each lands on any mesh.
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),  # the input batch's rows
     ("seq", None),

@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 
 from mypt_jax.data import batching
-from mypt_jax.model.transformer import ModelConfig
+from mypt_jax.model.config import ModelConfig
 from mypt_jax.preflight import chips
 from mypt_jax.training import config as cfg_lib
 from mypt_jax.training import optim
 from mypt_jax.training import step as ts
+from mypt_jax.training.fit_check import sharded_batch, train_shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +49,6 @@ def bytes_per_device(tree: Any) -> int:
 
 def bytes_global(tree: Any) -> int:
     return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def sharded_batch(shape: batching.BatchShape, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    bsh = ts.batch_sharding(mesh)
-    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh)
-            for k, v in batching.abstract_batch(shape).items()}
 
 
 def replicated(x: Any, mesh) -> jax.ShapeDtypeStruct:
@@ -97,20 +92,19 @@ def _eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, residen
 
 
 def _decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
-    """The greedy generation loop of the eval prompts, as `evaluate.evaluate` calls it."""
+    """The greedy generation loop of the eval prompts, as `eval_prompts.evaluate` calls it."""
     from flax import nnx
 
-    from mypt_jax import evaluate
-    from mypt_jax.decoding import decode
+    from mypt_jax.decoding import decode, eval_prompts, fitting
 
     c, mc = r.config, r.model_config
     if not c.eval_prompts_file:
         return None
-    prompts = evaluate.load_eval_prompts(c.eval_prompts_file).prompts
-    ids = decode.fit_prompts([r.tokenizer.encode(p) for p in prompts.values()],
+    prompts = eval_prompts.load_eval_prompts(c.eval_prompts_file).prompts
+    ids = fitting.fit_prompts([r.tokenizer.encode(p) for p in prompts.values()],
                              block_size=mc.block_size, max_new_tokens=c.eval_max_new_tokens)
-    B, P = len(ids), decode.prompt_bucket(max(len(x) for x in ids), mc.block_size)
-    N = decode.new_tokens_bucket(c.eval_max_new_tokens)
+    B, P = len(ids), fitting.prompt_bucket(max(len(x) for x in ids), mc.block_size)
+    N = fitting.new_tokens_bucket(c.eval_max_new_tokens)
     stops = len(decode.default_stop_ids(r.tokenizer))
     width = max(decode.STOP_SLOTS, -(-stops // decode.STOP_SLOTS) * decode.STOP_SLOTS)
 
@@ -141,13 +135,6 @@ def _decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
 
 
 PROGRAM_KINDS = ("train", "eval", "decode")
-
-
-def train_shapes(config, mesh, hosts: int) -> list[batching.BatchShape]:
-    """Every train batch shape the layout can produce, the largest (rows x length) first."""
-    shapes = batching.step_shapes(config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"],
-                                  process_count=hosts)
-    return sorted(shapes, key=lambda s: -s.rows * s.length)
 
 
 def programs(r: cfg_lib.Resolved, mesh, hosts: int, kinds: tuple[str, ...] = PROGRAM_KINDS,

@@ -44,6 +44,7 @@ from mypt_jax.preflight import topology as topo_lib
 from mypt_jax.training import config as cfg_lib
 from mypt_jax.training import optim
 from mypt_jax.training import step as ts
+from mypt_jax.training.fit_check import check_train_step  # noqa: F401  (its old home)
 
 # ----------------------------------------------------------------------------------------
 # Targets
@@ -152,29 +153,6 @@ def add_roofline(result: dict[str, Any], program: tp.Program, target: Target) ->
         result["roofline"] = chips.roofline(
             target.chip, model_flops=program.model_flops, executed_flops=program.executed_flops,
             hbm_bytes=hbm, overlapped_bytes=overlapped, devices=len(target.devices))
-
-
-def check_train_step(step_fn: Any, r: cfg_lib.Resolved, tx: Any, mesh,
-                     capacity: int | None = None) -> str | None:
-    """The preflight's check at the start of a run on a real accelerator: the jitted step,
-    compiled here for its largest batch shape, against the device's allocator limit.
-
-    None when it fits or when the backend reports no limit (CPU); else the problem, naming
-    the fields that change it.
-    """
-    capacity = capacity or dm.device_capacity(mesh.devices.flat[0])
-    if capacity is None:
-        return None
-    shape = tp.train_shapes(r.config, mesh, jax.process_count())[0]
-    try:
-        compiled = step_fn.lower(ts.abstract_state(tx, r.model_config, mesh),
-                                 tp.sharded_batch(shape, mesh)).compile()
-    except Exception as e:  # noqa: BLE001
-        if not dm.is_oom(e):
-            raise
-        return f"the train step at batch shape {shape} does not fit: {str(e).splitlines()[0]}"
-    problem = dm.check(dm.from_compiled(compiled), capacity, f"the train step at batch shape {shape}")
-    return problem
 
 
 # ----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from mypt_jax.data.paths import absolute, as_path
-from mypt_jax.training.config import CHECKPOINTS_DIR
+from mypt_jax.training.run_meta import CHECKPOINTS_DIR
 
 ITEMS = ("state", "train_data", "val_data", "meta")
 

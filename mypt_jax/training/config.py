@@ -6,7 +6,10 @@ silently took `block_size` and the loader fields (`epoch_seed`, `episode_min_tok
 Phase 3a runs used block 1024 and seed 1337 instead of the declared 512 and 4501-4504.
 Here the config's values apply; `inherit_init_config=True` reproduces the upstream rule.
 
-Every check raises `ConfigError` whose message starts with the offending field.
+Every check raises `ConfigError` whose message starts with the offending field. `resolve`
+checks the fields here and asks each stage to check what it owns: the dataset
+(`data/loader.py`), the init checkpoint (`training/init_source.py`) and the eval prompts
+(`decoding/eval_prompts.py`); it returns one `Resolved` run description, which the trainer reads.
 
 Paths: `workdir`, `log_file` and `init_from` may be remote URIs (`gs://bucket/run`, any scheme
 `etils.epath` knows); `as_path` keeps a URI intact (pathlib would turn `gs://b` into `gs:/b`).
@@ -16,29 +19,32 @@ Paths: `workdir`, `log_file` and `init_from` may be remote URIs (`gs://bucket/ru
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
-from typing import Any
 
-from etils import epath
 from ml_collections import config_dict
 
-from mypt_jax.data import batching, episodes
-from mypt_jax.data.paths import COMMIT_MARKER, as_path, is_remote
-from mypt_jax.data.tokenizer import Tokenizer, TokenizerError
-from mypt_jax.model.transformer import ConfigError as ModelConfigError
-from mypt_jax.model.transformer import ModelConfig, param_logical_axes, param_shapes
+from mypt_jax.data import batching
+from mypt_jax.data.paths import as_path
+from mypt_jax.data.tokenizer import Tokenizer
+from mypt_jax.model.config import ConfigError as ModelConfigError
+from mypt_jax.model.config import ModelConfig
+from mypt_jax.model.param_table import param_logical_axes, param_shapes
 from mypt_jax.parallel import sharding
+from mypt_jax.training.init_source import (
+    INHERITED_FIELDS,
+    InitSource,
+    InitSourceError,
+    check_architecture,
+    describe_init,
+    token_map_diff,
+)
+from mypt_jax.training.run_meta import latest_run_meta  # noqa: F401  (its old home)
 
 MODEL_FIELDS = (
     "block_size", "vocab_size", "n_embd", "n_head", "n_layer", "dropout", "bias", "tie_weights",
     "pos_encoding", "mlp_type", "norm_type", "rope_theta", "rope_scale", "param_dtype", "dtype",
     "remat", "scan_layers", "attention", "attention_prob_dropout",
-)
-# Fields the upstream took from the init checkpoint instead of the config.
-INHERITED_FIELDS = (
-    "block_size", "epoch_seed", "episode_min_tokens", "batch_sampling_mode", "epoch_shuffle",
 )
 # precision -> (param_dtype, compute dtype)
 PRECISIONS = {
@@ -51,21 +57,10 @@ _CHOICES = {
     "precision": tuple(PRECISIONS),
     "batch_sampling_mode": ("epoch", "random"),
 }
-CHECKPOINTS_DIR = "checkpoints"
-# Written by orbax into a finished step on object stores, where it cannot rename a temp dir.
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message starts with the field name."""
-
-
-@dataclasses.dataclass(frozen=True)
-class InitSource:
-    """What `init_from` points at, read without loading any weights."""
-
-    kind: str  # "run" (another run's workdir) | "model" (our model dir) | "upstream"
-    path: epath.Path
-    model_config: ModelConfig
-    tokenizer: Tokenizer | None
-    fields: dict[str, Any]  # the init's loader/training fields where it records them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,117 +107,6 @@ def model_config(config: config_dict.ConfigDict) -> ModelConfig:
         return ModelConfig(**values)
     except ModelConfigError as e:
         raise ConfigError(str(e).removeprefix("model config ")) from None
-
-
-# ----------------------------------------------------------------------------- init_from
-
-
-def _read_json(path: epath.Path, field: str) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{field}: cannot read {path}: {e}") from None
-
-
-def _model_config_from_json(cfg: dict, path: epath.Path, field: str) -> ModelConfig:
-    try:
-        if "param_dtype" in cfg:  # ours (ModelConfig.to_dict)
-            return ModelConfig.from_dict(cfg, source=str(path))
-        return ModelConfig.from_upstream(cfg, source=str(path))
-    except ModelConfigError as e:
-        raise ConfigError(f"{field}: {e}") from None
-
-
-def _tokenizer(path: epath.Path, field: str) -> Tokenizer | None:
-    if not path.is_file():
-        return None
-    try:
-        return Tokenizer.load(path)
-    except TokenizerError as e:
-        raise ConfigError(f"{field}: {e}") from None
-
-
-def latest_run_meta(workdir: str | Path) -> dict | None:
-    """The JSON record of a run's newest committed checkpoint, or None (read without orbax)."""
-    ckpt_dir = as_path(workdir) / CHECKPOINTS_DIR
-    if not ckpt_dir.is_dir():
-        return None
-    remote = is_remote(ckpt_dir)
-
-    def committed(p: epath.Path) -> bool:
-        # Locally orbax renames a finished temp dir to the step number; remotely the step
-        # directory exists while it is written and the marker says it is complete.
-        return (p / "meta").is_dir() and (not remote or (p / COMMIT_MARKER).exists())
-
-    steps = sorted((int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and committed(p)),
-                   reverse=True)
-    for step in steps:
-        meta_file = ckpt_dir / str(step) / "meta" / "metadata"
-        if meta_file.is_file():
-            return json.loads(meta_file.read_text(encoding="utf-8"))
-    return None
-
-
-def describe_init(path: str | Path, field: str = "init_from") -> InitSource:
-    """Classifies `init_from` (local or remote) and reads its architecture and token map."""
-    path = as_path(path)
-    if not path.exists():
-        raise ConfigError(f"{field}: {path} does not exist")
-    meta = latest_run_meta(path)
-    if meta is not None:
-        mc = _model_config_from_json(meta["model_config"], path, field)
-        tok = Tokenizer.from_state(meta["tokenizer"], source=str(path)) if meta.get("tokenizer") else None
-        return InitSource("run", path, mc, tok, dict(meta.get("config", {})))
-    if (path / CHECKPOINTS_DIR).is_dir():
-        raise ConfigError(f"{field}: {path} is a run directory without a finished checkpoint")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(
-            f"{field}: {path} is neither a run workdir (checkpoints/), our model dir "
-            "(config.json + params/) nor an upstream checkpoint (config.json + model.pt)"
-        )
-    cfg = _read_json(config_file, field)
-    mc = _model_config_from_json(cfg, config_file, field)
-    tok = _tokenizer(path / "tokenizer.json", field)
-    kind = "model" if (path / "params").is_dir() else "upstream"
-    if kind == "upstream" and not (path / "model.pt").is_file():
-        raise ConfigError(f"{field}: {path} has config.json but neither params/ nor model.pt")
-    fields = {k: cfg[k] for k in INHERITED_FIELDS if k in cfg}
-    return InitSource(kind, path, mc, tok, fields)
-
-
-def token_map_diff(a: Tokenizer, b: Tokenizer) -> list[str]:
-    names = sorted(set(a.ids_by_name) | set(b.ids_by_name))
-    return [
-        f"{n}: {a.ids_by_name.get(n)} != {b.ids_by_name.get(n)}"
-        for n in names
-        if a.ids_by_name.get(n) != b.ids_by_name.get(n)
-    ]
-
-
-def check_architecture(ours: ModelConfig, theirs: ModelConfig, field: str) -> list[str]:
-    """Raises naming every differing field; a shorter learned block_size is a note (sliced)."""
-    diffs = [d for d in ours.diff(theirs) if not d.startswith("block_size")]
-    notes = []
-    if ours.block_size != theirs.block_size:
-        if ours.pos_encoding == "learned" and ours.block_size > theirs.block_size:
-            diffs.append(
-                f"block_size: {ours.block_size} > {theirs.block_size} (the init's position "
-                "table has too few rows)"
-            )
-        else:
-            notes.append(
-                f"block_size {ours.block_size} (config) vs {theirs.block_size} (init checkpoint): "
-                + ("the position table is cut to the first rows" if ours.pos_encoding == "learned"
-                   else "RoPE needs no table")
-            )
-    if diffs and diffs != ["tie_weights: True != False"]:
-        raise ConfigError(
-            f"{field}: architecture differs from the config (config != init): " + "; ".join(diffs)
-        )
-    if diffs:
-        notes.append("tie_weights: the untied init's embedding and lm_head are averaged (upstream)")
-    return notes
 
 
 # ----------------------------------------------------------------------------- validation
@@ -322,20 +206,13 @@ def _check_mesh(config, mc: ModelConfig, num_devices: int, process_count: int) -
 
 
 def _check_dataset(config) -> Tokenizer:
-    from mypt_jax.data import loader as data
+    from mypt_jax.data import loader
 
     if not config.dataset_dir:
         raise ConfigError("dataset_dir: empty; point it at a prepared dataset")
-    if is_remote(config.dataset_dir):
-        raise ConfigError(
-            f"dataset_dir: {config.dataset_dir} is remote, but the episode files are "
-            "memory-mapped and must be on a local disk; copy it first (e.g. `gcloud storage cp "
-            "-r SRC DIR`, or the launch scripts' `setup --data`) and pass the local directory"
-        )
     try:
-        data.check_dataset(config.dataset_dir, use_loss_mask=config.use_loss_mask)
-        tok = data.dataset_tokenizer(config.dataset_dir)
-    except (episodes.DatasetError, TokenizerError, OSError) as e:
+        tok = loader.check_for_run(config.dataset_dir, use_loss_mask=config.use_loss_mask)
+    except loader.DatasetError as e:
         raise ConfigError(f"dataset_dir: {e}") from None
     if tok.model_vocab_size > config.vocab_size:
         raise ConfigError(
@@ -345,26 +222,15 @@ def _check_dataset(config) -> Tokenizer:
     return tok
 
 
-def _tokenizer_if_any(config) -> Tokenizer:
-    from mypt_jax.data import loader as data
-    from mypt_jax.data.tokenizer import head_tokenizer
-
-    try:
-        return data.dataset_tokenizer(config.dataset_dir)
-    except (episodes.DatasetError, TokenizerError, OSError):
-        return head_tokenizer()
-
-
 def _check_eval_prompts(config, tok: Tokenizer) -> str | None:
     """Reads the eval prompts; fills in eval_max_new_tokens=0 (a note when block_size caps it)."""
     if not config.eval_prompts_file:
         return None
-    from mypt_jax import evaluate
-    from mypt_jax.decoding import decode
+    from mypt_jax.decoding import eval_prompts
 
     try:
-        prompts = evaluate.load_eval_prompts(config.eval_prompts_file).prompts
-    except evaluate.EvalPromptsError as e:
+        prompts = eval_prompts.load_eval_prompts(config.eval_prompts_file)
+    except eval_prompts.EvalPromptsError as e:
         raise ConfigError(f"eval_prompts_file: {e}") from None
     if config.eval_max_new_tokens >= config.block_size:
         raise ConfigError(
@@ -372,10 +238,39 @@ def _check_eval_prompts(config, tok: Tokenizer) -> str | None:
             f"prompts: block_size is {config.block_size} (0 = fit the default to block_size)")
     if config.eval_max_new_tokens:
         return None
-    lens = [len(tok.encode(text)) for text in prompts.values()]
-    config.eval_max_new_tokens, note = decode.fit_new_tokens(
-        lens, config.block_size, evaluate.DEFAULT_MAX_NEW_TOKENS, name="eval_max_new_tokens")
+    config.eval_max_new_tokens, note = eval_prompts.new_tokens_within(
+        prompts, tok, config.block_size, name="eval_max_new_tokens")
     return note
+
+
+def _describe_init(config, notes: list[str]) -> InitSource:
+    """Reads `init_from`; with inherit_init_config, takes the fields the upstream took from it."""
+    try:
+        init = describe_init(config.init_from)
+    except InitSourceError as e:
+        raise ConfigError(str(e)) from None
+    if config.inherit_init_config:
+        for name in INHERITED_FIELDS:
+            value = init.model_config.block_size if name == "block_size" else init.fields.get(name)
+            if value is not None and value != config[name]:
+                notes.append(f"{name}: {value!r} from init_from (config said {config[name]!r})")
+                config[name] = value
+    return init
+
+
+def _check_architecture(init: InitSource, mc: ModelConfig) -> list[str]:
+    try:
+        return check_architecture(mc, init.model_config, "init_from")
+    except InitSourceError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_token_map(init: InitSource, tok: Tokenizer) -> None:
+    diff = token_map_diff(tok, init.tokenizer) if init.tokenizer is not None else []
+    if diff:
+        raise ConfigError(
+            "init_from: token map differs from the dataset's (dataset != init): " + "; ".join(diff)
+        )
 
 
 def resolve(
@@ -404,19 +299,11 @@ def resolve(
         config.checkpoint_interval = config.eval_interval
     notes: list[str] = []
 
-    init = None
-    if config.init_from and read_files:
-        init = describe_init(config.init_from)
-        if config.inherit_init_config:
-            for name in INHERITED_FIELDS:
-                value = init.model_config.block_size if name == "block_size" else init.fields.get(name)
-                if value is not None and value != config[name]:
-                    notes.append(f"{name}: {value!r} from init_from (config said {config[name]!r})")
-                    config[name] = value
+    init = _describe_init(config, notes) if config.init_from and read_files else None
     mc = model_config(config)
     config.param_dtype, config.dtype = mc.param_dtype, mc.dtype
     if init is not None:
-        notes += check_architecture(mc, init.model_config, "init_from")
+        notes += _check_architecture(init, mc)
 
     if num_devices is None or process_count is None:
         import jax
@@ -424,13 +311,14 @@ def resolve(
         num_devices = jax.device_count() if num_devices is None else num_devices
         process_count = jax.process_count() if process_count is None else process_count
     mesh_shape = _check_mesh(config, mc, num_devices, process_count)
-    tok = _check_dataset(config) if read_files else _tokenizer_if_any(config)
-    if init is not None and init.tokenizer is not None:
-        diff = token_map_diff(tok, init.tokenizer)
-        if diff:
-            raise ConfigError(
-                "init_from: token map differs from the dataset's (dataset != init): " + "; ".join(diff)
-            )
+    if read_files:
+        tok = _check_dataset(config)
+    else:
+        from mypt_jax.data import loader
+
+        tok = loader.tokenizer_if_any(config.dataset_dir)
+    if init is not None:
+        _check_token_map(init, tok)
     note = _check_eval_prompts(config, tok)
     notes += [note] if note else []
     return Resolved(

@@ -94,7 +94,7 @@ def find_log(run: str | Path) -> Path:
         return run
     tried = []
     if run.is_dir():
-        from mypt_jax.training.config import latest_run_meta
+        from mypt_jax.training.run_meta import latest_run_meta
 
         logged = (latest_run_meta(run) or {}).get("config", {}).get("log_file")
         tried = [Path(logged)] if logged else []

@@ -18,7 +18,9 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mypt_jax.model import loss as loss_lib
-from mypt_jax.model.transformer import GPT, ModelConfig, param_shardings
+from mypt_jax.model.config import ModelConfig
+from mypt_jax.model.param_table import param_shardings
+from mypt_jax.model.transformer import GPT
 from mypt_jax.parallel import sharding
 
 Params = dict[str, Any]

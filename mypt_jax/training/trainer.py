@@ -29,12 +29,14 @@ from ml_collections import config_dict
 
 from mypt_jax.data import batching, paths
 from mypt_jax.data import loader as data
-from mypt_jax.model.transformer import ModelConfig, param_shardings
+from mypt_jax.model.config import ModelConfig
+from mypt_jax.model.param_table import param_shardings
 from mypt_jax.parallel import sharding
 from mypt_jax.training import checkpoint as ckpt_lib
 from mypt_jax.training import config as cfg_lib
-from mypt_jax.training import health, optim
+from mypt_jax.training import fit_check, health, optim
 from mypt_jax.training import step as ts
+from mypt_jax.training.init_source import InitSource
 from mypt_jax.training.metrics import MetricsWriter
 from mypt_jax.training.step_stats import CompileCounter, StepWindow
 
@@ -55,7 +57,7 @@ def adapt_params(params: dict, source: ModelConfig, target: ModelConfig) -> dict
     return jax.tree.map(lambda x: jnp.asarray(x).astype(target.param_dtype), params)
 
 
-def _init_source_params(init: cfg_lib.InitSource, mesh) -> dict:
+def _init_source_params(init: InitSource, mesh) -> dict:
     if init.kind == "run":
         abstract = ts.abstract_params(init.model_config, mesh)
         params, _ = ckpt_lib.restore_params(init.path, abstract)
@@ -87,17 +89,17 @@ def initial_params(r: cfg_lib.Resolved, mesh) -> tuple[ts.ModelDef, dict]:
 def _load_eval_prompts(path: str):
     if not path:
         return None
-    from mypt_jax import evaluate
+    from mypt_jax.decoding import eval_prompts
 
-    return evaluate.load_eval_prompts(path)
+    return eval_prompts.load_eval_prompts(path)
 
 
 def _generate(model, tokenizer, eval_prompts, max_new_tokens: int) -> list[dict]:
     if eval_prompts is None:
         return []
-    from mypt_jax import evaluate
+    from mypt_jax.decoding import eval_prompts as eval_lib
 
-    return list(evaluate.evaluate(model, tokenizer, eval_prompts, max_new_tokens=max_new_tokens))
+    return list(eval_lib.evaluate(model, tokenizer, eval_prompts, max_new_tokens=max_new_tokens))
 
 
 def device_batch(local: dict, mesh, layout: batching.Layout, pad_id: int):
@@ -393,9 +395,7 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     )
     eval_fn = ts.make_eval_step(mdef, mesh, loss_chunk_size=c.loss_chunk_size)
     if jax.default_backend() != "cpu":  # the preflight's memory check, on the real device
-        from mypt_jax.preflight import report as preflight
-
-        problem = preflight.check_train_step(step_fn, r, tx, mesh)
+        problem = fit_check.check_train_step(step_fn, r, tx, mesh)
         if problem:
             raise cfg_lib.ConfigError(
                 f"remat/grad_accum_steps/mesh_fsdp: {problem}; `python -m mypt_jax.preflight "

@@ -1,0 +1,124 @@
+"""A phase's summary: every number read back from the files its steps wrote."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mypt_jax.curriculum.phases import GENERATED, Phase, count_records, test_results_path
+from mypt_jax.data.paths import write_json_atomic
+from mypt_jax.training.run_meta import finished_run
+
+
+def phase_summary(
+    root: Path, phase: Phase, config, prompts_file: str, step_status: dict[str, dict]
+) -> dict[str, Any]:
+    """Everything reported for a phase, read back from what the steps wrote."""
+    import jax
+
+    from mypt_jax.data.dataset import read_metadata
+    from mypt_jax.interop import model_io
+    from mypt_jax.training import health, plot
+
+    data = {"generated": {}, "mixed": None, "prepared": None}
+    for key in phase.datasets:
+        path = root / GENERATED[key].path
+        data["generated"][str(path)] = count_records(path) if path.is_file() else None
+    if phase.mix_output:
+        path = root / phase.mix_output
+        data["mixed"] = {"path": str(path), "records": count_records(path) if path.is_file() else None}
+    prepared = root / phase.prepared
+    meta = read_metadata(prepared) if prepared.is_dir() else {}
+    if meta:
+        data["prepared"] = {
+            "dir": str(prepared), "source": meta.get("source_file"),
+            "records": meta["num_conversations"],
+            "train_episodes": meta["num_train_episodes"], "val_episodes": meta["num_val_episodes"],
+            "train_tokens": meta["num_train_tokens"], "val_tokens": meta["num_val_tokens"],
+        }
+
+    out: dict[str, Any] = {"phase": phase.name, "steps": step_status, "data": data}
+    run = finished_run(config.workdir, config.max_iters)
+    log_path = Path(config.log_file)
+    if run is not None:
+        ckpt = Path(config.workdir) / "checkpoints" / str(run["step"])
+        metrics = run.get("metrics") or {}
+        out["train"] = {
+            "workdir": config.workdir, "init_from": config.init_from or None,
+            "steps": run["step"], "first_val_loss": run.get("first_val_loss"),
+            "final_val_loss": metrics.get("val_loss"), "checkpoint": str(ckpt),
+            "model_dir": str(Path(config.workdir) / model_io.RUN_MODEL_DIR), "log": str(log_path),
+            "training_eval_scores": metrics.get("gen_scores", {}),
+        }
+        if log_path.is_file() and jax.process_index() == 0:
+            out["train"]["loss_plot"] = str(plot.write_run_figure(log_path, label=phase.name))
+    tested = test_results_path(config.workdir)
+    results = json.loads(tested.read_text(encoding="utf-8"))["results"] if tested.is_file() else []
+    if results:
+        out["test"] = {
+            "prompts_file": prompts_file,
+            "results": [{k: r[k] for k in ("name", "completion", "expected", "exact", "normalized")}
+                        for r in results],
+            "exact": sum(bool(r["exact"]) for r in results),
+            "normalized": sum(bool(r["normalized"]) for r in results),
+            "scored": sum(r["expected"] is not None for r in results),
+        }
+    if run is not None:
+        from mypt_jax.data.tokenizer import Tokenizer
+
+        tags = list(Tokenizer.from_state(run["tokenizer"]).id_by_string) if run.get("tokenizer") else []
+        red = health.check([tuple(x) for x in run.get("val_history", [])], results,
+                           step=run["step"], tag_strings=tags,
+                           simple_prompts_after=config.simple_prompts_after)
+        out["red_lines"] = red
+        out["verdict"] = "RED LINE" if red else "ok"
+    return out
+
+
+def write_summary(path: Path, payload: Any) -> Path:
+    write_json_atomic(path, payload)
+    return path
+
+
+def format_summary(summaries: Sequence[dict]) -> str:
+    lines = ["", "=" * 72, "Phase 3a pipeline summary", "=" * 72]
+    for s in summaries:
+        lines.append(f"[{s['phase']}]  " + "  ".join(
+            f"{k}: {v['status']}" for k, v in s["steps"].items()))
+        d = s["data"]
+        for path, n in d["generated"].items():
+            lines.append(f"  generated  {path}: {n} records")
+        if d["mixed"]:
+            lines.append(f"  mixed      {d['mixed']['path']}: {d['mixed']['records']} records")
+        if d["prepared"]:
+            p = d["prepared"]
+            lines.append(f"  prepared   {p['dir']}: {p['train_episodes']} train / {p['val_episodes']} "
+                         f"val episodes, {p['train_tokens']} / {p['val_tokens']} tokens")
+        t = s.get("train")
+        if t:
+            first = "?" if t["first_val_loss"] is None else f"{t['first_val_loss']:.4f}"
+            final = "?" if t["final_val_loss"] is None else f"{t['final_val_loss']:.4f}"
+            lines.append(f"  trained    {t['steps']} steps from {t['init_from'] or 'scratch'}: "
+                         f"val loss {first} -> {final}")
+            lines.append(f"  checkpoint {t['checkpoint']}  (model: {t['model_dir']})")
+            if "loss_plot" in t:
+                lines.append(f"  loss curve {t['loss_plot']}")
+        test = s.get("test")
+        if test:
+            lines.append(f"  test       exact {test['exact']}/{test['scored']}, "
+                         f"normalized {test['normalized']}/{test['scored']}")
+            for r in test["results"]:
+                mark = "ok" if r["exact"] else ("~ok" if r["normalized"] else "--")
+                lines.append(f"    [{mark:>3}] {r['name']}: {r['completion']!r}"
+                             + (f" (expected {r['expected']!r})" if r["expected"] is not None else ""))
+        if "verdict" in s:
+            lines.append(f"  red lines  {s['verdict']}"
+                         + "".join(f"\n    - {f}" for f in s["red_lines"]))
+        if "summary_file" in s:
+            lines.append(f"  summary    {s['summary_file']}")
+        lines.append(f"  wall time  {s['wall_time_s']:.1f}s")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,52 @@
+"""Does the train step fit the device? Checked on its compiled program before the first step.
+
+`mypt_jax.train` runs this on a real accelerator (a CPU reports no allocator limit); the
+preflight compiles the same shapes for slices it does not have (`preflight/programs.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from mypt_jax.data import batching
+from mypt_jax.parallel import device_memory as dm
+from mypt_jax.training import config as cfg_lib
+from mypt_jax.training import step as ts
+
+
+def train_shapes(config, mesh, hosts: int) -> list[batching.BatchShape]:
+    """Every train batch shape the layout can produce, the largest (rows x length) first."""
+    shapes = batching.step_shapes(config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"],
+                                  process_count=hosts)
+    return sorted(shapes, key=lambda s: -s.rows * s.length)
+
+
+def sharded_batch(shape: batching.BatchShape, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    bsh = ts.batch_sharding(mesh)
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh)
+            for k, v in batching.abstract_batch(shape).items()}
+
+
+def check_train_step(step_fn: Any, r: cfg_lib.Resolved, tx: Any, mesh,
+                     capacity: int | None = None) -> str | None:
+    """The preflight's check at the start of a run on a real accelerator: the jitted step,
+    compiled here for its largest batch shape, against the device's allocator limit.
+
+    None when it fits or when the backend reports no limit (CPU); else the problem, naming
+    the fields that change it.
+    """
+    capacity = capacity or dm.device_capacity(mesh.devices.flat[0])
+    if capacity is None:
+        return None
+    shape = train_shapes(r.config, mesh, jax.process_count())[0]
+    try:
+        compiled = step_fn.lower(ts.abstract_state(tx, r.model_config, mesh),
+                                 sharded_batch(shape, mesh)).compile()
+    except Exception as e:  # noqa: BLE001
+        if not dm.is_oom(e):
+            raise
+        return f"the train step at batch shape {shape} does not fit: {str(e).splitlines()[0]}"
+    problem = dm.check(dm.from_compiled(compiled), capacity, f"the train step at batch shape {shape}")
+    return problem

@@ -1,0 +1,41 @@
+"""A run directory's committed checkpoints, read without orbax (plots, summaries, init_from)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from etils import epath
+
+from mypt_jax.data.paths import COMMIT_MARKER, as_path, is_remote
+
+CHECKPOINTS_DIR = "checkpoints"  # <workdir>/checkpoints/<step>/{state,train_data,val_data,meta}
+
+
+def latest_run_meta(workdir: str | Path) -> dict | None:
+    """The JSON record of a run's newest committed checkpoint, or None (read without orbax)."""
+    ckpt_dir = as_path(workdir) / CHECKPOINTS_DIR
+    if not ckpt_dir.is_dir():
+        return None
+    remote = is_remote(ckpt_dir)
+
+    def committed(p: epath.Path) -> bool:
+        # Locally orbax renames a finished temp dir to the step number; remotely the step
+        # directory exists while it is written and the marker says it is complete.
+        return (p / "meta").is_dir() and (not remote or (p / COMMIT_MARKER).exists())
+
+    steps = sorted((int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and committed(p)),
+                   reverse=True)
+    for step in steps:
+        meta_file = ckpt_dir / str(step) / "meta" / "metadata"
+        if meta_file.is_file():
+            return json.loads(meta_file.read_text(encoding="utf-8"))
+    return None
+
+
+def finished_run(workdir: str, max_iters: int) -> dict | None:
+    """The final checkpoint's record if the run finished at (or past) max_iters, else None."""
+    meta = latest_run_meta(workdir)
+    if meta and meta.get("finished") and meta.get("step", -1) >= max_iters:
+        return meta
+    return None
