@@ -5,7 +5,7 @@
 
 The same `--steps` global batches of the real episode stream (the preset's loader settings:
 block 512, batch 16, its epoch seed) are shaped four ways (mypt_jax/data/batching.py) and trained
-by the trainer's own step (`train_step.make_train_step`), each layout from the same initial
+by the trainer's own step (`training.step.make_train_step`), each layout from the same initial
 weights:
 - padded: the upstream layout (rows of block_size, every position projected);
 - trimmed: rows cut to the batch's length bucket, every position projected;

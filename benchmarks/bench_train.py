@@ -7,7 +7,7 @@ Shapes: `small` = 4 layers, 256 wide, 8 heads, block 256, batch 8, vocab 50304 (
 `750m` = the Phase 3a configs' model (32 layers, 1280 wide, 20 heads, block 512, batch 16).
 Both are the seed architecture (learned positions, LayerNorm, GELU, tied weights), dropout 0.
 
-JAX side: `train_step.make_train_step` (the trainer's own step: AdamW, upstream clip, masked
+JAX side: `training.step.make_train_step` (the trainer's own step: AdamW, upstream clip, masked
 loss) on one synthetic batch: random tokens, the last `--mask_ratio` of each row trained.
 PyTorch side (if torch is installed): the test suite's independent implementation
 (`tests/torch_reference.TorchGPT`) holding the same initial weights, the same batch, the

@@ -1,6 +1,6 @@
 """Shared helpers of the benchmark scripts: timing, the device's peak, machine facts.
 
-FLOP counts and the published peaks come from `mypt_jax.chips` (the formulas are stated
+FLOP counts and the published peaks come from `mypt_jax.preflight.chips` (the formulas are stated
 there once; re-exported here for the benchmark scripts).
 
 MFU = model FLOPs per second / the device's peak. On CPU the peak is measured in the same run:

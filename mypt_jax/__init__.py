@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # Lazy so that `import mypt_jax.tokenizer` (datagen, prepare) never pays for importing JAX.
+    # Lazy so that `import mypt_jax.data.tokenizer` (datagen, prepare) never pays for importing JAX.
     if name == "load":
         from mypt_jax.api import load
 

@@ -82,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, out=sys.stdout, err=sys.stderr, load=None) -> decode.Generation:
+def run(args: argparse.Namespace, out=None, err=None, load=None) -> decode.Generation:
     """Loads the model (with `load`, default `mypt_jax.load`), generates, prints."""
+    # The streams of the call, not of the import (a test's captured stdout closes after it).
+    out, err = out or sys.stdout, err or sys.stderr
     if load is None:
         import mypt_jax
 

@@ -169,7 +169,7 @@ def test_single_process_does_not_join_and_late_join_is_refused(monkeypatch):
 
 def test_a_process_left_alone_prints_the_hang_hint(tmp_path):
     """jax#22436: one of two processes started; it must say why before jax aborts it."""
-    code = ("from mypt_jax import distributed\n"
+    code = ("from mypt_jax.parallel import distributed\n"
             f"distributed.maybe_initialize(coordinator_address='127.0.0.1:{_free_port()}', "
             "num_processes=2, process_id=0, timeout_s=4)\nprint('JOINED')\n")
     env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}

@@ -40,7 +40,7 @@ class Generated:
 
     @property
     def path(self) -> str:
-        return f"{self.output_dir}/{_datagen(self.generator).OUTPUT_NAME}"
+        return f"{self.output_dir}/{datagen_module(self.generator).OUTPUT_NAME}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ PHASES = {
 }
 
 
-def _datagen(name: str):
+def datagen_module(name: str):
     return importlib.import_module(f"datagen.{name}")
 
 
@@ -120,7 +120,7 @@ def _anchor(root: Path, value: str) -> str:
     return str(root / value)
 
 
-def _repo_file(root: Path, value: str) -> str:
+def repo_file(root: Path, value: str) -> str:
     """A file the repository ships (eval prompts): under the root if there, else the repo's."""
     if not value or Path(value).is_absolute() or (root / value).is_file():
         return _anchor(root, value)
@@ -140,7 +140,7 @@ def phase_config(root: Path, phase: Phase, preset: str, init_from: str | None,
     c.dataset_dir = str(root / phase.prepared)
     c.workdir = _anchor(root, c.workdir)
     c.log_file = _anchor(root, c.log_file) if c.log_file else str(Path(c.workdir) / "log.jsonl")
-    c.eval_prompts_file = _repo_file(root, c.eval_prompts_file)
+    c.eval_prompts_file = repo_file(root, c.eval_prompts_file)
     if init_from is not None:
         c.init_from = init_from
     elif phase.previous is not None:

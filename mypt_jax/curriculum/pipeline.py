@@ -48,11 +48,11 @@ from mypt_jax.curriculum.phases import (
     VAL_SPLIT,
     Phase,
     PipelineError,
-    _datagen,
-    _repo_file,
     count_records,
+    datagen_module,
     parse_overrides,
     phase_config,
+    repo_file,
     test_results_path,
 )
 from mypt_jax.curriculum.summary import format_summary, phase_summary, write_summary
@@ -87,7 +87,7 @@ def generate_step(root: Path, key: str) -> dict[str, Any]:
 
     spec = GENERATED[key]
     path = root / spec.path
-    records = _datagen(spec.generator).generate(**spec.kwargs)
+    records = datagen_module(spec.generator).generate(**spec.kwargs)
     text = rec.to_jsonl(records)
     if path.is_file() and path.read_bytes() == text.encode("utf-8"):
         return {"status": SKIPPED, "path": str(path), "records": len(records)}
@@ -217,7 +217,7 @@ def run_phase(root: Path, phase: Phase, config, steps: Sequence[str],
         step("mix", lambda: mix_step(root, phase, replay_share))
     step("prepare", lambda: prepare_step(root, phase))
     step("train", lambda: train_step(config))
-    prompts_file = _repo_file(root, phase.test_prompts)
+    prompts_file = repo_file(root, phase.test_prompts)
     tested = step("test", lambda: test_step(config, prompts_file))
     if tested:
         _log(f"[{phase.name}] test prompts ({prompts_file}):")

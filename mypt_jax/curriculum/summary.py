@@ -9,7 +9,7 @@ from typing import Any
 
 from mypt_jax.curriculum.phases import GENERATED, Phase, count_records, test_results_path
 from mypt_jax.data.paths import write_json_atomic
-from mypt_jax.training.run_meta import finished_run
+from mypt_jax.training.run_meta import CHECKPOINTS_DIR, finished_run
 
 
 def phase_summary(
@@ -43,7 +43,7 @@ def phase_summary(
     run = finished_run(config.workdir, config.max_iters)
     log_path = Path(config.log_file)
     if run is not None:
-        ckpt = Path(config.workdir) / "checkpoints" / str(run["step"])
+        ckpt = Path(config.workdir) / CHECKPOINTS_DIR / str(run["step"])
         metrics = run.get("metrics") or {}
         out["train"] = {
             "workdir": config.workdir, "init_from": config.init_from or None,

@@ -1,2 +1,2 @@
-"""Interop: the upstream checkpoint format, the torch pickle reader, our model directory, and the
-upstream `train.py` command line."""
+"""Interop: the upstream checkpoint format (its key table and torch pickle reader), our model
+directory, and the upstream `train.py` command line."""

@@ -123,7 +123,7 @@ def base_preset() -> str:
     spec = importlib.util.find_spec("configs.base")
     if spec and spec.origin:
         return spec.origin
-    return str(Path(__file__).resolve().parents[1] / "configs" / "base.py")
+    return str(Path(__file__).resolve().parents[2] / "configs" / "base.py")
 
 
 def config_overrides_in(argv: Sequence[str]) -> set[str]:

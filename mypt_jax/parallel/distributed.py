@@ -86,7 +86,7 @@ def maybe_initialize(force: bool = False, *, timeout_s: int = 300, **kwargs) -> 
     if xla_bridge.backends_are_initialized():
         raise DistributedError(
             "jax.distributed.initialize must run before any other JAX call, but a backend is "
-            "already initialized; call mypt_jax.distributed.maybe_initialize() first thing"
+            "already initialized; call mypt_jax.parallel.distributed.maybe_initialize() first thing"
         )
     where = params.get("coordinator_address", "auto-detected coordinator")
     print(f"joining {params.get('num_processes', '?')} processes at {where} "

@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mypt_jax.data import inspect as data_inspect
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mypt_jax.preflight", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="preset file (configs/*.py[:arg])")
     p.add_argument("--topology", default="", help=f"one of {sorted(topo_lib.TOPOLOGIES)}; "
                    "empty = this machine's devices")

@@ -1,2 +1,2 @@
-"""Training: the run config, the trainer and its jitted step, optimizer, checkpoints, metrics and
-health checks."""
+"""Training: the run config and what it starts from, the trainer and its jitted step, optimizer,
+checkpoints, metrics, health checks and loss curves."""

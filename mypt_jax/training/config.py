@@ -81,7 +81,7 @@ def default_fields() -> config_dict.ConfigDict:
     except ImportError:  # run from elsewhere: load it beside the package
         import importlib.util
 
-        path = Path(__file__).resolve().parents[1] / "configs" / "base.py"
+        path = Path(__file__).resolve().parents[2] / "configs" / "base.py"
         spec = importlib.util.spec_from_file_location("_mypt_configs_base", path)
         base = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(base)

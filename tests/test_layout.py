@@ -1,0 +1,133 @@
+"""The floor plan holds: wings import only the wings below them, nothing imports in a circle,
+no wing imports an entry point, and no module grows past 500 lines (README "Architecture")."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mypt_jax"
+MAX_LINES = 500
+# wing -> the wings it may import (the README's order, bottom up)
+BELOW = {
+    "parallel": set(),
+    "data": {"parallel"},
+    "model": {"parallel"},
+    "decoding": {"parallel", "data", "model"},
+    "interop": {"parallel", "data", "model"},
+    "training": {"parallel", "data", "model", "decoding", "interop"},
+    "preflight": {"parallel", "data", "model", "decoding", "interop", "training"},
+    "curriculum": {"parallel", "data", "model", "decoding", "interop", "training"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ("mypt_jax", *path.relative_to(PACKAGE).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every mypt_jax module `path` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:  # `from pkg import name` names a module or not
+                name = name.rpartition(".")[0]
+            if name.startswith("mypt_jax"):
+                found.add(name)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {m: _imports(p, modules) - {m} for m, p in modules.items()}
+
+
+def _wing(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in BELOW else None
+
+
+def test_every_module_sits_in_a_known_wing_or_at_the_top():
+    strays = [m for m, p in _modules().items()
+              if p.parent != PACKAGE and _wing(m) is None]
+    assert not strays, f"modules outside the wings the README names: {strays}"
+
+
+def test_wings_import_only_the_wings_below_them_and_no_entry_point():
+    wrong = []
+    for module, imported in _graph().items():
+        wing = _wing(module)
+        if wing is None:
+            continue  # the top: entry points and the API may use any wing
+        for target in imported:
+            other = _wing(target)
+            if other is None:
+                wrong.append(f"{module} -> {target} (an entry point or the API)")
+            elif other != wing and other not in BELOW[wing]:
+                wrong.append(f"{module} -> {target} ({wing} may import {sorted(BELOW[wing])})")
+    assert not wrong, "imports against the floor plan:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_import_circles():
+    graph = _graph()
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    circles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                circles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_no_module_over_500_lines():
+    long = {m: n for m, p in _modules().items()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"over {MAX_LINES} lines (move a concern out): {long}"
+
+
+def test_the_checks_see_an_upward_import_and_a_circle(tmp_path, monkeypatch):
+    """The checks above can fail: a data module importing training, and two modules that
+    import each other, are both reported."""
+    pkg = tmp_path / "mypt_jax"
+    for wing in ("data", "training"):
+        (pkg / wing).mkdir(parents=True)
+        (pkg / wing / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "data" / "a.py").write_text("from mypt_jax.training import b\n")
+    (pkg / "training" / "b.py").write_text("def f():\n    from mypt_jax.data import a\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    graph = _graph()
+    assert graph["mypt_jax.data.a"] == {"mypt_jax.training.b"}
+    assert graph["mypt_jax.training.b"] == {"mypt_jax.data.a"}
+    try:
+        test_wings_import_only_the_wings_below_them_and_no_entry_point()
+    except AssertionError as e:
+        assert "mypt_jax.data.a -> mypt_jax.training.b" in str(e)
+    else:
+        raise AssertionError("the upward import was not reported")
+    try:
+        test_no_import_circles()
+    except AssertionError as e:
+        assert "mypt_jax.data.a -> mypt_jax.training.b -> mypt_jax.data.a" in str(e)
+    else:
+        raise AssertionError("the circle was not reported")
