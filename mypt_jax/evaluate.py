@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     import mypt_jax
-    from mypt_jax.generate import resolve_model_path
+    from mypt_jax.interop.upstream_cli import resolve_model_path
 
     args = build_parser().parse_args(argv)
     try:

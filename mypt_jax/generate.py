@@ -18,9 +18,9 @@ import re
 import secrets
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from mypt_jax.decoding import decode
+from mypt_jax.interop.upstream_cli import resolve_model_path
 
 # Upstream --mode values other than basic ignore the sampling flags and use a fixed preset.
 MODE_PRESETS = {"qa": "factual", "creative": "creative", "factual": "factual", "code": "code"}
@@ -30,17 +30,6 @@ _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 def unescape(text: str) -> str:
     """`\\n`, `\\t` and `\\\\` become characters; nothing else changes (unlike unicode_escape)."""
     return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
-
-
-def resolve_model_path(name: str, legacy_checkpoint: str | None = None) -> Path:
-    """A path as given, else checkpoints/<name> as upstream; an error names both tries."""
-    tried = [Path(name), Path("checkpoints") / name]
-    for path in tried:
-        if path.exists():
-            return path / legacy_checkpoint if legacy_checkpoint else path
-    raise FileNotFoundError(
-        f"model {name!r} not found: neither {tried[0]} nor {tried[1]} exists"
-    )
 
 
 def sampling_from_args(args: argparse.Namespace) -> decode.SamplingParams:

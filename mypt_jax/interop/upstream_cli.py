@@ -204,6 +204,17 @@ def resolve_init(name: str) -> str:
     return path
 
 
+def resolve_model_path(name: str, legacy_checkpoint: str | None = None) -> Path:
+    """A path as given, else checkpoints/<name> as upstream; an error names both tries."""
+    tried = [Path(name), Path(CHECKPOINTS) / name]
+    for path in tried:
+        if path.exists():
+            return path / legacy_checkpoint if legacy_checkpoint else path
+    raise FileNotFoundError(
+        f"model {name!r} not found: neither {tried[0]} nor {tried[1]} exists"
+    )
+
+
 # ----------------------------------------------------------------------------- translation
 
 
