@@ -25,6 +25,7 @@ from pathlib import Path
 from ml_collections import config_dict
 
 from mypt_jax.data import batching
+from mypt_jax.data.episodes import DatasetError
 from mypt_jax.data.paths import as_path
 from mypt_jax.data.tokenizer import Tokenizer
 from mypt_jax.model.config import ConfigError as ModelConfigError
@@ -212,7 +213,7 @@ def _check_dataset(config) -> Tokenizer:
         raise ConfigError("dataset_dir: empty; point it at a prepared dataset")
     try:
         tok = loader.check_for_run(config.dataset_dir, use_loss_mask=config.use_loss_mask)
-    except loader.DatasetError as e:
+    except DatasetError as e:
         raise ConfigError(f"dataset_dir: {e}") from None
     if tok.model_vocab_size > config.vocab_size:
         raise ConfigError(
