@@ -78,6 +78,7 @@ def get_config() -> config_dict.ConfigDict:
     c.checkpoint_interval = 0  # save every this many steps; 0 = at every eval (upstream)
     c.keep_checkpoints = 2  # most recent checkpoints kept
     c.keep_best = 1  # plus this many best by val loss
+    c.allow_data_change = False  # resume although the dataset files or batch-stream fields changed
     c.export_upstream = False  # also write the final weights as an upstream checkpoint dir
     c.log_file = ""  # JSONL log; "" = <workdir>/log.jsonl
     c.tensorboard = True  # write TensorBoard event files to <workdir>/tb

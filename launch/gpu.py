@@ -5,8 +5,10 @@
   python launch/gpu.py tail  --host me@gpu-box
   python launch/gpu.py stop  --host me@gpu-box
 
-One trainer process sees all local GPUs (no jax.distributed). Every subcommand takes
---dry_run: print the commands (one per line), run nothing. See launch/README.md.
+One trainer process sees all local GPUs (no jax.distributed). It is rerun on the host while it
+exits 75 (preempted, checkpoint saved); a GPU VM that is gone must be re-created by hand, then
+`setup` and the same `run` resume. Every subcommand takes --dry_run: print the commands (one
+per line), run nothing. See launch/README.md.
 """
 
 from __future__ import annotations
@@ -175,13 +177,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="environment for the trainer (repeatable; wins over the above)",
     )
+    p.add_argument(
+        "--max_restarts",
+        type=int,
+        default=ll.DEFAULT_MAX_RESTARTS,
+        help=f"reruns after exit {ll.PREEMPTED_EXIT_CODE} (preempted, checkpoint saved) "
+        "before giving up (default: %(default)s)",
+    )
 
     p = sub.add_parser("tail", parents=[common], help="follow the log")
     p.add_argument("--run_name", type=ll.run_name_arg, default=ll.LATEST)
     p.add_argument("--lines", type=int, default=100)
     p.add_argument("--no_follow", action="store_true", help="print the last lines and exit")
 
-    p = sub.add_parser("stop", parents=[common], help="signal the run")
+    p = sub.add_parser(
+        "stop", parents=[common], help="mark the run stopped and signal it (it saves, no restart)"
+    )
     p.add_argument("--run_name", type=ll.run_name_arg, default=ll.LATEST)
     p.add_argument("--signal", default="TERM", choices=["TERM", "INT", "KILL"])
     p.add_argument(
@@ -193,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 BUILDERS = {
-    "setup": setup_commands, "run": run_commands, "tail": tail_commands, "stop": stop_commands,
+    "setup": setup_commands,
+    "run": run_commands,
+    "tail": tail_commands,
+    "stop": stop_commands,
 }
 
 

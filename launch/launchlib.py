@@ -21,12 +21,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 JAX_VERSION = "0.10.2"  # the jax pin in pyproject.toml; tests/test_launch.py keeps them equal
+# The trainer's "preempted, checkpoint saved: rerun to resume" exit status (EX_TEMPFAIL). It
+# mirrors mypt_jax/training/preemption.py, which this stdlib-only script cannot import; a test
+# keeps the two equal.
+PREEMPTED_EXIT_CODE = 75
+DEFAULT_MAX_RESTARTS = 100  # reruns after exit 75 on one worker before the loop gives up
 DEFAULT_CONFIG = "configs/phase3a1_gamma.py"
 DEFAULT_REMOTE_DIR = "mypt-jax"  # relative paths on a worker are relative to its login dir ($HOME)
 DEFAULT_PYTHON = "python3.11"  # jax 0.10.2 needs >= 3.11; TPU VM images ship Ubuntu 22.04's 3.10
 VENV_PYTHON = ".venv/bin/python"  # relative to the checkout on the worker
 TARBALL = "mypt-jax-src.tar.gz"  # lands in the worker's login dir, removed after unpacking
-LOG_DIR = "logs"  # relative to the checkout: <run>.log, <run>.pid, latest.log, latest.pid
+# Relative to the checkout: <run>.log, <run>.pid (the restart loop's), <run>.rc (the run's
+# final exit status, written as the loop ends), <run>.stopped (written by `stop`), latest.log,
+# latest.pid.
+LOG_DIR = "logs"
 LATEST = "latest"
 DATA_DEST = "data/sft_ready"  # setup --data copies here: the configs' dataset_dir layout
 INIT_DEST = "checkpoints"  # setup --init_from copies here by default (the alpha base model's place)
@@ -55,11 +63,20 @@ class TpuTarget:
     project: str | None = None
     worker: str = "all"  # gcloud's --worker: "all", an index, a list or a range
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, worker: str = "all") -> TpuTarget:
+        """The VM that tpu.py's --name, --zone and --project name."""
+        return cls(args.name, args.zone, args.project, worker)
+
+    def _location(self) -> Command:
+        return [f"--zone={self.zone}"] + ([f"--project={self.project}"] if self.project else [])
+
     def _where(self) -> Command:
-        flags = [f"--zone={self.zone}"]
-        if self.project:
-            flags.append(f"--project={self.project}")
-        return [*flags, f"--worker={self.worker}"]
+        return [*self._location(), f"--worker={self.worker}"]
+
+    def vm(self, verb: str, *flags: str) -> Command:
+        """`gcloud ... tpu-vm VERB NAME` (create, delete, describe): the VM itself, so no --worker."""
+        return ["gcloud", "compute", "tpus", "tpu-vm", verb, self.name, *self._location(), *flags]
 
     def shell(self, script: str) -> Command:
         return [
@@ -152,10 +169,17 @@ def gcs_copy_script(remote_dir: str, uri: str, subdir: str) -> str:
 
 
 def trainer_argv(
-    config: str, workdir: str, dataset_dir: str | None, init_from: str | None, extra: Sequence[str]
+    config: str,
+    workdir: str,
+    dataset_dir: str | None,
+    init_from: str | None,
+    extra: Sequence[str],
+    distributed: bool = False,
 ) -> Command:
     """The trainer command line; `extra` comes last, so an override there wins."""
     argv = [VENV_PYTHON, "-m", "mypt_jax.train", f"--config={config}", f"--workdir={workdir}"]
+    if distributed and "--distributed" not in extra:
+        argv.append("--distributed")
     if dataset_dir:
         argv.append(f"--config.dataset_dir={dataset_dir}")
     if init_from:
@@ -163,29 +187,73 @@ def trainer_argv(
     return argv + list(extra)
 
 
+def restart_loop_script(run_name: str, command: str, max_restarts: int) -> str:
+    """Runs `command` again while it exits 75 and nobody stopped the run; then writes <run>.rc.
+
+    The TERM trap keeps this shell alive while the trainer saves its checkpoint (bash runs a
+    trap only once the foreground command has exited), and tells it the signal was meant for the
+    whole run: `stop` signals the process group and a shutting-down host signals everything, so
+    neither is a reason to restart. `stop` also writes <run>.stopped first, which covers a
+    signal that reached the trainer alone (--signal INT: a background shell cannot trap it).
+    """
+    rc, stopped = f"{LOG_DIR}/{run_name}.rc", f"{LOG_DIR}/{run_name}.stopped"
+    say = f'echo "launch: $(date -u +%FT%TZ) run {run_name}'
+    return (
+        f'signalled=0; trap "signalled=1" TERM; n=0; while :; do {command} ; rc=$?; '
+        f"if [ $rc -ne {PREEMPTED_EXIT_CODE} ]; then why=finished; "
+        f'elif [ $signalled = 1 ] || [ -e {stopped} ]; then why="stopped, not restarted"; '
+        f'elif [ $n -ge {int(max_restarts)} ]; then why="{int(max_restarts)} restarts, giving up"; '
+        f"else n=$((n + 1)); {say} exited {PREEMPTED_EXIT_CODE} (preempted, checkpoint saved): "
+        f'restart $n of {int(max_restarts)}"; continue; fi; '
+        f'echo $rc > {rc}.tmp; mv -f {rc}.tmp {rc}; {say} ended: exit $rc ($why)"; exit $rc; done'
+    )
+
+
+def _running(run_name: str) -> str:
+    """A shell test: the run's restart loop is alive.
+
+    An <run>.rc means the loop has ended, whatever `kill -0` says: under a PID 1 that does
+    not reap orphans (a container without an init), the loop lingers as a zombie.
+    """
+    pid = f"{LOG_DIR}/{run_name}.pid"
+    return f'[ ! -e {LOG_DIR}/{run_name}.rc ] && [ -e {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null'
+
+
 def start_script(
-    remote_dir: str, run_name: str, argv: Sequence[str], env: Mapping[str, str]
+    remote_dir: str,
+    run_name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    max_restarts: int = DEFAULT_MAX_RESTARTS,
 ) -> str:
-    """Starts `argv` detached (own session, so stop can signal its whole process group)."""
+    """Starts `argv` in a restart loop, detached (own session: stop signals its process group)."""
     log, pid = f"{LOG_DIR}/{run_name}.log", f"{LOG_DIR}/{run_name}.pid"
     env_argv = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
-    command = shlex.join([*env_argv, *argv])
+    loop = restart_loop_script(run_name, shlex.join([*env_argv, *argv]), max_restarts)
     return (
         f"set -e; cd {q(remote_dir)}; mkdir -p {LOG_DIR}; "
-        f'if [ -e {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; then '
+        f"if {_running(run_name)}; then "
         f'echo "run {run_name} is already running on $(hostname) (pid $(cat {pid}))" >&2; exit 1; fi; '
-        f"nohup setsid {command} > {log} 2>&1 < /dev/null & echo $! > {pid}; "
+        f"rm -f {LOG_DIR}/{run_name}.rc {LOG_DIR}/{run_name}.stopped; "
+        # Appended: a rerun that resumes the run keeps the log of what came before.
+        f"nohup setsid bash -c {q(loop)} >> {log} 2>&1 < /dev/null & echo $! > {pid}; "
         f"ln -sfn {run_name}.log {LOG_DIR}/{LATEST}.log; ln -sfn {run_name}.pid {LOG_DIR}/{LATEST}.pid; "
         f'echo "started run {run_name} on $(hostname): pid $(cat {pid}), log $(pwd)/{log}"'
     )
 
 
 def stop_script(remote_dir: str, run_name: str, signal: str, pkill: bool) -> str:
-    """Signals the run's process group; with pkill, also any process running `-m mypt_jax.train`."""
+    """Marks the run stopped, then signals its process group; with pkill, also any `-m mypt_jax.train`.
+
+    The trainer saves at the step in flight on TERM or INT and exits 75; the marker keeps the
+    restart loop from rerunning it. It sits beside the pid file the link resolves to, so
+    `--run_name latest` marks the newest run.
+    """
     pid = f"{LOG_DIR}/{run_name}.pid"
     by_pid = (
         f'if [ ! -e {pid} ]; then echo "no {pid} on $(hostname)" >&2; '
-        f'else p=$(cat {pid}); if kill -0 "$p" 2>/dev/null; then '
+        f'else m=$(readlink -f {pid}); : > "${{m%.pid}}.stopped"; '
+        f'p=$(cat {pid}); if kill -0 "$p" 2>/dev/null; then '
         f'kill -{signal} -- "-$p" 2>/dev/null || kill -{signal} "$p"; '
         f'echo "sent SIG{signal} to run {run_name} (pid $p) on $(hostname)"; '
         f'else echo "run {run_name} (pid $p) is not running on $(hostname)"; fi; fi'
@@ -197,13 +265,40 @@ def stop_script(remote_dir: str, run_name: str, signal: str, pkill: bool) -> str
     return script
 
 
-def run_command(target, remote_dir: str, args, extra: Sequence[str], env: Mapping[str, str]) -> Command:
+def status_script(remote_dir: str, run_name: str) -> str:
+    """Prints how the run stands on this worker: running, stopped, `exit N`, or none (not started,
+    or killed with its loop)."""
+    rc = f"{LOG_DIR}/{run_name}.rc"
+    return (
+        f"cd {q(remote_dir)} 2>/dev/null || {{ echo none; exit 0; }}; "
+        f"if {_running(run_name)}; then echo running; "
+        f"elif [ -e {LOG_DIR}/{run_name}.stopped ]; then echo stopped; "
+        f'elif [ -e {rc} ]; then echo "exit $(cat {rc})"; else echo none; fi'
+    )
+
+
+def default_workdir(run_name: str) -> str:
+    return f"runs/{run_name}"  # relative to the checkout: on each worker's own disk
+
+
+def run_command(
+    target,
+    remote_dir: str,
+    args,
+    extra: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    workdir: str | None = None,
+    distributed: bool = False,
+) -> Command:
     """`run`: start the trainer in the background on `target` (every worker of a TPU slice)."""
     if args.run_name == LATEST:
         raise LaunchError(f"--run_name {LATEST!r} is reserved (it names the newest run)")
-    workdir = args.workdir or f"runs/{args.run_name}"
-    argv = trainer_argv(args.config, workdir, args.dataset_dir, args.init_from, extra)
-    return target.shell(start_script(remote_dir, args.run_name, argv, env))
+    if args.max_restarts < 0:
+        raise LaunchError(f"--max_restarts {args.max_restarts}: expected 0 or more")
+    workdir = workdir or args.workdir or default_workdir(args.run_name)
+    argv = trainer_argv(args.config, workdir, args.dataset_dir, args.init_from, extra, distributed)
+    return target.shell(start_script(remote_dir, args.run_name, argv, env, args.max_restarts))
 
 
 def tail_script(remote_dir: str, run_name: str, lines: int, follow: bool) -> str:
@@ -349,19 +444,26 @@ def run_cli(
     argv: Sequence[str] | None,
     parser: argparse.ArgumentParser,
     builders: Mapping[str, Callable[..., list[Command]]],
+    takes_trainer_args: Sequence[str] = ("run",),
 ) -> int:
     """The shared `main` of the launch scripts: parse, build the subcommand's commands, run.
 
-    `builders[sub](args)` builds a subcommand's commands; the `run` builder also gets the
-    trainer arguments that followed `--`.
+    `builders[sub](args)` builds a subcommand's commands; those in `takes_trainer_args` also
+    get the trainer arguments that followed `--`. A builder that runs its own commands (tpu.py
+    supervise) returns none.
     """
     own, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(own)
-    if extra and args.subcommand != "run":
-        parser.error(f"arguments after -- go to the trainer; only `run` takes them (got {extra})")
+    passes = args.subcommand in takes_trainer_args
+    if extra and not passes:
+        names = " and ".join(f"`{name}`" for name in takes_trainer_args)
+        verb = "takes" if len(takes_trainer_args) == 1 else "take"
+        parser.error(
+            f"arguments after -- go to the trainer; only {names} {verb} them (got {extra})"
+        )
     try:
         build = builders[args.subcommand]
-        commands = build(args, extra) if args.subcommand == "run" else build(args)
+        commands = build(args, extra) if passes else build(args)
         execute(commands, args.dry_run)
     except LaunchError as e:
         return report(e, parser.prog)

@@ -44,8 +44,7 @@ def main(argv, upstream: upstream_cli.Translation | None = None,
     # Joins when the environment names a coordinator (or --distributed forces it, as on TPU
     # pods); must run before anything touches the JAX backend.
     distributed.maybe_initialize(force=_DISTRIBUTED.value)
-    from mypt_jax.training import trainer
-    from mypt_jax.training.config import ConfigError
+    from mypt_jax.training import exit_codes, trainer
 
     try:
         config = _CONFIG.value
@@ -54,12 +53,12 @@ def main(argv, upstream: upstream_cli.Translation | None = None,
             if jax.process_index() == 0:
                 print(upstream.summary, file=sys.stderr, flush=True)
         summary = trainer.train(config, _WORKDIR.value)
-    except (ConfigError, upstream_cli.UpstreamConfigError) as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except FloatingPointError as e:
-        print(f"training stopped: {e}", file=sys.stderr)
-        sys.exit(3)
+    except Exception as e:
+        known = exit_codes.user_error(e)
+        if known is None:
+            raise
+        print(known[1], file=sys.stderr, flush=True)
+        sys.exit(known[0])
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2, default=str))
 

@@ -302,3 +302,33 @@ def test_load_accepts_a_training_run_directory(tmp_path):
     np.testing.assert_array_equal(
         mypt_jax.load(tmp_path / "run").logits(ids), mypt_jax.load(tmp_path / "run" / "model").logits(ids)
     )
+
+
+def test_a_damaged_model_dir_is_one_line_for_load_and_convert(tmp_path, capsys):
+    from flax import nnx
+
+    import mypt_jax
+    from mypt_jax import convert
+    from mypt_jax.data.tokenizer import Tokenizer
+    from mypt_jax.interop import model_io
+    from mypt_jax.model import GPT, ModelConfig
+
+    config = ModelConfig(block_size=32, n_embd=32, n_head=2, n_layer=1, dropout=0.0)
+    src = model_io.save_model(tmp_path / "model", GPT(config, rngs=nnx.Rngs(0)), config,
+                              Tokenizer())
+    largest = max((p for p in Path(src, model_io.PARAMS_DIR).rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    with largest.open("r+b") as f:
+        f.truncate(100)
+
+    with pytest.raises(model_io.ModelCheckpointError) as raised:
+        mypt_jax.load(src)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(
+        f"{src / model_io.PARAMS_DIR}: cannot restore parameters (the model directory is damaged")
+    assert "value of size 100" in message  # tensorstore's own reason, not orbax's wrapper
+
+    assert convert.main(["export", str(src), str(tmp_path / "up")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"error: {message}", err
+    assert not (tmp_path / "up").exists()

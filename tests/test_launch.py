@@ -1,4 +1,8 @@
-"""launch/tpu.py and launch/gpu.py: the commands their dry runs print, and the scripts they run."""
+"""launch/tpu.py and launch/gpu.py: the commands their dry runs print, and the scripts they run.
+
+The restart loop and `tpu.py supervise` are tested in test_launch_restart.py, which imports the
+helpers below (and the loaded tpu and gpu modules) from here.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +38,13 @@ tpu = _load("tpu")
 gpu = _load("gpu")
 
 TRAINER = [".venv/bin/python", "-m", "mypt_jax.train"]
+GCLOUD_TPU = ["gcloud", "compute", "tpus", "tpu-vm"]
+V4_RUN = ["run", "--name", "t", "--zone", "z", "--accelerator_type", "v4-8"]
+V5P_RUN = ["run", "--name", "p", "--zone", "z", "--accelerator_type", "v5p-32"]
+SUPERVISE = (
+    "supervise --name p --zone z --accelerator_type v5p-32 --spot "
+    "--run_name s1 --workdir gs://b/runs/s1"
+).split()
 # An override that a naive f-string would break: space, both quote kinds, $, ; and a glob.
 NASTY = '--config.note=it\'s a "test"; $HOME *'
 
@@ -58,10 +69,19 @@ def script_of(command: list[str]) -> str:
     return command[-1]
 
 
-def trainer_argv_in(script: str) -> list[str]:
+def loop_in(script: str) -> str:
+    """The restart loop that a start script runs detached (`nohup setsid bash -c LOOP`)."""
     words = shlex.split(script)
     start = words.index("setsid") + 1
-    return words[start : words.index(">", start)]
+    assert words[start : start + 2] == ["bash", "-c"] and words[start + 3] == ">>", words
+    return words[start + 2]
+
+
+def trainer_argv_in(script: str) -> list[str]:
+    """The command the loop runs (with `env NAME=VALUE ...` in front when there is one)."""
+    words = shlex.split(loop_in(script))
+    start = words.index("do") + 1
+    return words[start : words.index(";", start)]
 
 
 def launch(script: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -79,6 +99,15 @@ def wait_for(path: Path, timeout: float = 20.0) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
         time.sleep(0.05)
+
+
+def wait_for_line(path: Path, text: str, times: int = 1, timeout: float = 20.0) -> str:
+    """Waits until `text` is in the file `times` times; returns the file's contents."""
+    deadline = time.monotonic() + timeout
+    while (content := path.read_text() if path.exists() else "").count(text) < times:
+        assert time.monotonic() < deadline, f"{text!r} not in {path} within {timeout} s: {content}"
+        time.sleep(0.05)
+    return content
 
 
 # --- tpu.py -------------------------------------------------------------------------------
@@ -300,6 +329,8 @@ def test_tpu_run_quotes_overrides_for_the_remote_shell(capsys):
             "t",
             "--zone",
             "z",
+            "--accelerator_type",
+            "v4-8",
             "--run_name",
             "a1",
             "--dataset_dir",
@@ -334,7 +365,7 @@ def test_tpu_run_quotes_overrides_for_the_remote_shell(capsys):
         NASTY,
     ]
     words = shlex.split(script)
-    assert words[words.index(">") + 1] == "logs/a1.log" and "nohup" in words
+    assert words[words.index(">>") + 1] == "logs/a1.log" and "nohup" in words
 
 
 def test_tpu_tail_stop_delete(capsys):
@@ -366,11 +397,12 @@ def test_tpu_tail_stop_delete(capsys):
 def test_bad_arguments_are_clear_errors(capsys):
     with pytest.raises(SystemExit) as e:
         tpu.main(["stop", "--name", "t", "--zone", "z", "--dry_run", "--", "--config.x=1"])
-    assert e.value.code == 2 and "only `run` takes them" in capsys.readouterr().err
+    assert e.value.code == 2 and "only `run` and `supervise` take them" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tpu.main(["run", "--name", "t", "--zone", "z", "--run_name", "../x", "--dry_run"])
     assert "'../x': use letters" in capsys.readouterr().err
-    assert tpu.main(["run", "--name", "t", "--zone", "z", "--run_name", "latest", "--dry_run"]) == 1
+    latest = ["run", "--name", "t", "--zone", "z", "--workers", "1", "--run_name", "latest"]
+    assert tpu.main([*latest, "--dry_run"]) == 1
     assert "reserved" in capsys.readouterr().err
     assert gpu.main(["run", "--env", "NOEQUALS", "--dry_run"]) == 1
     assert "--env 'NOEQUALS': expected NAME=VALUE" in capsys.readouterr().err
@@ -395,7 +427,13 @@ def test_every_generated_script_is_valid_bash(capsys, tmp_path):
             ],
         ),
         (tpu.main, ["setup", "--name", "t", "--zone", "z", "--repo_url", "https://e.com/r.git"]),
-        (tpu.main, ["run", "--name", "t", "--zone", "z", "--env", "A=b c", "--", NASTY]),
+        (
+            tpu.main,
+            ["run", "--name", "t", "--zone", "z", "--workers", "1", "--env", "A=b c", "--", NASTY],
+        ),
+        (tpu.main, [*V5P_RUN, "--workdir", "gs://b/r", "--max_restarts", "3"]),
+        (tpu.main, [*SUPERVISE, "--data", "gs://b/d", "--", NASTY]),
+        (tpu.main, [*SUPERVISE, "--state", "GONE"]),
         (tpu.main, ["stop", "--name", "t", "--zone", "z", "--pkill"]),
         (tpu.main, ["tail", "--name", "t", "--zone", "z"]),
         (gpu.main, ["setup", "--host", "u@h", "--data", "gs://b/d"]),
@@ -405,12 +443,66 @@ def test_every_generated_script_is_valid_bash(capsys, tmp_path):
     scripts = []
     for main, argv in argvs:
         for command in dry(main, [*argv[:1], "--dry_run", *argv[1:]], capsys):
-            if command[0] in ("gcloud", "ssh", "bash") and "scp" not in command[:5]:
+            if command[0] in ("ssh", "bash") or command[:5] == [*GCLOUD_TPU, "ssh"]:
                 scripts.append(script_of(command))
-    assert len(scripts) >= 10
+    assert len(scripts) >= 18
     for script in scripts:
         result = subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True)
         assert result.returncode == 0, (script, result.stderr)
+
+
+def test_worker_count_per_accelerator_type():
+    expected = {
+        "v4-8": 1, "v4-16": 2, "v4-32": 4, "v5p-8": 1, "v5p-32": 4, "v2-32": 4, "v5litepod-4": 1,
+        "v5litepod-8": 1, "v5litepod-16": 4, "v6e-8": 1, "v6e-256": 64, "v9x-8": None,
+    }  # fmt: skip
+    assert {t: tpu.worker_count(t) for t in expected} == expected
+
+
+def test_multi_worker_run_is_distributed_and_needs_a_shared_workdir(capsys):
+    def trainer(*argv, extra=()):
+        (command,) = dry(tpu.main, [*argv, "--run_name", "a1", "--dry_run", *extra], capsys)
+        return trainer_argv_in(script_of(command))
+
+    assert "--distributed" not in trainer(*V4_RUN)
+    argv = trainer(*V5P_RUN, "--workdir", "gs://b/runs/a1")
+    assert argv[3:6] == [
+        "--config=configs/phase3a1_gamma.py",
+        "--workdir=gs://b/runs/a1",
+        "--distributed",
+    ]
+    given = trainer(*V5P_RUN, "--workdir", "gs://b/r", extra=["--", "--distributed"])
+    assert given.count("--distributed") == 1
+    argv = trainer(*V5P_RUN, "--shared_workdir", "/mnt/nfs/runs/a1")
+    assert "--workdir=/mnt/nfs/runs/a1" in argv and "--distributed" in argv
+    assert "--distributed" in trainer(
+        "run", "--name", "n", "--zone", "z", "--workers", "2", "--workdir", "gs://b/r"
+    )
+
+    def refused(*argv) -> str:
+        assert tpu.main([*argv, "--run_name", "a1", "--dry_run"]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.splitlines()) == 1 and err.startswith("launch/tpu.py: error: ")
+        return err
+
+    err = refused(*V5P_RUN)
+    assert "the default workdir runs/a1 is on each worker's own disk" in err
+    assert "the 4 workers of this slice write one checkpoint together" in err
+    assert "--workdir gs://BUCKET/PATH" in err and "--shared_workdir /PATH" in err
+    assert "--workdir /mnt/nfs/a1 is on each worker's own disk" in refused(
+        *V5P_RUN, "--workdir", "/mnt/nfs/a1"
+    )
+    assert "expected an absolute path" in refused(*V5P_RUN, "--shared_workdir", "nfs/a1")
+    assert "pass --accelerator_type (as given to create) or --workers N" in refused(
+        "run", "--name", "t", "--zone", "z"
+    )
+    assert "cannot tell how many workers it has" in refused(*V4_RUN[:-1], "v9x-64")
+    assert "a v5p-32 slice has 4 workers" in refused(
+        *V5P_RUN, "--workers", "2", "--workdir", "gs://b/r"
+    )
+    with pytest.raises(SystemExit):  # argparse: one workdir or the other
+        tpu.main([*V5P_RUN, "--workdir", "gs://b/r", "--shared_workdir", "/mnt/r", "--dry_run"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 # --- gpu.py -------------------------------------------------------------------------------
@@ -438,8 +530,9 @@ def test_gpu_run_over_ssh_sets_xla_env(capsys):
         capsys,
     )
     assert command[:2] == ["ssh", "me@box"] and len(command) == 3
-    words = shlex.split(command[2])
-    env = words[words.index("env") + 1 : words.index(TRAINER[0])]
+    words = trainer_argv_in(command[2])
+    assert words[0] == "env"
+    env = words[1 : words.index(TRAINER[0])]
     assert env == [
         "XLA_PYTHON_CLIENT_MEM_FRACTION=0.90",
         "XLA_FLAGS=" + " ".join([*gpu.DEFAULT_XLA_FLAGS, "--xla_dump_to=/tmp/hlo"]),
@@ -507,11 +600,11 @@ def make_checkout(root: Path) -> Path:
     return root
 
 
-def end(record_path: Path) -> None:
-    """Kills the fake trainer this test started (by its pid), if it is still running."""
-    if record_path.exists() and not (record_path.parent / "terminated").exists():
+def end(pid_file: Path) -> None:
+    """Kills what a test's start script started: the restart loop's process group, by its pid."""
+    if pid_file.exists():
         try:
-            os.kill(json.loads(record_path.read_text())["pid"], signal.SIGKILL)
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         except ProcessLookupError:
             pass
 
@@ -519,6 +612,7 @@ def end(record_path: Path) -> None:
 def test_gpu_local_run_tail_stop_end_to_end(tmp_path):
     checkout = make_checkout(tmp_path / "checkout")
     record = checkout / "record.json"
+    pid_file = checkout / "logs" / "e2e.pid"
     base = ["--remote_dir", str(checkout)]
     try:
         result = launch(
@@ -550,8 +644,10 @@ def test_gpu_local_run_tail_stop_end_to_end(tmp_path):
             "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.90",
             "MY_VAR": "x y",
         }
-        assert seen["pgid"] == seen["pid"]  # its own process group: stop signals the group
-        assert (checkout / "logs" / "e2e.pid").read_text().strip() == str(seen["pid"])
+        # The pid file names the restart loop, the leader of the trainer's own process group:
+        # stop signals the group.
+        loop_pid = int(pid_file.read_text())
+        assert seen["pgid"] == loop_pid != seen["pid"]
 
         again = launch("gpu.py", "run", *base, "--run_name", "e2e")
         assert again.returncode == 1 and "run e2e is already running" in again.stderr
@@ -567,10 +663,12 @@ def test_gpu_local_run_tail_stop_end_to_end(tmp_path):
 
         stop = launch("gpu.py", "stop", *base)
         assert stop.returncode == 0, stop.stderr
-        assert f"sent SIGTERM to run latest (pid {seen['pid']})" in stop.stdout
+        assert f"sent SIGTERM to run latest (pid {loop_pid})" in stop.stdout
         wait_for(checkout / "terminated")
+        assert (checkout / "logs" / "e2e.stopped").exists()  # `latest` resolved to the run
+        wait_for_line(checkout / "logs" / "e2e.log", "ended: exit 0 (finished)")
     finally:
-        end(record)
+        end(pid_file)
 
 
 def test_tpu_scripts_run_in_a_real_shell(capsys, tmp_path):
@@ -579,7 +677,7 @@ def test_tpu_scripts_run_in_a_real_shell(capsys, tmp_path):
     record = tmp_path / "mypt-jax" / "record.json"
     (run,) = dry(
         tpu.main,
-        ["run", "--name", "t", "--zone", "z", "--run_name", "r1", "--dry_run", "--", NASTY],
+        [*V4_RUN, "--run_name", "r1", "--dry_run", "--", NASTY],
         capsys,
     )
     (stop,) = dry(
@@ -602,7 +700,7 @@ def test_tpu_scripts_run_in_a_real_shell(capsys, tmp_path):
         assert stopped.returncode == 0 and "sent SIGTERM to run r1" in stopped.stdout
         wait_for(tmp_path / "mypt-jax" / "terminated")
     finally:
-        end(record)
+        end(tmp_path / "mypt-jax" / "logs" / "r1.pid")
 
 
 def test_failed_command_and_missing_gcloud_are_named(tmp_path):
@@ -656,10 +754,11 @@ def test_jax_version_matches_pyproject_pin():
     assert pin == f"jax=={launchlib.JAX_VERSION}"
 
 
-def test_readme_trainer_flags_are_accepted_by_the_trainer():
-    """The README's overrides parse with the real trainer flags and give the documented mesh."""
-    runs = [w for w in readme_commands() if w[2] == "run"]
-    assert len(runs) == 3
+def test_readme_trainer_flags_are_accepted_by_the_trainer(capsys):
+    """The trainer command lines the README's runs start parse with the real trainer flags and
+    give the documented mesh (and --distributed where the slice has more than one worker)."""
+    runs = [w for w in readme_commands() if w[2] in ("run", "supervise")]
+    assert len(runs) == 4
     # (mesh_data, mesh_fsdp, mesh_tensor, batch_size, grad_accum_steps, remat, distributed): the
     # table's choice, FSDP over every device with remat "dots", is the phase configs' own.
     expected = {
@@ -678,9 +777,13 @@ def test_readme_trainer_flags_are_accepted_by_the_trainer():
     )
     for words in runs:
         machine = words[words.index("--name" if "--name" in words else "--host") + 1]
-        extra = words[words.index("--") + 1 :] if "--" in words else []
+        main = tpu.main if words[1] == "launch/tpu.py" else gpu.main
+        start = dry(main, [words[2], "--dry_run", *words[3:]], capsys)[-1]
+        argv = trainer_argv_in(script_of(start))
+        argv = argv[argv.index(TRAINER[0]) :]  # past gpu.py's `env XLA_FLAGS=...`
+        assert argv[:3] == TRAINER, words
         result = subprocess.run(
-            [sys.executable, "-c", probe, f"--config={launchlib.DEFAULT_CONFIG}", *extra],
+            [sys.executable, "-c", probe, *argv[3:]],
             cwd=ROOT,
             capture_output=True,
             text=True,

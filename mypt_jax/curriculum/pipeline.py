@@ -322,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from datagen.records import DatagenError
     from mypt_jax.parallel import distributed, hostmem
+    from mypt_jax.training import exit_codes
 
     hostmem.keep_freed_memory()
     try:
@@ -333,12 +334,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PipelineError, distributed.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, DatagenError) as e:  # ConfigError, PrepareError, EvalPromptsError, ...
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
-        print(f"training stopped: {e}", file=sys.stderr)
-        return 3
+    except Exception as e:
+        known = exit_codes.user_error(e)  # the run's own: preempted (75), checkpoint (4), ...
+        if known is None and isinstance(e, ValueError | DatagenError):  # PrepareError, ...
+            known = 2, f"error: {e}"
+        if known is None:
+            raise
+        print(known[1], file=sys.stderr)
+        return known[0]
     if not _is_main():
         return 0
     print(format_summary(summaries), flush=True)

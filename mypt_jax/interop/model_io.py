@@ -175,8 +175,19 @@ def load_params(
                               shapes, shardings, is_leaf=is_shape)
     try:
         return ocp.StandardCheckpointer().restore(absolute(path) / PARAMS_DIR, target)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise ModelCheckpointError(f"{path / PARAMS_DIR}: cannot restore parameters: {e}") from None
+    except Exception as e:  # orbax/tensorstore raise many types for missing or damaged bytes
+        raise ModelCheckpointError(
+            f"{path / PARAMS_DIR}: cannot restore parameters (the model directory is damaged or "
+            f"incomplete): {cause_line(e)}") from None
+
+
+def cause_line(exc: BaseException, limit: int = 300) -> str:
+    """The innermost cause of a storage error, on one line: orbax wraps tensorstore's precise
+    message ("OUT_OF_RANGE: ... value of size 100") in a generic one with a multi-line spec."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_model(

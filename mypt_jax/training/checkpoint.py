@@ -11,12 +11,25 @@ written on one mesh (or device count) restores onto another.
 
 `workdir` may be a remote URI (`gs://bucket/run`): orbax writes there directly, marking a
 finished step with `commit_success.txt` where it cannot rename.
+
+Failures the user can act on are one line each (`CheckpointError`): a save that cannot write
+(the path, the OS error and, for a full disk, the free space; the previous checkpoints stay
+as they were), and a resume whose newest checkpoints are damaged (`restore_newest` moves each
+damaged one aside to `<step>.damaged`, never deletes it, and falls back to the newest intact
+one; with none intact the error names them all).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grain
@@ -26,9 +39,50 @@ from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from mypt_jax.data.paths import absolute, as_path
+from mypt_jax.interop.model_io import cause_line
 from mypt_jax.training.run_meta import CHECKPOINTS_DIR
 
 ITEMS = ("state", "train_data", "val_data", "meta")
+DAMAGED_SUFFIX = ".damaged"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written or read back; the message is one line for the user."""
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` (orbax and tensorstore wrap them), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _free_space(path: epath.Path) -> str:
+    """"N GiB free on <mount>" for a local path; "" where it cannot be told (a bucket)."""
+    probe = path
+    while not os.path.exists(str(probe)) and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(str(probe)).free
+    except OSError:
+        return ""
+    return f"{free / 2**20:.1f} MiB free at {probe}"
+
+
+def write_error(path: epath.Path, exc: BaseException) -> CheckpointError:
+    """The one-line error of a save that failed: path, OS error, free space for ENOSPC."""
+    os_err = _os_error(exc)
+    reason = f"{os_err.strerror or os_err} (errno {os_err.errno})" if os_err else cause_line(exc)
+    full = (os_err is not None and os_err.errno == errno.ENOSPC) or "No space left" in str(exc)
+    space = _free_space(path) if full else ""
+    return CheckpointError(
+        f"saving checkpoint {path} failed: {reason}" + (f"; {space}" if space else "")
+        + "; the previous checkpoints are intact and a rerun of the same command resumes from "
+        "the newest of them")
 
 
 class _IteratorState:
@@ -54,6 +108,31 @@ class _IteratorState:
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
     """`<workdir>/checkpoints`, a URI kept intact (`gs://b/run`, not pathlib's `gs:/b/run`)."""
     return as_path(workdir) / CHECKPOINTS_DIR
+
+
+@dataclass
+class Restored:
+    """One checkpoint read back: state (None for meta only), iterator states, meta."""
+
+    step: int
+    state: Any
+    train_data: dict
+    val_data: dict
+    meta: dict
+    damaged: list[str] = field(default_factory=list)  # "checkpoint N (...): why; moved to ..."
+
+
+def _first_problem(problem: str) -> str:
+    """Process 0's problem if any process had one (all of them must move the same step)."""
+    if jax.process_count() == 1:
+        return problem
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    failed_P = np.asarray(multihost_utils.process_allgather(np.int32(bool(problem))))
+    if not failed_P.any():
+        return ""
+    return problem or f"unreadable on process(es) {np.flatnonzero(failed_P).tolist()}"
 
 
 class Checkpointer:
@@ -93,6 +172,9 @@ class Checkpointer:
             read_only=read_only,
         )
         self.directory = checkpoint_dir(workdir)
+        quiet_orphaned_io()  # before any I/O: orbax logs a failure before it raises it to us
+        self.failed = False  # a save failed: close() must not raise the same error again
+        self._saving: int | None = None
         self.manager = ocp.CheckpointManager(
             absolute(self.directory),
             options=options,
@@ -124,7 +206,19 @@ class Checkpointer:
         meta: dict,
         val_loss: float | None = None,
     ) -> None:
-        """Starts an asynchronous save; `val_loss` (when evaluated) ranks the best checkpoints."""
+        """Starts an asynchronous save; `val_loss` (when evaluated) ranks the best checkpoints.
+
+        A write that fails (now, or in the background for the previous save) raises
+        `CheckpointError` naming the step's path.
+        """
+        self._saving = step
+        try:
+            self._save(step, state, train_data, val_data, meta, val_loss)
+        except Exception as e:
+            self.failed = True
+            raise write_error(self.path(step), e) from e
+
+    def _save(self, step, state, train_data, val_data, meta, val_loss) -> None:
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -155,11 +249,113 @@ class Checkpointer:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the last save is committed; its write error, if any, as CheckpointError."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self.failed = True
+            raise write_error(self.path(self._saving), e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        if self.failed:  # the error was reported once; closing must not raise it again
+            with contextlib.suppress(Exception):
+                self.manager.wait_until_finished()  # let the other writer threads end
+            with contextlib.suppress(Exception):
+                self.manager.close()
+            return
+        self.wait()
         self.manager.close()
+
+    # ------------------------------------------------------------------ damaged checkpoints
+
+    def quarantine(self, step: int) -> epath.Path:
+        """Moves `<step>` aside to `<step>.damaged` (`.damaged.1`, ... if taken); never deletes."""
+        src = self.path(step)
+        dst = src.parent / f"{step}{DAMAGED_SUFFIX}"
+        n = 0
+        while dst.exists():
+            n += 1
+            dst = src.parent / f"{step}{DAMAGED_SUFFIX}.{n}"
+        if jax.process_index() == 0 and src.exists():
+            src.rename(dst)
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"mypt_jax quarantine {step}")
+        self.manager.reload()
+        return dst
+
+    def restore_newest(self, abstract_state: Any | None,
+                       check_meta: Callable[[int, dict], None] | None = None) -> Restored | None:
+        """The newest checkpoint that restores, damaged newer ones moved aside; None if none exist.
+
+        `abstract_state=None` reads the meta only. `check_meta(step, meta)` runs before the
+        state is read and may raise: a checkpoint of another architecture is the user's
+        error, not damage, and must not be moved. Every process tries the same step and they
+        agree on the outcome before moving anything, so a shard file that only one process
+        reads still moves the whole checkpoint aside on all of them.
+        """
+        damaged: list[str] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            meta, problem = _attempt(self.restore_meta, step)
+            problem = _first_problem(problem)
+            if not problem:
+                if check_meta is not None:
+                    check_meta(step, meta)
+                if abstract_state is None:
+                    return Restored(step, None, {}, {}, meta, damaged)
+                restored, problem = _attempt(self.restore, step, abstract_state)
+                problem = _first_problem(problem)
+                if not problem:
+                    return Restored(step, *restored, damaged)
+            moved = self.quarantine(step)
+            damaged.append(f"checkpoint {step} ({self.path(step)}) is damaged: {problem}; "
+                           f"moved to {moved}")
+        if damaged:
+            raise CheckpointError(
+                f"no intact checkpoint in {self.directory}: " + " | ".join(damaged)
+                + "; start over with a new --workdir, or copy an intact checkpoint there")
+        return None
+
+
+def _attempt(read: Callable[..., Any], *args) -> tuple[Any, str]:
+    """(read(*args), "") or (None, its first cause in one line): orbax, tensorstore and json
+    raise many types for bad bytes, so every exception counts as damage here."""
+    try:
+        return read(*args), ""
+    except Exception as e:
+        return None, cause_line(e)
+
+
+def quiet_orphaned_io() -> None:
+    """Drops the noise of I/O left running after a failed checkpoint read or write.
+
+    When one array of a restore fails, orbax closes its event loop while tensorstore still
+    completes the other reads; each completion prints "RuntimeError: Event loop is closed".
+    When a save fails, orbax logs the error with a traceback from its writer thread before
+    the save call raises it to us, and its other writer threads then fail at interpreter
+    exit. We report each failure as one line (CheckpointError), so these are dropped;
+    `MYPT_JAX_DEBUG=1` keeps them. Every other error still prints.
+    """
+    if os.environ.get("MYPT_JAX_DEBUG") or getattr(sys.excepthook, "_mypt_quiet", False):
+        return
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def orphan(exc: BaseException | None, where: object = None) -> bool:
+        return (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed") or (
+            "_read_array_index_and_device_put" in repr(where))
+
+    def quiet_excepthook(kind, exc, tb):
+        if not orphan(exc):
+            excepthook(kind, exc, tb)
+
+    def quiet_unraisablehook(info):
+        if not orphan(info.exc_value, info.object):
+            unraisablehook(info)
+
+    quiet_excepthook._mypt_quiet = True
+    sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+    logging.getLogger("absl").addFilter(
+        lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage())
 
 
 def restore_params(

@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 from ml_collections import config_dict
 
 from mypt_jax.data import batching, paths
@@ -34,7 +34,7 @@ from mypt_jax.model.param_table import param_shardings
 from mypt_jax.parallel import sharding
 from mypt_jax.training import checkpoint as ckpt_lib
 from mypt_jax.training import config as cfg_lib
-from mypt_jax.training import fit_check, health, optim
+from mypt_jax.training import exports, fit_check, health, identity, optim, preemption, resume
 from mypt_jax.training import step as ts
 from mypt_jax.training.init_source import InitSource
 from mypt_jax.training.metrics import MetricsWriter
@@ -127,9 +127,9 @@ class _Run:
     """Mutable bookkeeping of one train() call."""
 
     def __init__(self, r: cfg_lib.Resolved, writer: MetricsWriter, ckpt: ckpt_lib.Checkpointer,
-                 schedule, layout: batching.Layout):
+                 schedule, layout: batching.Layout, data_identity: dict):
         self.r, self.c, self.writer, self.ckpt = r, r.config, writer, ckpt
-        self.schedule, self.layout = schedule, layout
+        self.schedule, self.layout, self.data_identity = schedule, layout, data_identity
         self.val_history: list[tuple[int, float]] = []
         self.last_saved: int | None = None
         self.last_eval: dict[str, Any] = {}
@@ -230,12 +230,24 @@ class _Run:
             "first_val_loss": self.first_val_loss,
             "finished": finished,
             "summary": summary,
+            "data_identity": self.data_identity,
         }
         self.ckpt.save(
             step, state, train_data=train_iter.get_state(), val_data=val_iter.get_state(),
             meta=meta, val_loss=self.last_eval.get("val_loss") if evaluated else None,
         )
         self.last_saved = step
+
+    def preempted(self, step: int, state, train_iter, val_iter, signal_name: str) -> None:
+        """Saves at `step` (the weights after `step` updates), waits for the commit, raises."""
+        self.flush()  # a NaN must not be saved as the resume point
+        if step != self.last_saved:
+            self.save(step, state, train_iter, val_iter, evaluated=False)
+        self.ckpt.wait()
+        where = str(self.ckpt.path(step))
+        self.writer.write({"iter": step, "event": "preempted", "signal": signal_name,
+                           "checkpoint": where})
+        raise preemption.Preempted(step, signal_name, where)
 
 
 def _make_iterators(c, tokenizer, train_state: dict, val_state: dict):
@@ -249,73 +261,6 @@ def _make_iterators(c, tokenizer, train_state: dict, val_state: dict):
     train_iter.set_state(train_state)
     val_iter.set_state(val_state)
     return train_iter, val_iter
-
-
-def _check_resume(meta: dict, r: cfg_lib.Resolved, workdir: str) -> list[str]:
-    saved = ModelConfig.from_dict(meta["model_config"], source=f"{workdir} checkpoint")
-    diff = r.model_config.diff(saved)
-    if saved.param_dtype != r.model_config.param_dtype:
-        diff.append(f"param_dtype: {r.model_config.param_dtype!r} != {saved.param_dtype!r}")
-    if diff:
-        raise cfg_lib.ConfigError(
-            f"workdir: {workdir} holds a run of another architecture (config != checkpoint): "
-            + "; ".join(diff) + " (use a new --workdir)"
-        )
-    saved_cfg = meta.get("config", {})
-
-    def plain(v):  # the saved config went through JSON: tuples came back as lists
-        return list(v) if isinstance(v, tuple) else v
-
-    return [
-        f"{k}: {saved_cfg[k]!r} -> {r.config[k]!r}"
-        for k in r.config.keys()
-        if k in saved_cfg and saved_cfg[k] != plain(r.config[k])
-    ]
-
-
-def _export_upstream(r: cfg_lib.Resolved, params, step: int) -> epath.Path:
-    from mypt_jax.interop import upstream
-
-    c = r.config
-    dst = paths.as_path(c.workdir) / "upstream"
-    from jax.experimental import multihost_utils
-
-    host = jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
-    if jax.process_index() != 0:
-        return dst
-    if dst.exists():
-        dst.rmtree()
-    fields = {
-        "batch_size": c.batch_size, "use_loss_mask": c.use_loss_mask,
-        "batch_sampling_mode": c.batch_sampling_mode, "episode_min_tokens": c.episode_min_tokens,
-        "epoch_seed": c.epoch_seed, "epoch_shuffle": c.epoch_shuffle, "save_dtype": "bf16",
-    }
-    # The upstream saves bf16 (its fit() hard-codes save_dtype); so do we.
-    return upstream.write_upstream(
-        dst, host, r.model_config, r.tokenizer, dtype="bf16",
-        training_state={"step": step}, training_fields=fields,
-    )
-
-
-def _save_model_dir(r: cfg_lib.Resolved, params) -> epath.Path:
-    """The final weights as our model dir (`<workdir>/model`), for generate/evaluate/convert.
-
-    Multi-host: the weights are gathered to every process, process 0 writes, the rest wait.
-    """
-    from jax.experimental import multihost_utils
-
-    from mypt_jax.interop import model_io
-
-    dst = paths.as_path(r.config.workdir) / model_io.RUN_MODEL_DIR
-    host = jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
-    if jax.process_index() == 0:
-        if dst.exists():
-            dst.rmtree()
-        model_io.save_model(dst, host, r.model_config, r.tokenizer,
-                            source={"run": paths.describe_path(r.config.workdir),
-                                    "step": r.config.max_iters})
-    multihost_utils.sync_global_devices("mypt_jax model dir written")
-    return dst
 
 
 def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
@@ -335,24 +280,21 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     is_main = jax.process_index() == 0
     mesh = sharding.make_mesh(r.mesh_shape)
     tx, schedule = optim.optimizer_from_config(c)
-    latest = ckpt.latest_step()
-    notes = list(r.notes)
+    data_identity = identity.data_identity(c)
 
     # ----- resume, report, or start -----
-    meta: dict[str, Any] = {}
-    if latest is not None:
-        meta = ckpt.restore_meta(latest)
-        changed = _check_resume(meta, r, c.workdir)
-        if meta.get("finished") and latest >= c.max_iters:
-            summary = dict(meta.get("summary") or {})
-            summary["already_finished"] = True
-            if is_main:
-                print(f"{c.workdir}: finished at step {latest}; nothing to do", flush=True)
-            return summary
-        if latest > c.max_iters:
-            raise cfg_lib.ConfigError(
-                f"max_iters: {c.max_iters} is below step {latest} already reached in {c.workdir}")
-        notes += [f"resume: config changed {d}" for d in changed]
+    begin = resume.find_start(r, ckpt, data_identity,
+                              lambda: ts.abstract_state(tx, r.model_config, mesh))
+    if begin.finished_summary is not None:
+        summary = {**begin.finished_summary, "already_finished": True}
+        if is_main:
+            for w in begin.warnings:
+                print(f"warning: {w}", file=sys.stderr, flush=True)
+            print(f"{c.workdir}: finished at step {begin.restored.step}; nothing to do", flush=True)
+        return summary
+    restored = begin.restored
+    latest = None if restored is None else restored.step
+    notes = list(r.notes) + begin.notes
 
     writer = MetricsWriter(
         c.log_file, paths.as_path(c.workdir) / "tb" if c.tensorboard else None, enabled=is_main,
@@ -361,11 +303,15 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     stack.callback(writer.close)
     layout = batching.layout_from_config(
         c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=jax.process_count())
-    run = _Run(r, writer, ckpt, schedule, layout)
-    if latest is not None:
+    run = _Run(r, writer, ckpt, schedule, layout, data_identity)
+    meta: dict[str, Any] = {}
+    for w in begin.warnings:
+        writer.print(f"warning: {w}")
+        writer.write({"iter": latest or 0, "event": "damaged_checkpoint", "warning": w})
+    if restored is not None:
         mdef = ts.model_def(r.model_config)
-        state, train_state, val_state, meta = ckpt.restore(
-            latest, ts.abstract_state(tx, r.model_config, mesh))
+        state, train_state, val_state, meta = (
+            restored.state, restored.train_data, restored.val_data, restored.meta)
         run.val_history = [tuple(x) for x in meta.get("val_history", [])]
         run.first_val_loss = meta.get("first_val_loss")
         run.last_eval = dict(meta.get("metrics") or {})
@@ -404,6 +350,7 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
 
     # ----- the loop: eval, save, update -----
     step = start
+    watcher = stack.enter_context(preemption.Watcher())
     while step < c.max_iters:
         do_eval = step % c.eval_interval == 0 and not (step == start and evaluated_at_start)
         do_save = step % c.checkpoint_interval == 0 and step != run.last_saved
@@ -425,6 +372,8 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         run.flush()
         run.pending = (step, metrics, info)
         step += 1
+        if step < c.max_iters and watcher.requested(step):
+            run.preempted(step, state, train_iter, val_iter, watcher.signal_name)
     run.flush()
 
     # ----- final eval, checkpoint, exports -----
@@ -443,14 +392,15 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         "wall_time_s": time.perf_counter() - t_start,
         "batch_shapes": sorted(str(s) for s in compiles.shapes),
         "compiles": compiles.compiles,
+        "damaged_checkpoints": begin.warnings,
     }
     run.save(c.max_iters, state, train_iter, val_iter, evaluated=True, finished=True,
              summary=summary)
     ckpt.wait()
     summary["checkpoint"] = str(ckpt.path(c.max_iters))
-    summary["model_dir"] = str(_save_model_dir(r, state.params))
+    summary["model_dir"] = str(exports.save_model_dir(r, state.params))
     if c.export_upstream:
-        summary["upstream_export"] = str(_export_upstream(r, state.params, c.max_iters))
+        summary["upstream_export"] = str(exports.export_upstream(r, state.params, c.max_iters))
     writer.write({"iter": c.max_iters, "event": "finished", **{
         k: summary[k] for k in ("final_val_loss", "wall_time_s")}})
     writer.print(f"finished {c.max_iters} steps in {summary['wall_time_s']:.1f}s; "

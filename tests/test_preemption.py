@@ -1,0 +1,152 @@
+"""SIGTERM / SIGINT: the step in flight finishes, a checkpoint is saved at it, exit 75; a rerun
+continues bit-identically. With two processes a signal to one of them stops both at one step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import train_helpers
+
+from mypt_jax.training.preemption import PREEMPTED_EXIT_CODE
+
+OVERRIDES = {
+    "max_iters": 16, "eval_interval": 5, "checkpoint_interval": 5, "log_interval": 1,
+    "eval_iters": 1, "dropout": 0.1, "n_embd": 32, "block_size": 32, "batch_size": 8,
+    "tensorboard": False, "eval_prompts_file": "",
+}
+
+# `python -m mypt_jax.train ARGS`, except that process {process} sends itself {signal} as the
+# train step is called for the {at}-th time in this process (0-based): a real signal, at a
+# step that does not depend on the machine's load.
+_SIGNAL_AT = """
+import os, runpy, signal, sys
+from mypt_jax.training import step as train_step
+make_train_step = train_step.make_train_step
+def make_then_signal(*args, **kwargs):
+    step_fn, calls = make_train_step(*args, **kwargs), [0]
+    def step(state, batch):
+        if calls[0] == {at} and os.environ.get("JAX_PROCESS_ID", "0") == "{process}":
+            os.kill(os.getpid(), signal.{signal})
+        calls[0] += 1
+        return step_fn(state, batch)
+    return step
+train_step.make_train_step = make_then_signal
+sys.argv[0] = "mypt_jax.train"
+runpy.run_module("mypt_jax.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def _cli(dataset, workdir, **extra):
+    return train_helpers.train_cli("configs/cpu_tiny.py", workdir,
+                                   {**OVERRIDES, "dataset_dir": dataset, **extra})
+
+
+def _signalled(cli: list[str], at: int, sig: str, process: int = 0) -> list[str]:
+    return ["-c", _SIGNAL_AT.format(at=at, signal=sig, process=process), *cli[2:]]
+
+
+def _steps(workdir) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+@pytest.mark.slow
+def test_sigterm_then_sigint_save_at_the_step_in_flight_and_resume_bit_identically(tmp_path):
+    dataset = train_helpers.make_dataset(tmp_path)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    out = train_helpers.run_module(_cli(dataset, ref))
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    # SIGTERM as update 7 starts: update 7 finishes, the checkpoint holds 8 updates.
+    out = train_helpers.run_module(_signalled(_cli(dataset, run), 7, "SIGTERM"))
+    assert out.returncode == PREEMPTED_EXIT_CODE, out.stderr[-3000:]
+    assert f"preempted: SIGTERM: stopped at step 8, saved {run / 'checkpoints' / '8'}" in out.stderr
+    assert _steps(run) == [5, 8]
+    log = train_helpers.read_log(run / "log.jsonl")
+    assert [(r["iter"], r["signal"]) for r in log if r.get("event") == "preempted"] == [
+        (8, "SIGTERM")]
+    assert max(r["iter"] for r in log if "train_loss" in r) == 7
+
+    # Resumed at 8, Ctrl-C as the 4th update of this process starts (update 11): saved at 12.
+    out = train_helpers.run_module(_signalled(_cli(dataset, run), 3, "SIGINT"))
+    assert out.returncode == PREEMPTED_EXIT_CODE, out.stderr[-3000:]
+    assert "preempted: SIGINT: stopped at step 12" in out.stderr
+    assert 12 in _steps(run)
+
+    out = train_helpers.run_module(_cli(dataset, run))
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = train_helpers.read_log(run / "log.jsonl")
+    assert [(r["iter"], r["resumed"]) for r in log if r.get("event") == "start"] == [
+        (0, False), (8, True), (12, True)]
+    jax.tree.map(np.testing.assert_array_equal, train_helpers.final_params(ref),
+                 train_helpers.final_params(run))
+    ref_losses = {r["iter"]: r["train_loss"] for r in train_helpers.read_log(ref / "log.jsonl")
+                  if "train_loss" in r}
+    losses = {r["iter"]: r["train_loss"] for r in log if "train_loss" in r}
+    assert losses == ref_losses
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(argv_of, n: int, devices: int, timeout: float = 300) -> list:
+    """Starts `n` processes joined through a local coordinator; returns (rc, output) each.
+
+    A process still running at `timeout` is killed and reported as rc None: a hang fails the
+    test instead of blocking CI.
+    """
+    port = _free_port()
+    procs = []
+    for i in range(n):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                   JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i),
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        procs.append(subprocess.Popen([sys.executable, *argv_of(i)], cwd=train_helpers.REPO,
+                                      env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    results = []
+    for p in procs:
+        try:
+            text, _ = p.communicate(timeout=timeout)
+            results.append((p.returncode, text))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            results.append((None, p.communicate()[0]))
+    return results
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+    dataset = train_helpers.make_dataset(tmp_path)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    mesh = {"mesh_data": 2, "mesh_fsdp": 2}
+    results = run_processes(lambda i: _cli(dataset, ref, **mesh), 2, 2)
+    assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+
+    # Only process 1 is signalled; jax's preemption service tells process 0.
+    results = run_processes(
+        lambda i: _signalled(_cli(dataset, run, **mesh), 6, "SIGTERM", process=1), 2, 2)
+    assert [rc for rc, _ in results] == [PREEMPTED_EXIT_CODE] * 2, results[1][1][-3000:]
+    stopped = [[line for line in text.splitlines() if line.startswith("preempted: ")]
+               for _, text in results]
+    assert all(len(lines) == 1 for lines in stopped), stopped
+    assert stopped[0][0] == stopped[1][0], stopped  # the same step and checkpoint on both
+    step = int(stopped[0][0].split("stopped at step ")[1].split(",")[0])
+    assert 7 <= step < OVERRIDES["max_iters"] and step in _steps(run)
+    state_dir = run / "checkpoints" / str(step) / "state"
+    assert {p.name for p in state_dir.glob("ocdbt.process_*")} == {
+        "ocdbt.process_0", "ocdbt.process_1"}
+
+    results = run_processes(lambda i: _cli(dataset, run, **mesh), 2, 2)
+    assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:]
+    jax.tree.map(np.testing.assert_array_equal, train_helpers.final_params(ref),
+                 train_helpers.final_params(run))
