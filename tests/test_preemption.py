@@ -4,7 +4,6 @@ continues bit-identically. With two processes a signal to one of them stops both
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
