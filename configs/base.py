@@ -64,10 +64,15 @@ def get_config() -> config_dict.ConfigDict:
     # 8), K > 0 = K unless a batch needs more, -1 = every position (the upstream).
     c.loss_positions = 0
     c.seed = 0  # model init (fresh runs) and the dropout stream (fold_in(seed, step))
+    # Upstream layer freezing: frozen parameters take no update and hold no optimizer state.
+    c.freeze_layers = 0  # the first N transformer blocks are frozen (0 = none)
+    c.freeze_embeddings = False  # wte (so a tied output head too) and wpe are frozen
 
     # ----- evaluation -----
     c.eval_interval = 100  # eval (val loss + generations) at step 0 and every this many steps
     c.eval_iters = 200  # val batches per eval (upstream's default)
+    c.eval_sets = ""  # "name=dir,...": more prepared datasets whose val loss every eval logs
+    c.forgetting_factor = 1.5  # red line: an eval set's loss rose more than this x its first; 0 = off
     c.eval_prompts_file = ""  # JSON {"prompts": {...}, "expected_outputs": {...}}; "" = none
     c.eval_max_new_tokens = 0  # greedy tokens per eval prompt; 0 = 64, less if block_size leaves less
     c.simple_prompts_after = 500  # health check: simple prompts must start passing by this step
@@ -78,6 +83,8 @@ def get_config() -> config_dict.ConfigDict:
     c.checkpoint_interval = 0  # save every this many steps; 0 = at every eval (upstream)
     c.keep_checkpoints = 2  # most recent checkpoints kept
     c.keep_best = 1  # plus this many best by val loss
+    c.async_checkpointing = "auto"  # "auto": async on accelerators, sync on CPU | "on" | "off"
+    c.prefetch_batches = 2  # train batches shaped and placed on the devices ahead; 0 = in the loop
     c.allow_data_change = False  # resume although the dataset files or batch-stream fields changed
     c.export_upstream = False  # also write the final weights as an upstream checkpoint dir
     c.log_file = ""  # JSONL log; "" = <workdir>/log.jsonl
@@ -87,8 +94,13 @@ def get_config() -> config_dict.ConfigDict:
     c.init_from = ""  # our model dir | upstream checkpoint dir | another run's workdir; "" = fresh
     c.inherit_init_config = False  # True: take block_size and the loader fields from init_from (upstream quirk)
 
-    # ----- mesh (-1 = all remaining devices) -----
+    # ----- mesh (per slice; -1 = all remaining devices of a slice) -----
     c.mesh_data = -1  # data-parallel axis
     c.mesh_fsdp = 1  # fully-sharded data-parallel axis (params and optimizer state split)
     c.mesh_tensor = 1  # tensor-parallel axis (heads / mlp / vocab split)
+    # Slices each axis spans over the data-centre network (multi-slice TPU; product = slices).
+    # The whole axis is mesh_<axis> x mesh_dcn_<axis>.
+    c.mesh_dcn_data = 1  # slices along the data axis (the usual place for several)
+    c.mesh_dcn_fsdp = 1  # slices along fsdp (only with mesh_data resolving to 1)
+    c.mesh_dcn_tensor = 1  # must stay 1: tensor parallelism over DCN is not supported
     return c

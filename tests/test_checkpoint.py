@@ -26,35 +26,58 @@ def _state():
     return ts.init_state(params, tx, CFG, mesh), tx, mesh
 
 
-def test_round_trip_with_iterator_state_and_meta(dataset, tmp_path):
+def test_round_trip_with_data_positions_and_meta(dataset, tmp_path):
+    state, tx, mesh = _state()
+    ck = checkpoint.Checkpointer(tmp_path, keep=2, keep_best=1, async_save=True)
+    ck.save(3, state, data_position={"train": 3, "val": 7}, meta={"step": 3, "note": "x"},
+            val_loss=1.5)
+    ck.poll(wait=True)
+    (timing,) = ck.timings
+    assert timing["step"] == 3 and timing["total_s"] >= timing["blocking_s"] >= 0
+    restored, train_state, val_state, meta = ck.restore(3, ts.abstract_state(tx, CFG, mesh))
+    ck.close()
+    assert train_state == {"next_index": 3} and val_state == {"next_index": 7}
+    assert meta == {"step": 3, "note": "x", "data_position": {"train": 3, "val": 7}}
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 state, restored)
+    # No per-process iterator files: the positions are global and live in the JSON record.
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "3").iterdir() if p.is_dir()) == [
+        "meta", "state"]
+
+
+def test_checkpoints_with_grain_iterator_files_still_restore(dataset, tmp_path):
+    """Checkpoints written before the positions moved into the JSON record."""
+    import grain
+    import orbax.checkpoint as ocp
+
     state, tx, mesh = _state()
     it = data.make_iterator(dataset, "train", batch_size=4, block_size=16, epoch_seed=1,
                             process_index=0, process_count=1)
     for _ in range(3):
         next(it)
-    ck = checkpoint.Checkpointer(tmp_path, keep=2, keep_best=1)
-    ck.save(3, state, train_data=it.get_state(), val_data={"next_index": 7},
-            meta={"step": 3, "note": "x"}, val_loss=1.5)
-    expected_next = next(it)  # the save holds a snapshot, not the live iterator
-    ck.wait()
+    val = data.make_iterator(dataset, "val", batch_size=4, block_size=16, epoch_seed=1,
+                             process_index=0, process_count=1)
+    next(val)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+                "train_data": grain.checkpoint.CheckpointHandler(),
+                "val_data": grain.checkpoint.CheckpointHandler()}
+    with ocp.CheckpointManager(tmp_path / "checkpoints", item_names=tuple(handlers),
+                               item_handlers=handlers) as mngr:
+        mngr.save(3, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"step": 3}),
+            train_data=grain.checkpoint.CheckpointSave(it),
+            val_data=grain.checkpoint.CheckpointSave(val)))
+    ck = checkpoint.Checkpointer(tmp_path)
     restored, train_state, val_state, meta = ck.restore(3, ts.abstract_state(tx, CFG, mesh))
     ck.close()
-    assert meta == {"step": 3, "note": "x"} and val_state == {"next_index": 7}
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 state, restored)
-    fresh = data.make_iterator(dataset, "train", batch_size=4, block_size=16, epoch_seed=1,
-                               process_index=0, process_count=1)
-    fresh.set_state(train_state)
-    got = next(fresh)
-    for k in expected_next:
-        np.testing.assert_array_equal(got[k], expected_next[k])
+    assert (train_state, val_state, meta) == ({"next_index": 3}, {"next_index": 1}, {"step": 3})
 
 
 def test_keeps_latest_n_and_the_best(tmp_path):
     state, _, _ = _state()
     ck = checkpoint.Checkpointer(tmp_path, keep=2, keep_best=1)
     for step, val in [(0, 5.0), (10, 2.0), (20, 4.0), (30, None), (40, 3.0)]:
-        ck.save(step, state, train_data={}, val_data={}, meta={}, val_loss=val)
+        ck.save(step, state, data_position={"train": 0, "val": 0}, meta={}, val_loss=val)
     ck.wait()
     assert sorted(ck.all_steps()) == [10, 30, 40]
     ck.close()
@@ -63,7 +86,7 @@ def test_keeps_latest_n_and_the_best(tmp_path):
 def test_params_only_restore(tmp_path):
     state, _, mesh = _state()
     ck = checkpoint.Checkpointer(tmp_path, keep=1, keep_best=0)
-    ck.save(5, state, train_data={}, val_data={}, meta={})
+    ck.save(5, state, data_position={"train": 0, "val": 0}, meta={})
     ck.close()
     params, step = checkpoint.restore_params(tmp_path, ts.abstract_params(CFG, mesh))
     assert step == 5

@@ -592,10 +592,11 @@ time.sleep(60)
 """
 
 
-def make_checkout(root: Path) -> Path:
+def make_checkout(root: Path, trainer: str = FAKE_TRAINER) -> Path:
+    """A checkout whose `.venv/bin/python` is the fake `trainer` script."""
     python = root / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
-    python.write_text(FAKE_TRAINER.format(python=sys.executable))
+    python.write_text(trainer.format(python=sys.executable))
     python.chmod(0o755)
     return root
 

@@ -23,6 +23,7 @@ from test_launch import (  # one copy of the helpers, and of the loaded launch m
     gpu,
     launchlib,
     loop_in,
+    make_checkout,
     script_of,
     tpu,
     trainer_argv_in,
@@ -52,11 +53,7 @@ sys.exit(int(step))
 
 
 def counting_checkout(root: Path) -> Path:
-    python = root / ".venv" / "bin" / "python"
-    python.parent.mkdir(parents=True)
-    python.write_text(COUNTING_TRAINER.format(python=sys.executable))
-    python.chmod(0o755)
-    return root
+    return make_checkout(root, COUNTING_TRAINER)
 
 
 def start_locally(checkout: Path, plan: str, capsys, *flags: str) -> None:

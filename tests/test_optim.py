@@ -102,3 +102,49 @@ def test_clip_formula_is_torch_not_optax():
     g = {"w": jnp.array([3.0, 4.0])}  # norm 5
     out, _ = optim.clip_by_global_norm_upstream(1.0).update(g, None)
     np.testing.assert_allclose(np.array(out["w"]), np.array([3.0, 4.0]) / (5 + 1e-6), rtol=1e-7)
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.05])
+def test_frozen_rows_are_outside_clip_decay_and_adam(clip):
+    """Layer 0 of a stacked pair frozen, and the embedding: torch sees the trainable layer as
+    its own tensor in the decay group and nothing else of the stack (requires_grad=False)."""
+    from mypt_jax.training.freeze import Freeze, FrozenTransformation
+
+    rng = np.random.default_rng(1)
+    params = {"blocks": {"qkv_kernel": rng.normal(size=(2, 4, 6)).astype(np.float32),
+                         "ln1_scale": rng.normal(size=(2, 4)).astype(np.float32)},
+              "wte": rng.normal(size=(5, 4)).astype(np.float32),
+              "lm_head_bias": rng.normal(size=(5,)).astype(np.float32)}
+    grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+             for _ in range(3)]
+    lr, wd = 1e-2, 0.1
+    freeze = Freeze(layers=1, embeddings=True)
+    tx, _ = optim.make_optimizer(learning_rate=lr, max_iters=10, warmup_iters=0,
+                                 weight_decay=wd, grad_clip=clip, freeze=freeze)
+    assert not isinstance(optim.make_optimizer(learning_rate=lr, max_iters=10, warmup_iters=0,
+                                               freeze=Freeze())[0], FrozenTransformation)
+    p = jax.tree.map(jnp.asarray, params)
+    state = tx.init(p)
+    for g in grads:
+        updates, state = tx.inner.update(freeze.view(jax.tree.map(jnp.asarray, g)), state,
+                                         freeze.view(p))
+        p = freeze.apply_updates(p, updates)
+
+    qkv1 = torch.tensor(params["blocks"]["qkv_kernel"][1], requires_grad=True)
+    ln1 = torch.tensor(params["blocks"]["ln1_scale"][1], requires_grad=True)
+    bias = torch.tensor(params["lm_head_bias"], requires_grad=True)
+    opt = torch.optim.AdamW([{"params": [qkv1], "weight_decay": wd},
+                             {"params": [ln1, bias], "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    for g in grads:
+        for t, v in ((qkv1, g["blocks"]["qkv_kernel"][1]), (ln1, g["blocks"]["ln1_scale"][1]),
+                     (bias, g["lm_head_bias"])):
+            t.grad = torch.tensor(v)
+        torch.nn.utils.clip_grad_norm_([qkv1, ln1, bias], clip)
+        opt.step()
+    for got, want in ((p["blocks"]["qkv_kernel"][1], qkv1), (p["blocks"]["ln1_scale"][1], ln1),
+                      (p["lm_head_bias"], bias)):
+        np.testing.assert_allclose(np.asarray(got), want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(p["blocks"]["qkv_kernel"][0]),
+                                  params["blocks"]["qkv_kernel"][0])
+    np.testing.assert_array_equal(np.asarray(p["wte"]), params["wte"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import ml_dtypes
 import numpy as np
@@ -150,6 +151,16 @@ def test_latest_run_meta_on_a_bucket_needs_the_commit_marker(bucket):
     assert config.latest_run_meta("gs://bucket/run") == {"step": 2}
 
 
+def _uploaded(log, iters: list[int], timeout_s: float = 10.0) -> bool:
+    """Whether the remote log shows `iters` within the timeout (uploads run in a thread)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if [json.loads(x)["iter"] for x in log.read_text().splitlines()] == iters:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def test_remote_log_appends_to_the_existing_one_and_uploads(bucket, monkeypatch):
     from etils import epath
 
@@ -158,12 +169,13 @@ def test_remote_log_appends_to_the_existing_one_and_uploads(bucket, monkeypatch)
     log.write_text(json.dumps({"iter": 0, "event": "start"}) + "\n")  # a resumed run's log
     monkeypatch.setattr(metrics.sys.stderr, "isatty", lambda: False)
     w = metrics.MetricsWriter("gs://bucket/run/log.jsonl", "gs://bucket/run/tb", total_steps=4)
-    w.write({"iter": 0, "event": "start"})  # events upload at once
-    assert [json.loads(x)["iter"] for x in log.read_text().splitlines()] == [0, 0]
+    w.write({"iter": 0, "event": "start"})  # events upload at once, in the background
+    assert _uploaded(log, [0, 0])
     w.write({"iter": 1, "train_loss": 1.0})  # step lines wait for the interval ...
+    time.sleep(0.3)
     assert len(log.read_text().splitlines()) == 2
     w.write({"iter": 2, "val_loss": 0.5})  # ... or the next eval
-    assert [json.loads(x)["iter"] for x in log.read_text().splitlines()] == [0, 0, 1, 2]
+    assert _uploaded(log, [0, 0, 1, 2])
     w.write({"iter": 3, "train_loss": 0.9})
     w.scalars(3, {"train_loss": 0.9})
     staging = w._staging

@@ -149,8 +149,40 @@ def _check_summary_is_true(s: dict, root: Path) -> None:
 @pytest.mark.slow
 def test_all_phases_on_cpu_chain_and_report_truly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default root "." (relative paths must work end to end)
+    from mypt_jax.training import evaluation
+
+    # The test hook: alpha's val split, watched as an eval set by the later phases, reads 3x
+    # its loss from a run's second eval on: the forgetting red line must fire there.
+    val_loss, calls = evaluation.ValLoss.__call__, {}
+
+    def alpha_forgotten(self, params, position):
+        got = val_loss(self, params, position)
+        calls[id(self)] = calls.get(id(self), 0) + 1
+        return tuple(3 * x for x in got) if self.name == "3a1_alpha" and calls[id(self)] > 1 else got
+
+    monkeypatch.setattr(evaluation.ValLoss, "__call__", alpha_forgotten)
     summaries = pipeline.run("all", preset="cpu", overrides=TINY)
     assert [s["phase"] for s in summaries] == list(pipeline.PHASES)
+    for i, s in enumerate(summaries):
+        sets, earlier = s["train"]["eval_sets"], list(pipeline.PHASES)[:i]
+        assert list(sets) == earlier  # beta watches alpha, gamma alpha and beta, 3a-2 all three
+        log = [json.loads(x) for x in Path(s["train"]["log"]).read_text().splitlines()]
+        evals = [r for r in log if "val_loss" in r]
+        for name in earlier:
+            assert sets[name] == {"first": evals[0][f"val_loss/{name}"],
+                                  "final": evals[-1][f"val_loss/{name}"]}
+        forgot = [f for f in s["red_lines"] if f.startswith("forgetting: ")]
+        if i:
+            assert sets["3a1_alpha"]["final"] > 1.5 * sets["3a1_alpha"]["first"]
+            assert len(forgot) == 1 and " on 3a1_alpha " in forgot[0], s["red_lines"]
+            assert all(f" {n} " not in forgot[0] for n in earlier[1:])
+        else:
+            assert not forgot
+    table = pipeline.format_summary(summaries).split("forgetting: each phase's val loss")[1]
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
+    assert rows["3a1_alpha"][0] == f"{summaries[0]['train']['final_val_loss']:.4f}"
+    assert rows["3a1_alpha"][3] == f"{summaries[3]['train']['eval_sets']['3a1_alpha']['final']:.4f}"
+    assert rows["3a2"] == ["-", "-", "-", f"{summaries[3]['train']['final_val_loss']:.4f}"]
     from mypt_jax.training.run_meta import latest_run_meta
 
     previous_workdir = ""

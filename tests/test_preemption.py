@@ -21,34 +21,9 @@ OVERRIDES = {
     "tensorboard": False, "eval_prompts_file": "",
 }
 
-# `python -m mypt_jax.train ARGS`, except that process {process} sends itself {signal} as the
-# train step is called for the {at}-th time in this process (0-based): a real signal, at a
-# step that does not depend on the machine's load.
-_SIGNAL_AT = """
-import os, runpy, signal, sys
-from mypt_jax.training import step as train_step
-make_train_step = train_step.make_train_step
-def make_then_signal(*args, **kwargs):
-    step_fn, calls = make_train_step(*args, **kwargs), [0]
-    def step(state, batch):
-        if calls[0] == {at} and os.environ.get("JAX_PROCESS_ID", "0") == "{process}":
-            os.kill(os.getpid(), signal.{signal})
-        calls[0] += 1
-        return step_fn(state, batch)
-    return step
-train_step.make_train_step = make_then_signal
-sys.argv[0] = "mypt_jax.train"
-runpy.run_module("mypt_jax.train", run_name="__main__", alter_sys=True)
-"""
-
-
 def _cli(dataset, workdir, **extra):
     return train_helpers.train_cli("configs/cpu_tiny.py", workdir,
                                    {**OVERRIDES, "dataset_dir": dataset, **extra})
-
-
-def _signalled(cli: list[str], at: int, sig: str, process: int = 0) -> list[str]:
-    return ["-c", _SIGNAL_AT.format(at=at, signal=sig, process=process), *cli[2:]]
 
 
 def _steps(workdir) -> list[int]:
@@ -63,7 +38,7 @@ def test_sigterm_then_sigint_save_at_the_step_in_flight_and_resume_bit_identical
     assert out.returncode == 0, out.stderr[-3000:]
 
     # SIGTERM as update 7 starts: update 7 finishes, the checkpoint holds 8 updates.
-    out = train_helpers.run_module(_signalled(_cli(dataset, run), 7, "SIGTERM"))
+    out = train_helpers.run_module(train_helpers.signalled(_cli(dataset, run), 7, "SIGTERM"))
     assert out.returncode == PREEMPTED_EXIT_CODE, out.stderr[-3000:]
     assert f"preempted: SIGTERM: stopped at step 8, saved {run / 'checkpoints' / '8'}" in out.stderr
     assert _steps(run) == [5, 8]
@@ -73,7 +48,7 @@ def test_sigterm_then_sigint_save_at_the_step_in_flight_and_resume_bit_identical
     assert max(r["iter"] for r in log if "train_loss" in r) == 7
 
     # Resumed at 8, Ctrl-C as the 4th update of this process starts (update 11): saved at 12.
-    out = train_helpers.run_module(_signalled(_cli(dataset, run), 3, "SIGINT"))
+    out = train_helpers.run_module(train_helpers.signalled(_cli(dataset, run), 3, "SIGINT"))
     assert out.returncode == PREEMPTED_EXIT_CODE, out.stderr[-3000:]
     assert "preempted: SIGINT: stopped at step 12" in out.stderr
     assert 12 in _steps(run)
@@ -133,7 +108,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
 
     # Only process 1 is signalled; jax's preemption service tells process 0.
     results = run_processes(
-        lambda i: _signalled(_cli(dataset, run, **mesh), 6, "SIGTERM", process=1), 2, 2)
+        lambda i: train_helpers.signalled(_cli(dataset, run, **mesh), 6, "SIGTERM", process=1),
+        2, 2)
     assert [rc for rc, _ in results] == [PREEMPTED_EXIT_CODE] * 2, results[1][1][-3000:]
     stopped = [[line for line in text.splitlines() if line.startswith("preempted: ")]
                for _, text in results]

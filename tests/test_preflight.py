@@ -175,6 +175,39 @@ def test_a_batch_too_big_for_the_chip_fails(tmp_path):
     assert report["programs"][0]["memory"]["temporaries"] > 16 * GIB
 
 
+@pytest.mark.slow
+def test_device_order_on_v5p_32_and_two_v5p_8_slices(tmp_path):
+    common = ("--config=configs/cpu_tiny.py", "--programs", "train", "--largest_shape_only",
+              "--no_suggest", "--mix_batches", "0", "--config.mesh_data=1",
+              "--config.mesh_fsdp=-1")
+    proc, report = _cli(tmp_path, *common, "--topology", "v5p-32", "--config.batch_size=16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("mesh devices"))
+    assert "listed order: no" in lines[at]
+    row = lines[at + 1]
+    assert row.startswith("  data 0 host 0-3: 0(0,0,0) ") and row.count(" | ") == 3
+    order = report["mesh_devices"]
+    assert sorted(order["ids"][0][i][0] for i in range(16)) == list(range(16))
+    assert [order["process"][0][i][0] for i in range(16)] == [p for p in range(4) for _ in range(4)]
+
+    proc, report = _cli(tmp_path, *common, "--topology", "v5p-8", "--slices", "2",
+                        "--config.mesh_dcn_data=2", name="slices.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert report["mesh_dcn"] == {"data": 2, "fsdp": 1, "tensor": 1}
+    assert report["target"]["slices"] == 2 and report["fits"]
+    assert report["mesh_devices"]["slice"] == [[[0]] * 4, [[1]] * 4]
+    assert "  data 1 slice 1 host 1: 200000(0,0,0)" in proc.stdout
+
+    # One slice's devices carry no slice_index: a config error naming the fields.
+    proc, _ = _cli(tmp_path, *common, "--topology", "v5p-8", "--config.mesh_dcn_data=2",
+                   name="one_slice.json")
+    assert proc.returncode == 2
+    assert "preflight: mesh_dcn_data/mesh_dcn_fsdp/mesh_dcn_tensor: " in proc.stderr
+    assert "slice_index" in proc.stderr
+
+
 FSDP_PRESET = '''
 from configs import cpu_tiny
 
@@ -248,3 +281,19 @@ def test_phase_times_from_a_report(tmp_path):
     # The 64 bucket's memory term, plus the 750M model's FLOPs of each shape.
     assert 2500 * 0.009 < gamma["padding_free_train_s"] < gamma["padded_train_s"]
     assert phases["3a2"]["max_iters"] == 4000
+    # Evals: the tiny dataset's 12 val episodes are one padding-free batch per eval (the
+    # rebuilt val loss computes each distinct episode once), a forward pass = a third of a step.
+    assert gamma["eval_batches_rebuilt"] == 1 and gamma["evals"] == 26
+    assert gamma["eval_s_padding_free"] == pytest.approx(
+        gamma["padding_free_train_s"] / 2500 / 3, rel=1e-2)
+    # Saves: one per eval (checkpoint_interval 0), 7.76 GiB of 750M weights + AdamW moments
+    # (launch/README.md), at the stated 10 GB/s copy and 1 GB/s write per host, async on TPU.
+    assert gamma["saves"] == 26 and gamma["save_async"]
+    assert gamma["state_bytes"] / 2**30 == pytest.approx(7.76, abs=0.01)
+    copy_s, write_s = gamma["state_bytes"] / 10e9, gamma["state_bytes"] / 1e9
+    assert gamma["save_write_s"] == pytest.approx(copy_s + write_s, rel=1e-3)
+    # 100 steps between saves cover ~1 s of an 8 s write: the loop waits for the rest.
+    assert copy_s < gamma["save_blocking_s"] < copy_s + write_s
+    assert gamma["total_padding_free_s"] == pytest.approx(
+        gamma["padding_free_train_s"] + 26 * gamma["eval_s_padding_free"]
+        + 26 * gamma["save_blocking_s"], rel=1e-3)

@@ -17,26 +17,6 @@ OVERRIDES = {
 }
 
 
-# `python -m mypt_jax.train ARGS`, except that the process SIGKILLs itself when the train
-# step is called for update number {step} (0-based): nothing is flushed, as with `kill -9`.
-_KILL_AT = """
-import os, runpy, signal, sys
-from mypt_jax.training import step as train_step
-make_train_step = train_step.make_train_step
-def make_then_kill(*args, **kwargs):
-    step_fn, calls = make_train_step(*args, **kwargs), [0]
-    def step(state, batch):
-        if calls[0] == {step}:
-            os.kill(os.getpid(), signal.SIGKILL)
-        calls[0] += 1
-        return step_fn(state, batch)
-    return step
-train_step.make_train_step = make_then_kill
-sys.argv[0] = "mypt_jax.train"
-runpy.run_module("mypt_jax.train", run_name="__main__", alter_sys=True)
-"""
-
-
 def _cli(dataset, workdir):
     return train_helpers.train_cli(
         "configs/cpu_tiny.py", workdir, {**OVERRIDES, "dataset_dir": dataset})
@@ -53,7 +33,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     # at 5 and 15; async saves may be in flight): the same step whatever the machine's load,
     # where a watcher polling the log would race the run.
     kill_at = random.Random().randint(6, 14)
-    out = train_helpers.run_module(["-c", _KILL_AT.format(step=kill_at), *_cli(dataset, killed)[2:]])
+    out = train_helpers.run_module(train_helpers.signalled(_cli(dataset, killed), kill_at, "SIGKILL"))
     assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
     steps = [r["iter"] for r in train_helpers.read_log(killed / "log.jsonl") if "train_loss" in r]
     assert max(steps) < kill_at, (kill_at, steps)

@@ -43,3 +43,11 @@ def test_gpu_compiles_get_the_launch_scripts_xla_flags():
     finally:
         sys.path.pop(0)
     assert topology.GPU_XLA_FLAGS == gpu.DEFAULT_XLA_FLAGS
+
+
+def test_several_slices_only_for_tpu_topologies():
+    # Refused before any plugin loads: the CUDA client has no slices to join over DCN.
+    with pytest.raises(topology.TopologyError, match="--slices 2: .*8xh100 is cuda"):
+        topology.compile_only_devices(topology.get("8xh100"), slices=2)
+    with pytest.raises(topology.TopologyError, match="--slices 0"):
+        topology.compile_only_devices(topology.get("v5p-8"), slices=0)

@@ -106,7 +106,8 @@ def test_summary_says_where_fields_went_and_what_the_upstream_ignored(tmp_path, 
 @pytest.mark.parametrize(("content", "message"), [
     ({"learning_rate": 1e-4, "lerning_rate": 1e-4}, r"unknown field 'lerning_rate'"),
     ({"max_iters": 3.5}, r"max_iters: expected int, got 3\.5"),
-    ({"eval_sets": {"general": "data/x"}}, "extra eval sets are not implemented"),
+    ({"eval_sets": ["data/x"]}, r"eval_sets: expected an object of name -> dataset directory"),
+    ({"eval_sets": {"a,b": "data/x"}}, r"eval_sets: 'a,b': expected a set name and a directory"),
     ([1], "expected a JSON object"),
 ])
 def test_json_fields_we_cannot_use_are_named(tmp_path, content, message):
@@ -127,12 +128,25 @@ def test_flag_errors_name_the_flag(tmp_path, monkeypatch):
     assert _translate(["--init_from_model", str(tmp_path / "runs" / "alpha")])[0].init_from == str(
         tmp_path / "runs" / "alpha")  # an absolute path stays, as os.path.join keeps it
     for argv, message in ((["--input_file", "x.txt"], "--input_file"),
-                          (["--tokenization", "char"], "--tokenization"),
-                          (["--eval_dataset_dir", "d"], "--eval_dataset_dir d")):
+                          (["--tokenization", "char"], "--tokenization")):
         with pytest.raises(upstream_cli.UpstreamConfigError, match=message):
             _translate(argv)
     with pytest.raises(SystemExit):
         upstream_cli.split_argv(["--use_amp", "maybe"])
+
+
+def test_eval_sets_and_eval_dataset_dir_land_in_eval_sets(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"eval_sets": {"general": "data/g", "domain": "data/d"}}))
+    config, translation, _ = _translate(["--config_file", str(path)])
+    assert config.eval_sets == "general=data/g,domain=data/d"
+    assert "eval_sets -> eval_sets 'general=data/g,domain=data/d'" in translation.summary
+    # the upstream's --eval_dataset_dir is the set "general", over the file's
+    assert _translate(["--config_file", str(path), "--eval_dataset_dir", "data/x"])[0].eval_sets == (
+        "general=data/x,domain=data/d")
+    assert _translate(["--eval_dataset_dir", "data/x"])[0].eval_sets == "general=data/x"
+    path.write_text(json.dumps({"eval_sets": None}))
+    assert _translate(["--config_file", str(path)])[0].eval_sets == base.get_config().eval_sets
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -201,3 +215,141 @@ def test_seed_step3_commands_run_as_written(tmp_path, monkeypatch):
     prompt = ("<myPT_system>You are MyPT. Be concise: 1-2 sentences. Follow instructions exactly."
               "</myPT_system><myPT_user>Say hello.</myPT_user><myPT_assistant>")
     assert generate.main(["--model", "phase3a1_beta", "--prompt", prompt, "--temperature", "0"]) == 0
+
+
+# ----------------------------------------------------------------------------- newer upstream JSONs
+
+FIXTURES = REPO / "tests" / "fixtures" / "upstream_configs"  # see its README.md
+SHRUNK = {"block_size": 64, "vocab_size": 50304, "n_embd": 32, "n_head": 2, "n_layer": 4,
+          "bias": False, "tie_weights": True}
+NEWER = {**SHRUNK, "pos_encoding": "rope", "mlp_type": "swiglu", "norm_type": "rmsnorm",
+         "rope_theta": 10000.0, "precision": "mixed", "use_loss_mask": True,
+         "batch_sampling_mode": "epoch", "episode_min_tokens": 10, "epoch_shuffle": True,
+         "weight_decay": 0.05}
+# The fixture's fields as config overrides; pad_token_id and epoch_drop_last are dropped (the
+# upstream ignored them), name/description/eval_seed have no use, eval_sets is null.
+ACCEPTED = {
+    "phase2_operators.json": {
+        **NEWER, "dropout": 0.08, "remat": "full", "rope_scale": 4.0, "learning_rate": 3e-5,
+        "max_iters": 135, "eval_interval": 15, "warmup_iters": 14, "grad_accum_steps": 4,
+        "batch_size": 16, "epoch_seed": 7778, "log_file": "logs/train/phase2_operators.jsonl",
+        "eval_sets": "phase1_format=data/sft_phase1_format_lock,general=data/general,"
+                     "domain=data/domain_161M_corpus_tokenized,code=data/code_eval_tokenized,"
+                     "retrieval=data/retrieval_eval_tokenized"},
+    "phase3_chat_sft.json": {
+        **NEWER, "dropout": 0.12, "remat": "full", "rope_scale": 4.0, "learning_rate": 3e-5,
+        "max_iters": 763, "eval_interval": 50, "checkpoint_interval": 50, "warmup_iters": 100,
+        "grad_accum_steps": 3, "batch_size": 12, "epoch_seed": 3301,
+        "log_file": "logs/train/phase3_chat_sft.jsonl",
+        "eval_sets": "phase1_format=data/sft_phase1_format_lock,"
+                     "phase2_operators=data/sft_phase2_operators,"
+                     "phase2_remix_existing=data/sft_phase3_eval_phase2_remix"},
+    "phase1_format_lock.json": {
+        **NEWER, "dropout": 0.1, "remat": "full", "rope_scale": 4.0, "learning_rate": 7e-5,
+        "max_iters": 15, "eval_interval": 5, "warmup_iters": 2, "grad_accum_steps": 4,
+        "batch_size": 16, "epoch_seed": 4501, "log_file": "logs/train/phase1_format_lock.jsonl"},
+    "750M_phase3a_operator_packed.json": {
+        **NEWER, "dropout": 0.08, "learning_rate": 3e-5, "max_iters": 1200, "eval_interval": 100,
+        "warmup_iters": 120, "batch_size": 16, "freeze_layers": 3, "freeze_embeddings": False,
+        "epoch_seed": 7778, "log_file": "logs/train/phase3a_operator_packed.jsonl"},
+}
+SATURATION = ("token_accuracy_saturation: not implemented: the upstream scores masked-token "
+              "accuracy on eval_iters train and val batches at each eval (its train batches "
+              "taken from the training stream) and only logs a plateau flag; without the field "
+              "the training is the same")
+GOLD = ("gold_selection: not implemented: the upstream copies a <model_name>_gold checkpoint "
+        "chosen by val loss behind overfit, rising-loss and eval-regression guards, or by an "
+        "external gate script; here keep_best keeps the best checkpoints by val loss")
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_newer_upstream_configs_map_field_by_field(name, tmp_path):
+    from flax import nnx
+
+    from mypt_jax.model import GPT
+    from mypt_jax.training import config as cfg_lib
+
+    path = FIXTURES / name
+    config, translation, _ = _translate(["--config_file", str(path)])
+    assert translation.overrides == ACCEPTED[name]
+    r = cfg_lib.resolve(config, str(tmp_path), num_devices=1, process_count=1, read_files=False)
+    model = GPT(r.model_config, rngs=nnx.Rngs(0))  # the shrunk model builds
+    assert model.blocks.arrays()["gate_kernel"].shape[0] == 4 and not hasattr(model, "wpe")
+    if "freeze_layers" in ACCEPTED[name]:
+        assert r.notes[0].startswith("frozen: blocks 0-2 of 4, embeddings trained; ")
+    else:
+        batch, k = ACCEPTED[name]["batch_size"], ACCEPTED[name]["grad_accum_steps"]
+        assert (f"batch_size x grad_accum_steps -> batch_size {batch} in {k} microbatches "
+                "(upstream: per microbatch)") in translation.summary
+    assert "ignored here as by the upstream: pad_token_id, epoch_drop_last" in translation.summary
+    assert "\n" not in translation.summary
+
+
+def test_newer_upstream_config_refused_names_the_field_and_why(tmp_path):
+    path = FIXTURES / "phase3_1_restart.json"
+    with pytest.raises(upstream_cli.UpstreamConfigError) as info:
+        _translate(["--config_file", str(path)])
+    assert str(info.value) == f"--config_file {path}: {SATURATION}"
+    # Without it the file maps like phase3_chat_sft.json (its other fields but three).
+    restart = {k: v for k, v in json.loads(path.read_text()).items()
+               if k != "token_accuracy_saturation"}
+    (tmp_path / "c.json").write_text(json.dumps(restart))
+    assert _translate(["--config_file", str(tmp_path / "c.json")])[1].overrides == {
+        **ACCEPTED["phase3_chat_sft.json"], "learning_rate": 1.5e-5, "max_iters": 450,
+        "warmup_iters": 60, "log_file": "logs/train/phase3_1_restart.jsonl"}
+
+
+def test_newer_fields_refused_alone_and_save_every(tmp_path):
+    _, translation, _ = _translate(["--config_file", str(FIXTURES / "phase3_chat_sft.json")])
+    assert "save_every -> checkpoint_interval (the upstream saved at every eval)" in translation.summary
+    path = tmp_path / "c.json"
+    for field, message in (("token_accuracy_saturation", SATURATION), ("gold_selection", GOLD)):
+        path.write_text(json.dumps({"learning_rate": 1e-4, field: {"enabled": True}}))
+        with pytest.raises(upstream_cli.UpstreamConfigError) as info:
+            _translate(["--config_file", str(path)])
+        assert str(info.value) == f"--config_file {path}: {message}"
+
+
+def test_grad_accum_steps_scales_the_upstream_batch(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"batch_size": 4, "grad_accum_steps": 3}))
+    assert _translate(["--config_file", str(path)])[0].batch_size == 12
+    config = _translate(["--config_file", str(path), "--batch_size", "2"])[0]
+    assert (config.batch_size, config.grad_accum_steps) == (6, 3)  # --batch_size: per microbatch
+    for content, message in (
+            ({"grad_accum_steps": 2}, r"grad_accum_steps 2: the upstream's batch_size is per "
+                                      r"microbatch; give batch_size in the file or --batch_size"),
+            ({"batch_size": 4, "grad_accum_steps": 0}, r"grad_accum_steps: expected an integer "
+                                                       r">= 1, got 0")):
+        path.write_text(json.dumps(content))
+        with pytest.raises(upstream_cli.UpstreamConfigError, match=f"^--config_file {path}: {message}"):
+            _translate(["--config_file", str(path)])
+
+
+@pytest.mark.slow
+def test_newer_upstream_configs_train_from_the_command_line(tmp_path):
+    from mypt_jax.data.prepare import prepare
+
+    chat = train_helpers.write_chat_jsonl(tmp_path / "chat.jsonl", 40)
+    prepare(chat, tmp_path / "data" / "sft", val_split=0.2, progress=False)
+    sets = json.loads((FIXTURES / "phase3_chat_sft.json").read_text())["eval_sets"]
+    for path in sets.values():  # the eval sets at the file's paths
+        shutil.copytree(tmp_path / "data" / "sft", tmp_path / path)
+    for name, micro, fields in (("phase1_format_lock", "2", {"grad_accum_steps": 4, "remat": "full"}),
+                                ("750M_phase3a_operator_packed", "4", {"freeze_layers": 3}),
+                                ("phase3_chat_sft", "2", {"checkpoint_interval": 50,
+                                                          "eval_sets": ",".join(
+                                                              f"{k}={v}" for k, v in sets.items())})):
+        out = _train(tmp_path, ["--model_name", name, "--dataset_dir", "data/sft", "--config_file",
+                                str(FIXTURES / f"{name}.json"), "--max_iters", "2",
+                                "--eval_interval", "2", "--eval_iters", "1", "--warmup_iters", "1",
+                                "--batch_size", micro, "--use_amp", "false"])
+        assert out.returncode == 0, out.stderr[-3000:]
+        meta = json.loads(sorted((tmp_path / "checkpoints" / name / "checkpoints").glob(
+            "*/meta/metadata"))[-1].read_text())
+        c = meta["config"]
+        assert {k: c[k] for k in fields} == fields and c["batch_size"] == int(micro) * c[
+            "grad_accum_steps"]
+        assert (c["pos_encoding"], c["mlp_type"], c["norm_type"]) == ("rope", "swiglu", "rmsnorm")
+        frozen = "note: frozen: blocks 0-2 of 4, embeddings trained;" in out.stdout + out.stderr
+        assert frozen == ("freeze_layers" in fields), name

@@ -235,3 +235,81 @@ def load_upstream_dir(path: Path) -> TorchGPT:
     sd = obj["state_dict"] if isinstance(obj, dict) and "state_dict" in obj else obj
     model.load_state_dict(sd, strict=True)
     return model.eval()
+
+
+def freeze_(model: TorchGPT, layers: int, embeddings: bool) -> TorchGPT:
+    """requires_grad=False where the upstream's freezing puts it (its core/checkpoint.py):
+    every parameter of the first `layers` blocks, and with `embeddings` the token table (so a
+    tied lm_head weight) and the position table. The upstream reads the position table
+    unconditionally and fails on a RoPE model; here a model without one freezes the rest."""
+    frozen = [*model.blocks[:layers].parameters()]
+    if embeddings:
+        frozen += [*model.token_embedding_table.parameters()]
+        if hasattr(model, "position_embedding_table"):
+            frozen += [*model.position_embedding_table.parameters()]
+    for p in frozen:
+        p.requires_grad_(False)
+    return model
+
+
+def upstream_adamw(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
+                   eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW over the parameters that require a gradient, in the upstream's two groups: no
+    decay for 1-D tensors and names holding "embedding" or "ln", decay for the rest."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.dim() == 1 or "embedding" in name.lower() or "ln" in name.lower()
+        (no_decay if plain else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=betas, eps=eps)
+
+
+def upstream_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """The newer upstream's per-row positions for segment ids (UPSTREAM: GPT._compute_segment_
+    positions): 0 at column 0 and wherever the id changes from the column before."""
+    B, T = segment_ids.shape
+    col = torch.arange(T).expand(B, T)
+    change = torch.ones(B, T, dtype=torch.bool)
+    change[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    start = torch.cummax(torch.where(change, col, torch.zeros_like(col)), dim=1).values
+    return col - start
+
+
+def forward_segments(model: TorchGPT, idx: torch.Tensor, segment_ids: torch.Tensor | None):
+    """Logits as the newer upstream computes them for rows with segment ids: a query sees the
+    keys at or before it with the same id (padding, id 0, sees padding), and positions restart
+    per segment. Without ids, the plain causal forward."""
+    if segment_ids is None:
+        return model(idx)
+    cfg = model.cfg
+    B, T = idx.shape
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    pos = upstream_positions(segment_ids)
+    allowed = ((segment_ids[:, :, None] == segment_ids[:, None, :])
+               & torch.ones(T, T, dtype=torch.bool).tril())[:, None]
+    x = model.token_embedding_table(idx)
+    if cfg.pos_encoding == "learned":
+        x = x + model.position_embedding_table(pos)
+    else:
+        cos, sin = rope_cos_sin(D, pos.reshape(-1), cfg.rope_theta, cfg.rope_scale)
+        cos, sin = (t.reshape(B, 1, T, D // 2) for t in (cos, sin))
+    for blk in model.blocks:
+        sa, h = blk.sa, blk.ln1(x)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in sa.qkv(h).split(cfg.n_embd, dim=2))
+        if cfg.pos_encoding == "rope":
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        att = ((q @ k.transpose(-2, -1)) / math.sqrt(D)).masked_fill(~allowed, float("-inf"))
+        x = x + sa.proj((att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, cfg.n_embd))
+        x = x + blk.fwd(blk.ln2(x))
+    return model.lm_head(model.ln_f(x))
+
+
+def upstream_weighted_loss(model: TorchGPT, x, y, weights, segment_ids=None) -> torch.Tensor:
+    """The newer upstream's loss with a float mask: sum(w * CE) / max(sum(w), 1) over the batch."""
+    logits = forward_segments(model, x, segment_ids)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
+    w = weights.reshape(-1).to(ce.dtype)
+    return (ce * w).sum() / w.sum().clamp_min(1.0)

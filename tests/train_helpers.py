@@ -94,3 +94,31 @@ def final_params(workdir: Path, step: int | None = None) -> dict:
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     params, _ = checkpoint.restore_params(workdir, train_step.abstract_params(mc, mesh), step)
     return jax.tree.map(np.asarray, params)
+
+
+# `python -m mypt_jax.train ARGS`, except that the process (of JAX_PROCESS_ID {process}, or any
+# when "") sends itself {signal} as the train step is called for the {at}-th time in this
+# process (0-based): a real signal at a step that does not depend on the machine's load, where
+# a watcher polling the log would race the run. SIGKILL flushes nothing, as `kill -9`.
+_SIGNAL_AT = """
+import os, runpy, signal, sys
+from mypt_jax.training import step as train_step
+make_train_step = train_step.make_train_step
+def make_then_signal(*args, **kwargs):
+    step_fn, calls = make_train_step(*args, **kwargs), [0]
+    def step(state, batch):
+        if calls[0] == {at} and "{process}" in ("", os.environ.get("JAX_PROCESS_ID", "0")):
+            os.kill(os.getpid(), signal.{signal})
+        calls[0] += 1
+        return step_fn(state, batch)
+    return step
+train_step.make_train_step = make_then_signal
+sys.argv[0] = "mypt_jax.train"
+runpy.run_module("mypt_jax.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def signalled(cli: list[str], at: int, signal: str, process: int | None = None) -> list[str]:
+    """`cli` (a `train_cli` argv) run so that it gets `signal` as update `at` starts."""
+    code = _SIGNAL_AT.format(at=at, signal=signal, process="" if process is None else process)
+    return ["-c", code, *cli[2:]]

@@ -193,6 +193,21 @@ def _timed(fn: Callable[[], dict]) -> dict:
     return result
 
 
+def default_eval_sets(root: Path, phase: Phase, names: Sequence[str]) -> str:
+    """Every earlier phase's val split, to watch forgetting: beta watches alpha, gamma alpha and
+    beta, 3a-2 all three. A phase counts when it runs now or its data is prepared already."""
+    from mypt_jax.training import eval_sets
+
+    earlier = []
+    prev = phase.previous
+    while prev is not None:
+        earlier.insert(0, prev)
+        prev = PHASES[prev].previous
+    return eval_sets.format_spec({
+        name: str(root / PHASES[name].prepared) for name in earlier
+        if name in names or (root / PHASES[name].prepared).is_dir()})
+
+
 def run_phase(root: Path, phase: Phase, config, steps: Sequence[str],
               replay_share: float | None) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -279,6 +294,8 @@ def run(
                     f"init_from: the {p.previous} run {prev.workdir} has not finished "
                     f"{prev.max_iters} steps; run `--phase {p.previous}` first (or `--phase all`)")
             c.init_from = prev.workdir
+        if "eval_sets" not in overrides:
+            c.eval_sets = default_eval_sets(root, p, names)
         configs[name] = c
     first = configs[names[0]]
     local = first.init_from and "://" not in first.init_from

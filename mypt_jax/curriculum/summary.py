@@ -20,7 +20,7 @@ def phase_summary(
 
     from mypt_jax.data.dataset import read_metadata
     from mypt_jax.interop import model_io
-    from mypt_jax.training import health, plot
+    from mypt_jax.training import eval_sets, health, plot
 
     data = {"generated": {}, "mixed": None, "prepared": None}
     for key in phase.datasets:
@@ -51,6 +51,11 @@ def phase_summary(
             "final_val_loss": metrics.get("val_loss"), "checkpoint": str(ckpt),
             "model_dir": str(Path(config.workdir) / model_io.RUN_MODEL_DIR), "log": str(log_path),
             "training_eval_scores": metrics.get("gen_scores", {}),
+            "eval_sets": {
+                k.removeprefix(plot.SET_PREFIX): {
+                    "first": (run.get("first_eval_sets") or {}).get(k.removeprefix(plot.SET_PREFIX)),
+                    "final": v}
+                for k, v in metrics.items() if k.startswith(plot.SET_PREFIX)},
         }
         if log_path.is_file() and jax.process_index() == 0:
             out["train"]["loss_plot"] = str(plot.write_run_figure(log_path, label=phase.name))
@@ -72,6 +77,11 @@ def phase_summary(
         red = health.check([tuple(x) for x in run.get("val_history", [])], results,
                            step=run["step"], tag_strings=tags,
                            simple_prompts_after=config.simple_prompts_after)
+        sets = out["train"]["eval_sets"]
+        forgot = eval_sets.forgetting({n: v["first"] for n, v in sets.items() if v["first"]},
+                                      {n: v["final"] for n, v in sets.items()},
+                                      config.forgetting_factor)
+        red += [forgot] if forgot else []
         out["red_lines"] = red
         out["verdict"] = "RED LINE" if red else "ok"
     return out
@@ -103,6 +113,9 @@ def format_summary(summaries: Sequence[dict]) -> str:
             lines.append(f"  trained    {t['steps']} steps from {t['init_from'] or 'scratch'}: "
                          f"val loss {first} -> {final}")
             lines.append(f"  checkpoint {t['checkpoint']}  (model: {t['model_dir']})")
+            for name, v in t.get("eval_sets", {}).items():
+                first = "?" if v["first"] is None else f"{v['first']:.4f}"
+                lines.append(f"  eval set   {name}: val loss {first} -> {v['final']:.4f}")
             if "loss_plot" in t:
                 lines.append(f"  loss curve {t['loss_plot']}")
         test = s.get("test")
@@ -119,6 +132,27 @@ def format_summary(summaries: Sequence[dict]) -> str:
         if "summary_file" in s:
             lines.append(f"  summary    {s['summary_file']}")
         lines.append(f"  wall time  {s['wall_time_s']:.1f}s")
-    return "\n".join(lines)
+    return "\n".join(lines + forgetting_table(summaries))
+
+
+def forgetting_table(summaries: Sequence[dict]) -> list[str]:
+    """Each phase's val loss at the end of its own run and of every later one (its eval set)."""
+    trained = [s for s in summaries if s.get("train")]
+    if len(trained) < 2:
+        return []
+    names = [s["phase"] for s in trained]
+    width = max(len(n) for n in names) + 2
+    lines = ["", "forgetting: each phase's val loss at the end of each phase "
+             "(its own run, then as an eval set)",
+             " " * width + "".join(n.rjust(width) for n in names)]
+    for row in names:
+        cells = []
+        for s in trained:
+            t = s["train"]
+            value = t["final_val_loss"] if s["phase"] == row else (
+                t.get("eval_sets", {}).get(row, {}).get("final"))
+            cells.append(("-" if value is None else f"{value:.4f}").rjust(width))
+        lines.append(row.ljust(width) + "".join(cells))
+    return lines
 
 

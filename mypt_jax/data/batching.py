@@ -59,7 +59,7 @@ class BatchShape:
     rows: int  # global rows
     length: int  # T, positions per row
     positions: int  # K, projected positions per row; 0 = all T (no loss_index)
-    packed: bool
+    packed: bool  # rows carry segment_ids and positions (ours, or packed at prepare time)
 
     def __str__(self) -> str:
         k = f"k{self.positions}" if self.positions else "kall"
@@ -201,7 +201,8 @@ def shape_batch(local: Batch, layout: Layout, *, pad_id: int = 0, process_index:
 
     `global_lengths[i]` is the number of tokens the loader kept of global row i's episode
     (at most block_size + 1), `global_trained[i]` its trained targets; process p's rows are
-    global rows [p*b, (p+1)*b). `pad_id` fills packed rows past their last episode.
+    global rows [p*b, (p+1)*b). `pad_id` fills packed rows past their last episode. Rows
+    packed at prepare time (with `segment_ids`) are trimmed and headed, never packed again.
     """
     lengths_G = np.asarray(local["global_lengths"], np.int64)
     trained_G = np.asarray(local["global_trained"], np.int64)
@@ -213,14 +214,19 @@ def shape_batch(local: Batch, layout: Layout, *, pad_id: int = 0, process_index:
     real_G = np.maximum(lengths_G - 1, 0)
     stats = dict(real_tokens=int(real_G.sum()), trained_tokens=int(trained_G.sum()),
                  padded_positions=b * process_count * layout.block_size)
+    prepacked = "segment_ids" in rows  # a dataset packed at prepare time (segment_ids.bin)
+    if layout.pack and prepacked:
+        raise ValueError("pack_episodes: the rows were packed at prepare time (the dataset has "
+                         "segment_ids.bin) and cannot be packed again; set pack_episodes=False")
     if layout.pack:
         out, shape = _pack(rows, real_G, trained_G, layout, pad_id, process_index,
                            process_count)
     else:
         length = _smallest_fitting(layout.length_buckets, int(real_G.max(initial=0)))
         k = _positions_for(layout, length, int(trained_G.max(initial=0)))
+        # Trimming keeps every segment id and position of the columns it keeps.
         out = {name: x[:, :length] for name, x in rows.items()}
-        shape = BatchShape(b * process_count, length, k, False)
+        shape = BatchShape(b * process_count, length, k, prepacked)
     if shape.positions:
         out = gather_trained(out, shape.positions)
     return out, BatchInfo(shape, **stats)

@@ -14,6 +14,15 @@ Deliberate deviations from the upstream (which warned, or said nothing):
 - A dataset whose token map disagrees with the given tokenizer is an error.
 - A top-level tokens.bin next to `shard_*` dirs is ignored, as upstream (its shard-writing
   bug), but with a warning naming the file.
+
+The newer upstream's optional files (episodes.py) are read with its meaning: a row of a
+shard with segment_ids.bin keeps attention inside each segment and restarts positions at
+every change of id; mask_weighted.bin replaces mask.bin as the per-target loss weight. What
+its loader cannot give a meaning to is refused, naming the file: segment_ids.bin in only
+some shards of a split (its batches would mix rows with and without segment ids), or with
+`use_loss_mask=False` (it then drops the ids, letting packed episodes see each other);
+negative or non-finite weights (the trained-position head keeps positive weights only).
+With `use_loss_mask=False` mask_weighted.bin goes unread like mask.bin, with a warning.
 """
 
 from __future__ import annotations
@@ -101,14 +110,23 @@ def check_dataset(
     *,
     use_loss_mask: bool = True,
     val_fallback: str | None = None,
+    pack_episodes: bool = False,
 ) -> dict:
-    """Validates splits, files and token map up front; returns dataset_metadata.json or {}."""
+    """Validates splits, files and token map up front; returns dataset_metadata.json or {}.
+
+    `pack_episodes=True` refuses a dataset packed at prepare time (its rows already hold
+    several episodes each, and our packing would merge their segments).
+    """
     dataset_dir = Path(dataset_dir)
     tok = dataset_tokenizer(dataset_dir, tokenizer)
     for split in episodes.SPLITS:
         split_dir = resolve_split_dir(dataset_dir, split, val_fallback if split == "val" else None)
-        for shard in read_shards(split_dir):
-            check_shard(shard, tok, use_loss_mask)
+        shards = read_shards(split_dir)
+        check_shards(shards, tok, use_loss_mask)
+        if pack_episodes and shards[0].segment_ids_N is not None:
+            raise DatasetError(
+                f"{shards[0].path / episodes.SEGMENT_IDS_FILE}: the episodes were packed at "
+                "prepare time, so pack_episodes cannot pack them again; set pack_episodes=False")
     return read_metadata(dataset_dir)
 
 
@@ -132,10 +150,24 @@ def read_shards(split_dir: Path) -> list[Shard]:
     return shards
 
 
-def check_shard(shard: Shard, tokenizer: Tokenizer, use_loss_mask: bool) -> None:
-    if use_loss_mask and shard.mask_N is None:
+def check_shards(shards: list[Shard], tokenizer: Tokenizer, use_loss_mask: bool) -> None:
+    """Every shard of one split, and that they agree on segment_ids.bin."""
+    for shard in shards:
+        check_shard(shard, tokenizer, use_loss_mask)
+    segmented = [s.segment_ids_N is not None for s in shards]
+    if any(segmented) and not all(segmented):
+        have, lack = (shards[segmented.index(v)].path for v in (True, False))
         raise DatasetError(
-            f"{shard.path / episodes.MASK_FILE}: missing but use_loss_mask is on "
+            f"{lack / episodes.SEGMENT_IDS_FILE}: missing, but {have / episodes.SEGMENT_IDS_FILE} "
+            "exists; every shard of a split needs one, or none")
+
+
+def check_shard(shard: Shard, tokenizer: Tokenizer, use_loss_mask: bool) -> None:
+    weights = shard.loss_weights_N
+    if use_loss_mask and weights is None:
+        raise DatasetError(
+            f"{shard.path / episodes.MASK_FILE}: missing but use_loss_mask is on, and there is "
+            f"no {episodes.WEIGHTS_FILE} either "
             "(set use_loss_mask=False to train on every position, padding included)"
         )
     if shard.tokens_N.size and int(shard.tokens_N.max()) >= tokenizer.model_vocab_size:
@@ -143,8 +175,35 @@ def check_shard(shard: Shard, tokenizer: Tokenizer, use_loss_mask: bool) -> None
             f"{shard.path / episodes.TOKENS_FILE}: token id {int(shard.tokens_N.max())} >= "
             f"model_vocab_size {tokenizer.model_vocab_size}"
         )
-    if use_loss_mask and shard.mask_N.size and int(shard.mask_N.max()) > 1:
+    if shard.segment_ids_N is not None and not use_loss_mask:
+        raise DatasetError(
+            f"{shard.path / episodes.SEGMENT_IDS_FILE}: episodes packed at prepare time need "
+            "use_loss_mask=True (without it the upstream drops the segment ids and packed "
+            "episodes attend to each other)")
+    if shard.weights_N is not None:
+        _check_weights(shard, use_loss_mask)
+    elif use_loss_mask and shard.mask_N.size and int(shard.mask_N.max()) > 1:
         raise DatasetError(f"{shard.path / episodes.MASK_FILE}: values other than 0/1")
+
+
+def _check_weights(shard: Shard, use_loss_mask: bool) -> None:
+    path = shard.path / episodes.WEIGHTS_FILE
+    if not use_loss_mask:
+        logging.warning("%s: not read, as use_loss_mask is off (every position is trained "
+                        "with weight 1, as the upstream does)", path)
+        return
+    w_N = shard.weights_N
+    bad_N = ~np.isfinite(w_N) | (w_N < 0)
+    if bad_N.any():
+        i = int(np.argmax(bad_N))
+        raise DatasetError(f"{path}: weight {float(w_N[i])} at token {i}; expected finite "
+                           "weights >= 0")
+    if shard.mask_N is not None:
+        differ = int(np.count_nonzero((shard.mask_N > 0) != (w_N > 0)))
+        if differ:
+            logging.warning("%s: %d tokens trained in one file and not in the other; %s is "
+                            "used (the upstream's preference)", shard.path / episodes.MASK_FILE,
+                            differ, path)
 
 
 # ----------------------------------------------------------------------------- one split
@@ -175,8 +234,7 @@ class EpisodeSplit:
         split_dir = resolve_split_dir(dataset_dir, split, val_fallback)
         tok = dataset_tokenizer(dataset_dir, tokenizer)
         shards = read_shards(split_dir)
-        for shard in shards:
-            check_shard(shard, tok, use_loss_mask)
+        check_shards(shards, tok, use_loss_mask)
         shard_G, start_G, length_G = [], [], []
         for s, shard in enumerate(shards):
             valid = shard.episodes_Ex2[:, 1] >= episode_min_tokens
@@ -201,9 +259,15 @@ class EpisodeSplit:
     def __len__(self) -> int:
         return len(self.length_G)
 
+    @property
+    def segmented(self) -> bool:
+        """Packed at prepare time: every shard has segment_ids.bin (check_shards)."""
+        return self.shards[0].segment_ids_N is not None
+
     def stats(self, block_size: int) -> dict[str, Any]:
         tokens = int(self.length_G.sum())
-        masked = sum(int(s.mask_N.sum()) for s in self.shards if s.mask_N is not None)
+        masked = sum(int(np.count_nonzero(s.loss_weights_N)) for s in self.shards
+                     if s.loss_weights_N is not None)
         all_tokens = sum(int(s.tokens_N.size) for s in self.shards)
         pct = np.percentile(self.length_G, [0, 50, 90, 99, 100]).tolist()
         return {
@@ -215,4 +279,6 @@ class EpisodeSplit:
             "mask_ratio": masked / all_tokens if all_tokens else 0.0,
             "length_percentiles": dict(zip(("min", "p50", "p90", "p99", "max"), pct, strict=True)),
             "truncated_episodes": int((self.length_G > block_size + 1).sum()),
+            "packed_at_prepare": self.segmented,
+            "weighted_shards": sum(s.weights_N is not None for s in self.shards),
         }

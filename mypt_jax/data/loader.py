@@ -1,8 +1,9 @@
 """The training data loader: the upstream episode batch stream, served through grain.
 
-One row is one episode (no packing): its last `block_size + 1` tokens, right-padded with
-the eot id and mask 0, shifted into `inputs`/`targets`/`loss_mask` (the mask of the
-*target* token weights each prediction).
+One row is one index entry (an episode, or a block of episodes packed at prepare time by the
+newer upstream, with its `segment_ids`/`positions`): its last `block_size + 1` tokens,
+right-padded with the eot id and mask 0, shifted into `inputs`/`targets`/`loss_mask` (the
+mask, or `mask_weighted.bin`'s weight, of the *target* token weights each prediction).
 
 Epoch mode reproduces the upstream stream exactly. With `G` the valid episodes of a split
 (length >= episode_min_tokens, concatenated over shards in shard order) and `N = len(G)`,
@@ -33,7 +34,7 @@ import grain
 import numpy as np
 
 from mypt_jax.data.dataset import EpisodeSplit, check_dataset, dataset_tokenizer
-from mypt_jax.data.episodes import DatasetError
+from mypt_jax.data.episodes import DatasetError, segment_positions
 from mypt_jax.data.paths import is_remote
 from mypt_jax.data.tokenizer import Tokenizer, TokenizerError, head_tokenizer
 
@@ -50,7 +51,8 @@ Batch = dict[str, np.ndarray]
 # ----------------------------------------------------------------------------- a run's dataset
 
 
-def check_for_run(dataset_dir: str, *, use_loss_mask: bool) -> Tokenizer:
+def check_for_run(dataset_dir: str, *, use_loss_mask: bool, pack_episodes: bool = False
+                  ) -> Tokenizer:
     """What a run reads, checked before anything compiles; returns the dataset's tokenizer."""
     if is_remote(dataset_dir):
         raise DatasetError(
@@ -59,7 +61,7 @@ def check_for_run(dataset_dir: str, *, use_loss_mask: bool) -> Tokenizer:
             "-r SRC DIR`, or the launch scripts' `setup --data`) and pass the local directory"
         )
     try:
-        check_dataset(dataset_dir, use_loss_mask=use_loss_mask)
+        check_dataset(dataset_dir, use_loss_mask=use_loss_mask, pack_episodes=pack_episodes)
         return dataset_tokenizer(dataset_dir)
     except (TokenizerError, OSError) as e:
         raise DatasetError(str(e)) from None
@@ -207,36 +209,51 @@ class EpisodeBatchSource:
         lo = self.process_index * self.local_batch_size
         return self.global_episode_ids(batch)[lo:lo + self.local_batch_size]
 
-    def _row_stats(self, batch: int) -> dict[str, np.ndarray]:
+    def _row_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Tokens kept and trained targets of every global row, read from the episode index.
 
         Lets every process shape its rows for the global batch (batching.py) alone.
         """
         L = self.block_size + 1
         split = self.split
-        ids = self.global_episode_ids(batch)
         kept_B = np.minimum(split.length_G[ids], L)
         trained_B = np.maximum(kept_B - 1, 0)
         if self.use_loss_mask:
             for row, g in enumerate(ids):
                 end = int(split.start_G[g] + split.length_G[g])
-                mask_N = split.shards[split.shard_G[g]].mask_N
-                trained_B[row] = int(mask_N[end - kept_B[row] + 1:end].sum())
+                weights_N = split.shards[split.shard_G[g]].loss_weights_N
+                # Positions, not the weight sum: the trained-position head needs a slot for each.
+                trained_B[row] = np.count_nonzero(weights_N[end - kept_B[row] + 1:end])
         return {"global_lengths": kept_B.astype(np.int32), "global_trained": trained_B.astype(np.int32)}
 
     def __getitem__(self, batch: int) -> Batch:
+        return self.rows_for(self.global_episode_ids(int(batch)))
+
+    def rows_for(self, global_ids: np.ndarray) -> Batch:
+        """This process's rows of a global batch made of episodes `global_ids` (indices into
+        G): a row is a pure function of its episode, whichever batch it is in.
+
+        A split packed at prepare time (segment_ids.bin) adds `segment_ids` and `positions`
+        (int32[b, T], aligned with `inputs`; padding is segment 0): one index entry is one row
+        of several episodes, as in the upstream's loader. `loss_mask` holds the shard's
+        mask_weighted.bin weights where it has one.
+        """
         L = self.block_size + 1
         split = self.split
+        lo = self.process_index * self.local_batch_size
         seq_bxL = np.full((self.local_batch_size, L), self.pad_id, np.int32)
         mask_bxL = np.zeros((self.local_batch_size, L), np.float32)
-        for row, g in enumerate(self.episode_ids(int(batch))):
+        seg_bxL = np.zeros((self.local_batch_size, L), np.int32) if split.segmented else None
+        for row, g in enumerate(global_ids[lo:lo + self.local_batch_size]):
             shard = split.shards[split.shard_G[g]]
             end = int(split.start_G[g] + split.length_G[g])
             # Keep the last L tokens: a long episode loses its system prompt first.
             n = min(int(split.length_G[g]), L)
             seq_bxL[row, :n] = shard.tokens_N[end - n : end]
             if self.use_loss_mask:
-                mask_bxL[row, :n] = shard.mask_N[end - n : end]
+                mask_bxL[row, :n] = shard.loss_weights_N[end - n : end]
+            if seg_bxL is not None:
+                seg_bxL[row, :n] = shard.segment_ids_N[end - n : end]
         if not self.use_loss_mask:
             mask_bxL[:] = 1.0
         out = {
@@ -244,8 +261,12 @@ class EpisodeBatchSource:
             "targets": np.ascontiguousarray(seq_bxL[:, 1:]),
             "loss_mask": np.ascontiguousarray(mask_bxL[:, 1:]),
         }
+        if seg_bxL is not None:
+            # The upstream derives both from the ids of the input tokens.
+            out["segment_ids"] = np.ascontiguousarray(seg_bxL[:, :-1])
+            out["positions"] = segment_positions(out["segment_ids"])
         if self.row_stats:
-            out.update(self._row_stats(int(batch)))
+            out.update(self._row_stats(global_ids))
         return out
 
     # Memmaps, locks and RNG caches do not travel (grain worker processes): reload instead.
@@ -264,7 +285,7 @@ class EpisodeBatchSource:
         self._init_order()
 
 
-def make_iterator(
+def make_source(
     dataset_dir: str | Path,
     split: str,
     *,
@@ -279,25 +300,18 @@ def make_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     val_fallback: str | None = None,
-    start_batch: int = 0,
-    read_options: grain.ReadOptions | None = None,
     row_stats: bool = False,
-) -> grain.DatasetIterator:
-    """An endless iterator of this process's rows of the split's global batches.
+) -> EpisodeBatchSource:
+    """The random-access stream of a split: item k is this process's rows of global batch k.
 
     `batch_size` is global. Each item is `{"inputs": int32[b, T], "targets": int32[b, T],
-    "loss_mask": float32[b, T]}` with b = batch_size / process_count, T = block_size.
-    The state (`get_state()`, `{'next_index': k}`) is the next global batch; put it in every
-    checkpoint (grain.checkpoint.CheckpointSave). `start_batch` starts at global batch k
-    (0 after a resume reproduces the upstream, which restarted its loader).
+    "loss_mask": float32[b, T]}` with b = batch_size / process_count, T = block_size. Items
+    are a pure function of k, so a position (the next k) is all a checkpoint needs.
 
     `tokenizer` defaults to the dataset's tokenizer_state.json; a given one must agree with
-    it. The val stream is its own iterator (same `epoch_seed`, as upstream), kept across
-    evals. `val_fallback="train"` lets a missing val split read the train episodes.
+    it. `val_fallback="train"` lets a missing val split read the train episodes.
     `row_stats=True` adds `global_lengths`/`global_trained` (int32[batch_size]) for
-    `batching.shape_batch`. `read_options` defaults to no prefetch threads: a 16x512 batch costs ~0.1 ms on one core
-    and threads only added GIL contention (benchmarks/bench_loader.py); prefetching keeps
-    the state exact since items are a pure function of k.
+    `batching.shape_batch`.
     """
     if process_index is None or process_count is None:
         import jax  # only for the defaults; the loader itself is numpy
@@ -312,14 +326,12 @@ def make_iterator(
         use_loss_mask=use_loss_mask,
         val_fallback=val_fallback,
     )
-    episode_split = _load_split(split_kwargs)
-    pad_id = dataset_tokenizer(dataset_dir, tokenizer).eot_id
-    source = EpisodeBatchSource(
-        episode_split,
+    return EpisodeBatchSource(
+        _load_split(split_kwargs),
         batch_size=batch_size,
         block_size=block_size,
         epoch_seed=epoch_seed,
-        pad_id=pad_id,
+        pad_id=dataset_tokenizer(dataset_dir, tokenizer).eot_id,
         mode=mode,
         shuffle=shuffle,
         use_loss_mask=use_loss_mask,
@@ -328,6 +340,25 @@ def make_iterator(
         split_kwargs=split_kwargs,
         row_stats=row_stats,
     )
+
+
+def make_iterator(
+    dataset_dir: str | Path,
+    split: str,
+    *,
+    start_batch: int = 0,
+    read_options: grain.ReadOptions | None = None,
+    **source_kwargs,
+) -> grain.DatasetIterator:
+    """An endless grain iterator over `make_source(dataset_dir, split, **source_kwargs)`.
+
+    The state (`get_state()`, `{'next_index': k}`) is the next global batch. `start_batch`
+    starts at global batch k (0 after a resume reproduces the upstream, which restarted its
+    loader). The val stream is its own iterator (same `epoch_seed`, as upstream), kept across
+    evals. `read_options` defaults to no prefetch threads: a 16x512 batch costs ~0.1 ms on
+    one core and threads only added GIL contention (benchmarks/bench_loader.py).
+    """
+    source = make_source(dataset_dir, split, **source_kwargs)
     options = read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     iterator = iter(grain.MapDataset.source(source).to_iter_dataset(options))
     if start_batch:

@@ -36,9 +36,24 @@ JSON_FIELDS = (
     "tie_weights", "use_loss_mask", "batch_sampling_mode", "episode_min_tokens", "epoch_seed",
     "epoch_shuffle", "learning_rate", "max_iters", "eval_interval", "eval_iters", "warmup_iters",
     "grad_clip", "weight_decay", "log_file",
+    # the newer upstream's (RoPE/SwiGLU/RMSNorm model, layer freezing)
+    "pos_encoding", "mlp_type", "norm_type", "rope_theta", "rope_scale", "freeze_layers",
+    "freeze_embeddings",
 )
 # JSON fields turned into other fields (`_translated`).
-TRANSLATED = ("use_amp", "amp_dtype", "use_checkpoint", "eval_sets")
+TRANSLATED = ("use_amp", "amp_dtype", "use_checkpoint", "eval_sets", "grad_accum_steps",
+              "save_every")
+# Newer upstream fields with nothing behind them here: a file holding one is refused.
+REFUSED = {
+    "token_accuracy_saturation": (
+        "not implemented: the upstream scores masked-token accuracy on eval_iters train and val "
+        "batches at each eval (its train batches taken from the training stream) and only logs "
+        "a plateau flag; without the field the training is the same"),
+    "gold_selection": (
+        "not implemented: the upstream copies a <model_name>_gold checkpoint chosen by val loss "
+        "behind overfit, rising-loss and eval-regression guards, or by an external gate script; "
+        "here keep_best keeps the best checkpoints by val loss"),
+}
 # Read by the upstream and never used: accepted and left out here too.
 UPSTREAM_IGNORED = {
     "pad_token_id": "the pad is always <myPT_eot>",
@@ -57,7 +72,7 @@ NO_COUNTERPART = {
 # and `--config.inherit_init_config=True` takes block_size and the loader fields from it.
 INIT_OVERRIDDEN = ("block_size", "vocab_size", "n_embd", "n_head", "n_layer", "bias",
                    "use_checkpoint", "batch_sampling_mode", "episode_min_tokens", "epoch_seed",
-                   "epoch_shuffle")
+                   "epoch_shuffle", "pos_encoding", "mlp_type", "norm_type")
 # Upstream flags that set the config field of the same name when given.
 _FLAG_FIELDS = {
     "max_iters": int, "eval_interval": int, "eval_iters": int, "learning_rate": float,
@@ -98,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input_file", help="upstream in-memory text mode (not supported)")
     p.add_argument("--tokenization", choices=["gpt2", "char"])
     p.add_argument("--init_from_model", help="checkpoints/<name>, or an absolute path")
-    p.add_argument("--eval_dataset_dir", help="an extra eval set (not implemented: refused)")
+    p.add_argument("--eval_dataset_dir", help="an extra eval set, named general (eval_sets)")
     p.add_argument("--config_file", help="upstream JSON config")
     p.add_argument("--use_amp", type=_bool)
     p.add_argument("--amp_dtype", choices=["bf16", "fp16"])
@@ -147,7 +162,8 @@ def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
         raise UpstreamConfigError(f"--config_file {path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(data, dict):
         raise UpstreamConfigError(f"--config_file {path}: expected a JSON object of config fields")
-    known = set(JSON_FIELDS) | set(TRANSLATED) | set(UPSTREAM_IGNORED) | set(NO_COUNTERPART)
+    known = (set(JSON_FIELDS) | set(TRANSLATED) | set(UPSTREAM_IGNORED) | set(NO_COUNTERPART)
+             | set(REFUSED))
     unknown = sorted(set(data) - known)
     if unknown:  # the upstream's GPTConfig(**rest) refused them too (TypeError)
         raise UpstreamConfigError(
@@ -167,20 +183,52 @@ def _precision(use_amp: bool, amp_dtype: str, where: str) -> str:
     return "mixed"  # float32 master weights, bf16 matmuls; the upstream's A100 run was bf16_pure
 
 
-def _no_eval_sets(data: dict[str, Any], flags: dict[str, Any], where: str) -> None:
-    """Extra eval sets are not implemented; Phase 3a uses none (its configs say null)."""
-    if data.get("eval_sets"):
+def _eval_sets(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
+    """The file's eval_sets {name: dir} plus --eval_dataset_dir (the upstream named it
+    "general", over the file's), as the config's "name=dir,..." (training/eval_sets.py)."""
+    sets = data.get("eval_sets") or {}
+    if not isinstance(sets, dict):
         raise UpstreamConfigError(
-            f"{where}: eval_sets {data['eval_sets']!r}: extra eval sets are not implemented here "
-            "(the Phase 3a configs set null); score a checkpoint on another dataset afterwards")
+            f"{where}: eval_sets: expected an object of name -> dataset directory, got {sets!r}")
+    sets = dict(sets)
     if "eval_dataset_dir" in flags:
+        sets["general"] = flags["eval_dataset_dir"]
+    for name, path in sets.items():
+        if not isinstance(path, str) or any(c in f"{name}{path}" for c in ",="):
+            raise UpstreamConfigError(
+                f"{where}: eval_sets: {name!r}: expected a set name and a directory path "
+                f"without ',' or '=', got {path!r}")
+    return ",".join(f"{name}={path}" for name, path in sets.items())
+
+
+def _refuse(data: dict[str, Any], where: str) -> None:
+    """One error naming every refused field of the file, each with its reason."""
+    reasons = [f"{k}: {REFUSED[k]}" for k in REFUSED if k in data]
+    if reasons:
+        raise UpstreamConfigError(f"{where}: {'; '.join(reasons)}")
+
+
+def _grad_accum(data: dict[str, Any], flags: dict[str, Any], where: str) -> dict[str, Any]:
+    """The upstream's batch_size is per microbatch (grad_accum_steps of them per update); ours
+    is per update, split into grad_accum_steps microbatches."""
+    k = data["grad_accum_steps"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UpstreamConfigError(f"{where}: grad_accum_steps: expected an integer >= 1, got {k!r}")
+    micro = flags.get("batch_size", data.get("batch_size"))
+    if micro is None:
         raise UpstreamConfigError(
-            f"--eval_dataset_dir {flags['eval_dataset_dir']}: extra eval sets are not implemented "
-            "here (the seed's Phase 3a commands use none)")
+            f"{where}: grad_accum_steps {k}: the upstream's batch_size is per microbatch; give "
+            "batch_size in the file or --batch_size, so that the batch per update is known")
+    if isinstance(micro, bool) or not isinstance(micro, int):
+        raise UpstreamConfigError(f"{where}: batch_size: expected int, got {micro!r}")
+    return {"grad_accum_steps": k, "batch_size": micro * k}
 
 
 def _translated(data: dict[str, Any], flags: dict[str, Any], where: str) -> dict[str, Any]:
-    """use_amp/amp_dtype -> precision, use_checkpoint -> remat."""
+    """use_amp/amp_dtype -> precision, use_checkpoint -> remat, save_every ->
+    checkpoint_interval, grad_accum_steps -> grad_accum_steps and the batch per update,
+    eval_sets (and --eval_dataset_dir) -> eval_sets."""
+    _refuse(data, where)  # first: a refused field is the reason that matters
     out: dict[str, Any] = {}
     if any(k in data or k in flags for k in ("use_amp", "amp_dtype")):
         use_amp = flags.get("use_amp", data.get("use_amp", True))  # the upstream defaults
@@ -190,7 +238,14 @@ def _translated(data: dict[str, Any], flags: dict[str, Any], where: str) -> dict
         out["precision"] = _precision(use_amp, amp_dtype, where)
     if data.get("use_checkpoint"):
         out["remat"] = "full"  # the upstream's activation checkpointing, per block
-    _no_eval_sets(data, flags, where)
+    if data.get("save_every") is not None:
+        # The upstream read save_every but saved at every eval; its configs set the two equal.
+        out["checkpoint_interval"] = data["save_every"]
+    if "grad_accum_steps" in data:
+        out.update(_grad_accum(data, flags, where))
+    sets = _eval_sets(data, flags, where)
+    if sets:
+        out["eval_sets"] = sets
     return out
 
 
@@ -240,6 +295,8 @@ def translate(args: argparse.Namespace) -> Translation:
         from_flags["workdir"] = os.path.join(CHECKPOINTS, flags["model_name"])
     if "init_from_model" in flags:
         from_flags["init_from"] = resolve_init(flags["init_from_model"])
+    if "grad_accum_steps" in overrides and "batch_size" in from_flags:
+        from_flags["batch_size"] = overrides["batch_size"]  # --batch_size is per microbatch too
     overrides.update(from_flags)
     origins.update({k: "flags" for k in from_flags})
     return Translation(overrides, origins, summary(data, flags, where))
@@ -249,8 +306,17 @@ def summary(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
     """One line: which JSON fields went where, which the upstream ignored, which have no use here."""
     if not data:
         return f"upstream flags: {', '.join(sorted(flags))}"
-    same = [k for k in JSON_FIELDS if k in data]
+    accum = "grad_accum_steps" in data
+    same = [k for k in JSON_FIELDS if k in data and not (accum and k == "batch_size")]
     parts = [f"{where}: {', '.join(same)} -> the config fields of the same names"]
+    if accum:
+        batch = _grad_accum(data, flags, where)
+        parts.append(f"batch_size x grad_accum_steps -> batch_size {batch['batch_size']} in "
+                     f"{batch['grad_accum_steps']} microbatches (upstream: per microbatch)")
+    if data.get("save_every") is not None:
+        parts.append("save_every -> checkpoint_interval (the upstream saved at every eval)")
+    if data.get("eval_sets"):
+        parts.append(f"eval_sets -> eval_sets {_eval_sets(data, flags, where)!r}")
     amp = [k for k in ("use_amp", "amp_dtype") if k in data]
     if amp:
         parts.append(f"{'+'.join(amp)} -> precision {_translated(data, flags, where)['precision']!r}")

@@ -44,12 +44,43 @@ def head_ce_sums(
     `mesh`: the training mesh; the head's inputs are pinned to it row-split (the custom VJP
     hides the head from XLA's sharding propagation through the gradient).
     """
+    h_BxTxC, targets_BxT, mask_BxT = _pinned(h_BxTxC, targets_BxT, mask_BxT, mesh)
+    loss_sum = _fused_head(h_BxTxC, w_VxC, b_V, targets_BxT, mask_BxT, chunk_size)
+    return loss_sum, jnp.sum(mask_BxT)
+
+
+def head_ce_rows(
+    h_BxTxC: jax.Array,
+    w_VxC: jax.Array,
+    b_V: jax.Array,
+    targets_BxT: jax.Array,
+    mask_BxT: jax.Array,
+    chunk_size: int = 0,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Per row: (masked CE sum [B], mask count [B]); forward only, the eval's per-episode sums.
+
+    Every token's loss is computed as in `head_ce_sums` (the same `_head_chunk`, mapped over
+    rows), so a batch's sum rebuilt from its rows' sums is the batch's loss sum.
+    """
+    h_BxTxC, targets_BxT, mask_BxT = _pinned(h_BxTxC, targets_BxT, mask_BxT, mesh)
+    B, T, C = h_BxTxC.shape
+    k = chunk_size or T
+    n = T // k
+    xs = (h_BxTxC.reshape(B, n, k, C).swapaxes(0, 1),
+          targets_BxT.reshape(B, n, k).swapaxes(0, 1), mask_BxT.reshape(B, n, k).swapaxes(0, 1))
+    row_sums = jax.vmap(lambda h_KxC, y_K, m_K: _head_chunk(h_KxC, w_VxC, b_V, y_K, m_K, False))
+    sums_B = jax.lax.scan(lambda acc, x: (acc + row_sums(*x), None),
+                          jnp.zeros((B,), jnp.float32), xs)[0]
+    return sums_B, jnp.sum(mask_BxT, axis=-1)
+
+
+def _pinned(h_BxTxC, targets_BxT, mask_BxT, mesh):
+    """The head's inputs pinned row-split to the mesh, the mask as float32."""
     h_BxTxC = sharding.constrain(h_BxTxC, ("act_batch", "act_seq", "act_embed"), mesh)
     targets_BxT, mask_BxT = (sharding.constrain(x, ("act_batch", "act_seq"), mesh)
                              for x in (targets_BxT, mask_BxT))
-    mask_BxT = mask_BxT.astype(jnp.float32)
-    loss_sum = _fused_head(h_BxTxC, w_VxC, b_V, targets_BxT, mask_BxT, chunk_size)
-    return loss_sum, jnp.sum(mask_BxT)
+    return h_BxTxC, targets_BxT, mask_BxT.astype(jnp.float32)
 
 
 def _head_chunk(h_NxC, w_VxC, b_V, y_N, m_N, with_grads: bool):

@@ -6,8 +6,9 @@ import math
 from collections.abc import Sequence
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from mypt_jax.parallel import device_mesh
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -59,13 +60,18 @@ def resolve_mesh_shape(sizes: Sequence[int], num_devices: int) -> tuple[int, ...
     return tuple(sizes)
 
 
-def make_mesh(sizes: Sequence[int] = (-1, 1, 1), devices: Sequence | None = None) -> Mesh:
-    """A GSPMD-style (Auto axes) mesh over all devices: XLA propagates shardings in between."""
+def make_mesh(sizes: Sequence[int] = (-1, 1, 1), devices: Sequence | None = None,
+              dcn: Sequence[int] = (1, 1, 1)) -> Mesh:
+    """A GSPMD-style (Auto axes) mesh over all devices: XLA propagates shardings in between.
+
+    `sizes` are whole axes (all slices); `dcn` says how many slices each spans. Devices sit
+    in the interconnect's order on TPUs and GPUs, in the listed order on CPU
+    (`device_mesh.py`).
+    """
     devices = list(devices if devices is not None else jax.devices())
     shape = resolve_mesh_shape(sizes, len(devices))
-    return Mesh(
-        np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(shape)
-    )
+    return Mesh(device_mesh.device_array(shape, devices, dcn), MESH_AXES,
+                axis_types=(AxisType.Auto,) * len(shape))
 
 
 def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:

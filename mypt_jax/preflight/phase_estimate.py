@@ -63,9 +63,12 @@ def phase_time(r: cfg_lib.Resolved, chip: chips.Chip | None, devices: int, resul
 
     per_eval = sum(step_s(p["roofline"]) * (c.eval_iters if p["kind"] == "eval" else 1)
                    for p in results if p["kind"] in ("eval", "decode") and "roofline" in p)
+    decode_s = sum(step_s(p["roofline"]) for p in results if p["kind"] == "decode"
+                   and "roofline" in p)
     out: dict[str, Any] = {
         "max_iters": c.max_iters, "evals": evals, "eval_s": per_eval,
         "padded_train_s": c.max_iters * step_s(largest["roofline"]), "compute_bound_only": bound_only,
+        **save_time(r, evals),
     }
     if mix:
         mean = 0.0
@@ -80,7 +83,65 @@ def phase_time(r: cfg_lib.Resolved, chip: chips.Chip | None, devices: int, resul
             mean += share * step_s(t)
         out["shape_mix"] = {str(k): v for k, v in sorted(mix.items(), key=lambda kv: -kv[1])}
         out["padding_free_train_s"] = c.max_iters * mean
-    out["total_padded_s"] = out["padded_train_s"] + evals * per_eval
+        # The rebuilt val loss (training/evaluation.py): each distinct episode of the eval's
+        # batches once, at padding-free shapes. Its forward pass is costed as a third of a
+        # padding-free train step (forward + backward = 3 forwards), per batch of rows.
+        rows = min(val_episodes(r) or c.eval_iters * c.batch_size, c.eval_iters * c.batch_size)
+        out["eval_batches_rebuilt"] = -(-rows // c.batch_size)
+        out["eval_s_padding_free"] = out["eval_batches_rebuilt"] * mean / 3 + decode_s
+    # Orbax starts a save only once the previous one is written: an async save blocks for its
+    # copy plus whatever of the previous write the steps between them did not cover.
+    train_s = out.get("padding_free_train_s", out["padded_train_s"])
+    gap = train_s / max(out["saves"], 1)
+    if out["save_async"]:
+        out["save_blocking_s"] += max(out["save_write_s"] - out["save_blocking_s"] - gap, 0.0)
+    blocking = out["save_blocking_s"] * out["saves"]
+    out["total_padded_s"] = out["padded_train_s"] + evals * per_eval + blocking
     if "padding_free_train_s" in out:
-        out["total_padding_free_s"] = out["padding_free_train_s"] + evals * per_eval
+        out["total_padding_free_s"] = (out["padding_free_train_s"]
+                                       + evals * out["eval_s_padding_free"] + blocking)
     return out
+
+
+# Stated assumptions of the save estimate, per host: a device-to-host copy of its shard of the
+# state (PCIe-class), then the write to disk or bucket (what a TPU VM's persistent disk or a
+# GCS upload sustains). An asynchronous save blocks the loop for the copy only.
+HOST_COPY_BYTES_PER_S = 10e9
+HOST_WRITE_BYTES_PER_S = 1e9
+
+
+def save_time(r: cfg_lib.Resolved, evals: int, hosts: int = 1,
+              accelerator: bool = True) -> dict[str, Any]:
+    """Checkpoint saves of the phase: count, state bytes, seconds blocking and writing (one
+    host's bandwidth unless `hosts` says how many share the write)."""
+    import numpy as np
+
+    from mypt_jax.model.param_table import param_shapes
+
+    c, mc = r.config, r.model_config
+    n_params = sum(int(np.prod(s)) for s in _leaves(param_shapes(mc)))
+    # Weights in their storage dtype plus AdamW's two float32 moments.
+    state_bytes = n_params * (np.dtype(mc.param_dtype).itemsize + 8)
+    saves = evals if c.checkpoint_interval == 0 else c.max_iters // c.checkpoint_interval + 1
+    copy_s = state_bytes / (hosts * HOST_COPY_BYTES_PER_S)
+    write_s = state_bytes / (hosts * HOST_WRITE_BYTES_PER_S)
+    is_async = c.async_checkpointing == "on" or (c.async_checkpointing == "auto" and accelerator)
+    return {"saves": saves, "state_bytes": state_bytes, "save_write_s": copy_s + write_s,
+            "save_blocking_s": copy_s if is_async else copy_s + write_s, "save_async": is_async}
+
+
+def _leaves(tree) -> list[tuple[int, ...]]:
+    if isinstance(tree, dict):
+        return [leaf for v in tree.values() for leaf in _leaves(v)]
+    return [tree]
+
+
+def val_episodes(r: cfg_lib.Resolved) -> int | None:
+    """Episodes in the val split the loader reads, or None without the dataset."""
+    from mypt_jax.data.dataset import EpisodeSplit
+
+    if not os.path.isdir(r.config.dataset_dir or ""):
+        return None
+    return len(EpisodeSplit.load(r.config.dataset_dir, "val", tokenizer=r.tokenizer,
+                                 episode_min_tokens=r.config.episode_min_tokens,
+                                 use_loss_mask=r.config.use_loss_mask))

@@ -15,14 +15,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from ml_collections import config_dict
 
 from mypt_jax.data import batching
 from mypt_jax.model.config import ModelConfig
+from mypt_jax.model.param_table import param_shapes
 from mypt_jax.preflight import chips
 from mypt_jax.training import config as cfg_lib
 from mypt_jax.training import optim
 from mypt_jax.training import step as ts
 from mypt_jax.training.fit_check import sharded_batch, train_shapes
+from mypt_jax.training.freeze import Freeze
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,3 +158,24 @@ def programs(r: cfg_lib.Resolved, mesh, hosts: int, kinds: tuple[str, ...] = PRO
     if decode_program is not None:
         out.append(decode_program)
     return out
+
+
+def freeze_savings(r: cfg_lib.Resolved, mesh) -> dict[str, Any] | None:
+    """What freezing spares: optimizer-state bytes per device with the config's freezing and
+    without it (the train step's own memory and time are in its compile, frozen or not)."""
+    c = r.config
+    freeze = Freeze(layers=c.freeze_layers, embeddings=c.freeze_embeddings)
+    if not freeze.active:
+        return None
+
+    def opt_bytes(config: config_dict.ConfigDict) -> int:
+        tx, _ = optim.optimizer_from_config(config)
+        return bytes_per_device(ts.abstract_state(tx, r.model_config, mesh).opt_state)
+
+    unfrozen = config_dict.ConfigDict(c.to_dict())
+    unfrozen.freeze_layers, unfrozen.freeze_embeddings = 0, False
+    trainable, total = freeze.count(param_shapes(r.model_config))
+    return {"freeze_layers": freeze.layers, "freeze_embeddings": freeze.embeddings,
+            "n_layer": r.model_config.n_layer, "trainable_params": trainable,
+            "total_params": total, "opt_state_bytes": opt_bytes(c),
+            "opt_state_bytes_unfrozen": opt_bytes(unfrozen)}

@@ -37,7 +37,7 @@ from ml_collections import config_dict
 
 from mypt_jax.data import batching
 from mypt_jax.parallel import device_memory as dm
-from mypt_jax.parallel import sharding
+from mypt_jax.parallel import device_mesh, sharding
 from mypt_jax.preflight import chips, hlo_cost, phase_estimate
 from mypt_jax.preflight import programs as tp
 from mypt_jax.preflight import topology as topo_lib
@@ -59,6 +59,7 @@ class Target:
     chip: chips.Chip | None  # None: this machine's CPU (no roofline)
     capacity: int | None  # bytes a program may use per device; None = host memory decides
     host_memory: int | None  # bytes of RAM of this machine (local targets only)
+    slices: int = 1  # TPU slices of the topology, joined over DCN
 
 
 def host_memory_bytes() -> int | None:
@@ -72,15 +73,16 @@ def host_memory_bytes() -> int | None:
     return None
 
 
-def target_for(name: str | None) -> Target:
-    """Compile-only devices of a named slice, or this machine's devices."""
+def target_for(name: str | None, slices: int = 1) -> Target:
+    """Compile-only devices of a named slice (`slices` of them), or this machine's devices."""
     if name:
         topo = topo_lib.get(name)
-        devices = topo_lib.compile_only_devices(topo)
+        devices = topo_lib.compile_only_devices(topo, slices)
         capacity = topo.chip.hbm_bytes
         if topo.platform == "cuda":
             capacity *= dm.GPU_MEM_FRACTION
-        return Target(topo.name, devices, topo.hosts, topo.chip, int(capacity), None)
+        return Target(topo.name, devices, topo.hosts * slices, topo.chip, int(capacity), None,
+                      slices)
     devices = jax.devices()
     chip = chips.chip_for_device_kind(devices[0].device_kind)
     return Target("local", devices, jax.process_count(), chip,
@@ -217,7 +219,7 @@ def suggest(config: config_dict.ConfigDict, target: Target) -> dict[str, Any] | 
             r = resolve_for(c, target)
         except cfg_lib.ConfigError:
             continue  # e.g. a microbatch the mesh cannot split
-        mesh = sharding.make_mesh(r.mesh_shape, devices=target.devices)
+        mesh = cfg_lib.mesh_for(r, target.devices)
         train = tp.programs(r, mesh, target.hosts, ("train",), largest_only=True)[0]
         result = compile_program(train, target)
         flags = " ".join(f"--config.{k}={v}" for k, v in change.items())
@@ -227,14 +229,22 @@ def suggest(config: config_dict.ConfigDict, target: Target) -> dict[str, Any] | 
     return {"change": None, "tried": tried}
 
 
+def mesh_devices(mesh, target: Target) -> dict[str, Any]:
+    """Where each mesh position's device sits (`device_mesh.describe`), and whether that is
+    simply the devices in their listed order."""
+    out = device_mesh.describe(mesh.devices)
+    out["listed_order"] = [d.id for d in mesh.devices.ravel()] == [d.id for d in target.devices]
+    return out
+
+
 def run(config: config_dict.ConfigDict, topology: str | None = None, *,
         mix_batches: int = 200, find_fix: bool = True,
         kinds: tuple[str, ...] = tp.PROGRAM_KINDS, largest_only: bool = False,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None, slices: int = 1) -> dict[str, Any]:
     """The whole preflight: every program compiled and checked, as one JSON-able dict."""
-    target = target_for(topology)
+    target = target_for(topology, slices)
     r = resolve_for(config, target)
-    mesh = sharding.make_mesh(r.mesh_shape, devices=target.devices)
+    mesh = cfg_lib.mesh_for(r, target.devices)
     results: list[dict[str, Any]] = []
     for program in tp.programs(r, mesh, target.hosts, kinds, largest_only):
         results.append(compile_program(program, target))
@@ -246,12 +256,16 @@ def run(config: config_dict.ConfigDict, topology: str | None = None, *,
     host = host_report(r, mesh, target, results)
     report: dict[str, Any] = {
         "target": {"name": target.name, "devices": len(target.devices), "hosts": target.hosts,
+                   "slices": target.slices,
                    "chip": dataclasses.asdict(target.chip) if target.chip else None,
                    "capacity_per_device": target.capacity},
         "mesh": dict(zip(sharding.MESH_AXES, r.mesh_shape, strict=True)),
+        "mesh_dcn": dict(zip(sharding.MESH_AXES, r.mesh_dcn_shape, strict=True)),
+        "mesh_devices": mesh_devices(mesh, target),
         "model": {"remat": r.model_config.remat, "dtype": r.model_config.dtype,
                   "param_dtype": r.model_config.param_dtype},
         "batch_size": r.config.batch_size, "grad_accum_steps": r.config.grad_accum_steps,
+        "freeze": tp.freeze_savings(r, mesh),
         "programs": results,
         "host": host,
         "phase": phase_estimate.phase_time(r, target.chip, len(target.devices), results,
@@ -271,13 +285,57 @@ def _gb(x: float | None) -> str:
     return "-" if x is None else f"{x / 1e9:.1f}"
 
 
+def format_mesh_devices(m: dict[str, Any]) -> list[str]:
+    """One line per data index: the fsdp positions in order, each the device id (its torus
+    coords), tensor groups in brackets; `|` where the next host's devices begin, `||` the
+    next slice's."""
+    ids = np.array(m["ids"])
+    coords, slices = m.get("coords"), m.get("slice")
+    data, fsdp, tensor = ids.shape
+
+    def where(i, j):
+        return (slices[i][j][0] if slices else 0, m["process"][i][j][0])
+
+    def cell(i, j, k):
+        xyz = "(" + ",".join(map(str, coords[i][j][k])) + ")" if coords else ""
+        return f"{ids[i, j, k]}{xyz}"
+
+    legend = "id(x,y,z), x,y,z = torus coords; " if coords else "device ids; "
+    lines = [f"mesh devices, data rows x fsdp columns{' x [tensor]' if tensor > 1 else ''} "
+             f"({legend}| = next host, || = next slice; listed order: "
+             f"{'yes' if m['listed_order'] else 'no'}):"]
+    def span(values) -> str:
+        lo, hi = min(values), max(values)
+        return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+    several_hosts = len({p for row in m["process"] for col in row for p in col}) > 1
+    for i in range(data):
+        label = f"data {i}"
+        if slices:
+            label += f" slice {span([s for col in slices[i] for s in col])}"
+        if several_hosts:
+            label += f" host {span([p for col in m['process'][i] for p in col])}"
+        parts: list[str] = []
+        for j in range(fsdp):
+            if j and where(i, j) != where(i, j - 1):
+                parts.append("||" if where(i, j)[0] != where(i, j - 1)[0] else "|")
+            group = [cell(i, j, k) for k in range(tensor)]
+            parts.append(group[0] if tensor == 1 else "[" + " ".join(group) + "]")
+        lines.append(f"  {label}: " + " ".join(parts))
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     t = report["target"]
+    dcn = report.get("mesh_dcn") or {}
+    over_dcn = f" over {t['slices']} slices (dcn {dcn})" if t.get("slices", 1) > 1 else ""
     lines = [f"target {t['name']}: {t['devices']} devices, {t['hosts']} host(s), "
-             f"{_gib(t['capacity_per_device'])} GiB per device | mesh {report['mesh']} | "
+             f"{_gib(t['capacity_per_device'])} GiB per device | mesh {report['mesh']}{over_dcn} | "
              f"remat {report['model']['remat']} | batch {report['batch_size']} "
-             f"(accum {report['grad_accum_steps']})",
-             f"{'program':34} {'compile s':>9} {'args':>7} {'temp':>7} {'need':>7} {'GiB of':>7} "
+             f"(accum {report['grad_accum_steps']})"]
+    if "mesh_devices" in report:
+        lines += format_mesh_devices(report["mesh_devices"])
+    lines += [f"{'program':34} {'compile s':>9} {'args':>7} {'temp':>7} {'need':>7} {'GiB of':>7} "
              f"{'fits':>4} {'HBM GB':>7} {'step ms':>8} {'MFU':>5}"]
     for p in report["programs"]:
         m = p.get("memory") or {}
@@ -294,6 +352,14 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{_gb(p.get('hbm_bytes')):>7} {step:>8} {mfu:>5}")
         if p.get("error"):
             lines.append(f"    {p['error']}")
+    fz = report.get("freeze")
+    if fz:
+        lines.append(
+            f"freeze: {fz['freeze_layers']} of {fz['n_layer']} blocks, embeddings "
+            f"{'frozen' if fz['freeze_embeddings'] else 'trained'}: {fz['trainable_params'] / 1e6:.1f}M "
+            f"of {fz['total_params'] / 1e6:.1f}M parameters train; optimizer state "
+            f"{_gib(fz['opt_state_bytes'])} GiB per device ({_gib(fz['opt_state_bytes_unfrozen'])} "
+            "GiB unfrozen)")
     h = report["host"]
     line = f"host: checkpoint staging {_gib(h['checkpoint_staging_bytes'])} GiB per host"
     if "peak_bytes" in h:
@@ -308,6 +374,13 @@ def format_report(report: dict[str, Any]) -> str:
         if "padding_free_train_s" in ph:
             text += f", padding-free {ph['padding_free_train_s'] / 60:.1f} min"
         text += f"; {ph['evals']} evals {ph['evals'] * ph['eval_s'] / 60:.1f} min"
+        if "eval_s_padding_free" in ph:
+            text += (f" ({ph['evals'] * ph['eval_s_padding_free'] / 60:.1f} min rebuilt from "
+                     f"{ph['eval_batches_rebuilt']} padding-free batches each)")
+        text += (f"; {ph['saves']} saves of {_gib(ph['state_bytes'])} GiB, "
+                 f"{ph['saves'] * ph['save_blocking_s'] / 60:.1f} min blocking"
+                 f" ({'async' if ph['save_async'] else 'sync'}, "
+                 f"{ph['saves'] * ph['save_write_s'] / 60:.1f} min writing)")
         lines.append(text)
     if report["fits"]:
         lines.append("fits")
@@ -346,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="preset file (configs/*.py[:arg])")
     p.add_argument("--topology", default="", help=f"one of {sorted(topo_lib.TOPOLOGIES)}; "
                    "empty = this machine's devices")
+    p.add_argument("--slices", type=int, default=1,
+                   help="compile for this many slices of --topology joined over DCN (TPU only; "
+                   "set the --config.mesh_dcn_* fields to match)")
     p.add_argument("--json", default="", help="also write the report here")
     p.add_argument("--mix_batches", type=int, default=200,
                    help="train batches read from the dataset (if present) for the shape mix")
@@ -371,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = data_inspect.load_config(args.config, rest)
         report = run(config, args.topology or None, mix_batches=args.mix_batches, find_fix=not args.no_suggest, kinds=kinds,
-                     largest_only=args.largest_shape_only,
+                     largest_only=args.largest_shape_only, slices=args.slices,
                      progress=lambda m: print(m, file=sys.stderr, flush=True))
     except (cfg_lib.ConfigError, topo_lib.TopologyError, ValueError, FileNotFoundError) as e:
         print(f"preflight: {e}", file=sys.stderr)

@@ -156,10 +156,18 @@ def prepare_environment(topo: Topology) -> None:
         os.environ["XLA_FLAGS"] = " ".join((os.environ.get("XLA_FLAGS", ""), *GPU_XLA_FLAGS)).strip()
 
 
-def compile_only_devices(topo: Topology) -> list:
-    """The slice's devices, compile-only; raises TopologyError naming the missing extra."""
+def compile_only_devices(topo: Topology, slices: int = 1) -> list:
+    """The slice's devices (`slices` TPU slices of it, joined over DCN), compile-only; raises
+    TopologyError naming the missing extra.
+
+    Devices of several slices carry `slice_index` (the mesh_dcn_* fields need it); ids count
+    from 100000 per slice and coords repeat in every slice.
+    """
     from jax.experimental import topologies
 
+    if slices < 1 or (slices > 1 and topo.platform != "tpu"):
+        raise TopologyError(f"--slices {slices}: expected 1, or more for a TPU topology "
+                            f"(--topology {topo.name} is {topo.platform})")
     if topo.platform == "tpu":
         try:
             import libtpu  # noqa: F401
@@ -170,7 +178,8 @@ def compile_only_devices(topo: Topology) -> list:
         desc = topologies.get_topology_desc(
             topology_name=topo.libtpu_name, platform="tpu",
             chip_config_name="megacore" if topo.megacore else "default",
-            chips_per_host_bounds=topo.chips_per_host, num_slices=1, wrap=(False, False, False))
+            chips_per_host_bounds=topo.chips_per_host, num_slices=slices,
+            wrap=(False, False, False))
     else:
         shape = f"1x1x{topo.devices}"
         try:
@@ -182,8 +191,8 @@ def compile_only_devices(topo: Topology) -> list:
                 f"--topology {topo.name}: needs the CUDA PJRT plugin; install the cuda extra "
                 "(pip install -e '.[cuda]') and run with JAX_PLATFORMS=cpu") from None
     devices = list(desc.devices)
-    if len(devices) != topo.devices:
+    if len(devices) != topo.devices * slices:
         raise TopologyError(
             f"--topology {topo.name}: the compiler gave {len(devices)} devices, expected "
-            f"{topo.devices}")
+            f"{topo.devices * slices}")
     return devices

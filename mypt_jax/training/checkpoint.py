@@ -1,10 +1,16 @@
-"""Orbax checkpoints of a run: train state, both data iterators and a JSON record, saved together.
+"""Orbax checkpoints of a run: train state and a JSON record (with both data positions), together.
 
-Layout: `<workdir>/checkpoints/<step>/{state, train_data, val_data, meta}`. Orbax writes each
-step into a temporary directory and renames it when complete, so a run killed mid-save
-leaves the previous checkpoints intact. Saves are asynchronous on accelerators (synchronous
-on CPU and across processes, see `Checkpointer`); the last `keep` steps plus the
+Layout: `<workdir>/checkpoints/<step>/{state, meta}`. Orbax writes each step into a
+temporary directory and renames it when complete, so a run killed mid-save leaves the
+previous checkpoints intact. Saves are asynchronous on accelerators, with any number of
+processes (synchronous on CPU, see `Checkpointer`); the last `keep` steps plus the
 `keep_best` lowest val-loss steps survive.
+
+The loaders' positions are global (`{"next_index": k}`, the next global batch), so they
+live in the JSON record (`meta["data_position"]`), written once by process 0: a checkpoint
+restores onto any number of processes, and no per-process file can race the primary's
+directory creation (grain's per-process iterator files did both, and are still read from
+checkpoints written before).
 
 Restore takes an abstract state carrying the *current* mesh's shardings, so a checkpoint
 written on one mesh (or device count) restores onto another.
@@ -28,6 +34,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +49,7 @@ from mypt_jax.data.paths import absolute, as_path
 from mypt_jax.interop.model_io import cause_line
 from mypt_jax.training.run_meta import CHECKPOINTS_DIR
 
-ITEMS = ("state", "train_data", "val_data", "meta")
+ITEMS = ("state", "train_data", "val_data", "meta")  # the iterator items: older checkpoints
 DAMAGED_SUFFIX = ".damaged"
 
 
@@ -86,23 +93,21 @@ def write_error(path: epath.Path, exc: BaseException) -> CheckpointError:
 
 
 class _IteratorState:
-    """Stands in for a grain iterator in the grain handler: a frozen state, or a sink.
+    """A sink for grain's iterator handler: reads the positions of checkpoints written before
+    they moved into the JSON record."""
 
-    Saving a snapshot (not the live iterator) keeps the state exact when the save finishes
-    after the loop has moved on; restoring into a sink lets us apply it ourselves.
-    """
-
-    def __init__(self, state: dict | None = None):
-        self.state = state
-
-    def get_state(self) -> bytes:
-        return json.dumps(self.state).encode()
+    def __init__(self):
+        self.state: dict | None = None
 
     def set_state(self, state: bytes) -> None:
         self.state = json.loads(state.decode())
 
-    def start_prefetch(self) -> None:
+    def start_prefetch(self) -> None:  # grain's handler calls it after set_state
         pass
+
+
+def _positions(position: dict) -> tuple[dict, dict]:
+    return {"next_index": int(position["train"])}, {"next_index": int(position["val"])}
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
@@ -142,7 +147,7 @@ class Checkpointer:
         *,
         keep: int = 2,
         keep_best: int = 1,
-        async_save: bool = True,
+        async_save: bool | None = None,
         read_only: bool = False,
     ):
         policies: list[Any] = [pp.LatestN(n=keep)]
@@ -155,16 +160,14 @@ class Checkpointer:
                     keep_checkpoints_without_metrics=False,
                 )
             )
-        # Several processes save synchronously: with async saves, grain's handler on a
-        # non-primary process can write its iterator file before the primary has created
-        # the step's temporary directory (seen as "No such file or directory" in the
-        # 2-process test), which kills the run.
-        async_save = async_save and jax.process_count() == 1
         # On CPU the devices' memory is the host's: an asynchronous save holds a staged copy
         # of the whole state while the next step allocates its own, and a 750M float32 run
         # (9 GB of weights and AdamW moments) was killed at 24 GB that way. CPU runs save
-        # synchronously; the write is short next to a CPU step.
-        async_save = async_save and jax.default_backend() != "cpu"
+        # synchronously unless asked (`async_save=True`, the tests); the write is short next
+        # to a CPU step.
+        if async_save is None:
+            async_save = jax.default_backend() != "cpu"
+        self.async_save = async_save
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
             preservation_policy=pp.AnyPreservationPolicy(policies),
@@ -175,6 +178,8 @@ class Checkpointer:
         quiet_orphaned_io()  # before any I/O: orbax logs a failure before it raises it to us
         self.failed = False  # a save failed: close() must not raise the same error again
         self._saving: int | None = None
+        self._timing: dict | None = None  # the save in flight: step, start, blocking seconds
+        self.timings: list[dict] = []  # committed saves not yet logged (the trainer drains it)
         self.manager = ocp.CheckpointManager(
             absolute(self.directory),
             options=options,
@@ -196,54 +201,59 @@ class Checkpointer:
     def path(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
-    def save(
-        self,
-        step: int,
-        state: Any,
-        *,
-        train_data: dict,
-        val_data: dict,
-        meta: dict,
-        val_loss: float | None = None,
-    ) -> None:
-        """Starts an asynchronous save; `val_loss` (when evaluated) ranks the best checkpoints.
+    def save(self, step: int, state: Any, *, data_position: dict, meta: dict,
+             val_loss: float | None = None) -> None:
+        """Starts a save (asynchronous where enabled); `val_loss` ranks the best checkpoints.
 
-        A write that fails (now, or in the background for the previous save) raises
-        `CheckpointError` naming the step's path.
+        `data_position` is `{"train": k, "val": j}`, the next global batch of each stream.
+        Orbax first waits for the previous save. A write that fails (now, or in the
+        background for the previous save) raises `CheckpointError` naming the step's path.
         """
+        self.poll(wait=True)  # orbax would wait for it anyway; this way its timing is kept
+        t0 = time.perf_counter()
         self._saving = step
         try:
-            self._save(step, state, train_data, val_data, meta, val_loss)
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave({**meta, "data_position": dict(data_position)}),
+                ),
+                metrics=None if val_loss is None else {"val_loss": float(val_loss)},
+                force=True,
+            )
         except Exception as e:
             self.failed = True
             raise write_error(self.path(step), e) from e
+        self._timing = {"step": step, "t0": t0, "blocking_s": time.perf_counter() - t0}
 
-    def _save(self, step, state, train_data, val_data, meta, val_loss) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                train_data=grain.checkpoint.CheckpointSave(_IteratorState(dict(train_data))),
-                val_data=grain.checkpoint.CheckpointSave(_IteratorState(dict(val_data))),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=None if val_loss is None else {"val_loss": float(val_loss)},
-            force=True,
-        )
+    def poll(self, wait: bool = False) -> None:
+        """Once the last save is committed, appends its timing to `timings`: {step,
+        blocking_s, total_s, overlapped_s (the seconds the loop went on while it wrote)}."""
+        if self._timing is None or (not wait and self.manager.is_saving_in_progress()):
+            return
+        if wait:
+            self.wait()
+        t, self._timing = self._timing, None
+        total = time.perf_counter() - t["t0"]
+        self.timings.append({"step": t["step"], "blocking_s": t["blocking_s"], "total_s": total,
+                             "overlapped_s": max(total - t["blocking_s"], 0.0)})
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict, dict]:
-        """(state, train iterator state, val iterator state, meta) of `step`."""
-        train_sink, val_sink = _IteratorState(), _IteratorState()
+        """(state, train position, val position, meta) of `step`."""
         restored = self.manager.restore(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                train_data=grain.checkpoint.CheckpointRestore(train_sink),
-                val_data=grain.checkpoint.CheckpointRestore(val_sink),
-                meta=ocp.args.JsonRestore(),
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                    meta=ocp.args.JsonRestore()),
         )
-        return restored.state, train_sink.state, val_sink.state, dict(restored.meta)
+        meta = dict(restored.meta)
+        if "data_position" in meta:
+            return restored.state, *_positions(meta["data_position"]), meta
+        train_sink, val_sink = _IteratorState(), _IteratorState()  # written before: grain files
+        self.manager.restore(step, args=ocp.args.Composite(
+            train_data=grain.checkpoint.CheckpointRestore(train_sink),
+            val_data=grain.checkpoint.CheckpointRestore(val_sink)))
+        return restored.state, train_sink.state, val_sink.state, meta
 
     def restore_meta(self, step: int) -> dict:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
@@ -356,6 +366,14 @@ def quiet_orphaned_io() -> None:
     sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
     logging.getLogger("absl").addFilter(
         lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage())
+
+    def orphan_task(record: logging.LogRecord) -> bool:
+        # asyncio's "Task exception was never retrieved" for the other reads of a failed restore
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and "while reading array index" in str(exc)) and (
+            "_read_array_index_and_device_put" not in record.getMessage())
+
+    logging.getLogger("asyncio").addFilter(orphan_task)
 
 
 def restore_params(

@@ -32,6 +32,9 @@ from mypt_jax.model.config import ConfigError as ModelConfigError
 from mypt_jax.model.config import ModelConfig
 from mypt_jax.model.param_table import param_logical_axes, param_shapes
 from mypt_jax.parallel import sharding
+from mypt_jax.parallel.device_mesh import DCN_FIELDS
+from mypt_jax.training import eval_sets
+from mypt_jax.training import freeze as freeze_lib
 from mypt_jax.training.init_source import (
     INHERITED_FIELDS,
     InitSource,
@@ -57,6 +60,7 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "precision": tuple(PRECISIONS),
     "batch_sampling_mode": ("epoch", "random"),
+    "async_checkpointing": ("auto", "on", "off"),
 }
 
 
@@ -69,10 +73,11 @@ class Resolved:
     config: config_dict.ConfigDict  # validated, with workdir/log_file/precision dtypes filled in
     model_config: ModelConfig
     tokenizer: Tokenizer
-    mesh_shape: tuple[int, int, int]
+    mesh_shape: tuple[int, int, int]  # whole axes: per-slice sizes x mesh_dcn_shape
     warmup_steps: int
     init: InitSource | None
     notes: tuple[str, ...]  # deviations worth printing (inherited fields, sliced tables)
+    mesh_dcn_shape: tuple[int, int, int] = (1, 1, 1)  # slices each mesh axis spans (of mesh_shape)
 
 
 def default_fields() -> config_dict.ConfigDict:
@@ -138,7 +143,8 @@ def _check_fields(config: config_dict.ConfigDict) -> None:
             raise ConfigError(f"{name}: must be >= 1, got {config[name]}")
     for name in ("learning_rate", "min_lr", "grad_clip", "weight_decay", "warmup_iters",
                  "eval_max_new_tokens",
-                 "loss_chunk_size", "checkpoint_interval", "keep_best", "adam_eps"):
+                 "loss_chunk_size", "checkpoint_interval", "keep_best", "adam_eps",
+                 "prefetch_batches", "forgetting_factor"):
         if config[name] < 0:
             raise ConfigError(f"{name}: must be >= 0, got {config[name]}")
     for name in ("beta1", "beta2"):
@@ -164,12 +170,38 @@ def _check_fields(config: config_dict.ConfigDict) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _check_mesh(config, mc: ModelConfig, num_devices: int, process_count: int) -> tuple[int, ...]:
+def _check_dcn(config, num_devices: int) -> tuple[int, ...]:
+    """The slices each mesh axis spans; they must split the batch rows in slice order."""
+    dcn = (config.mesh_dcn_data, config.mesh_dcn_fsdp, config.mesh_dcn_tensor)
+    if any(d < 1 for d in dcn):
+        raise ConfigError(f"{DCN_FIELDS}: expected slice counts >= 1 (1 = one slice), got {dcn}")
+    if num_devices % math.prod(dcn):
+        raise ConfigError(f"{DCN_FIELDS}: {dcn} makes {math.prod(dcn)} slices (their product), "
+                          f"which do not divide the {num_devices} devices")
+    # Each host loads its own rows (data/loader.global_batch): a tensor group spanning slices
+    # would hold the same rows on two slices' hosts.
+    if config.mesh_dcn_tensor > 1:
+        raise ConfigError("mesh_dcn_tensor: tensor parallelism over DCN is not supported; "
+                          f"expected 1, got {config.mesh_dcn_tensor} (span slices with mesh_dcn_data)")
+    return dcn
+
+
+def _check_mesh(config, mc: ModelConfig, num_devices: int, process_count: int
+                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(whole mesh shape, slices per axis); mesh_data/fsdp/tensor are per slice, -1 included."""
+    dcn = _check_dcn(config, num_devices)
+    slices = math.prod(dcn)
     sizes = (config.mesh_data, config.mesh_fsdp, config.mesh_tensor)
     try:
-        shape = sharding.resolve_mesh_shape(sizes, num_devices)
+        ici = sharding.resolve_mesh_shape(sizes, num_devices // slices)
     except ValueError as e:
-        raise ConfigError(f"mesh_data/mesh_fsdp/mesh_tensor: {e}") from None
+        per_slice = f" (per slice: {slices} slices, {DCN_FIELDS})" if slices > 1 else ""
+        raise ConfigError(f"mesh_data/mesh_fsdp/mesh_tensor: {e}{per_slice}") from None
+    if config.mesh_dcn_fsdp > 1 and ici[0] > 1:
+        # Slices along fsdp inside several data rows would interleave the hosts' rows.
+        raise ConfigError(f"mesh_dcn_fsdp: {config.mesh_dcn_fsdp} slices on the fsdp axis need "
+                          f"mesh_data to resolve to 1 per slice, got {ici[0]} (or use mesh_dcn_data)")
+    shape = tuple(i * d for i, d in zip(ici, dcn, strict=True))
     axis_size = dict(zip(sharding.MESH_AXES, shape, strict=True))
     batch_ways = axis_size["data"] * axis_size["fsdp"]
     micro = config.batch_size // config.grad_accum_steps
@@ -178,9 +210,11 @@ def _check_mesh(config, mc: ModelConfig, num_devices: int, process_count: int) -
             f"grad_accum_steps: {config.grad_accum_steps} does not divide batch_size {config.batch_size}"
         )
     if micro % batch_ways:
+        slices_note = (f" (mesh_data * mesh_dcn_data) * (mesh_fsdp * mesh_dcn_fsdp) = "
+                       f"{ici[0]}*{dcn[0]} * {ici[1]}*{dcn[1]}" if slices > 1 else "")
         raise ConfigError(
             f"batch_size: the microbatch of {micro} rows (batch_size / grad_accum_steps) is not "
-            f"divisible by mesh_data * mesh_fsdp = {batch_ways}"
+            f"divisible by mesh_data * mesh_fsdp = {batch_ways}{slices_note}"
         )
     if config.batch_size % process_count:
         raise ConfigError(f"batch_size: {config.batch_size} not divisible by {process_count} processes")
@@ -203,7 +237,25 @@ def _check_mesh(config, mc: ModelConfig, num_devices: int, process_count: int) -
                         f"dimension of {dim} that {'x'.join(names)}={ways} devices cannot split "
                         "(change the mesh or the model width/heads/vocab)"
                     )
-    return shape
+    return shape, dcn
+
+
+def mesh_for(r: Resolved, devices=None):
+    """The run's mesh (`sharding.make_mesh`) over `devices` (default: all), with its slices."""
+    try:
+        return sharding.make_mesh(r.mesh_shape, devices, dcn=r.mesh_dcn_shape)
+    except ValueError as e:  # device_mesh.MeshError names the fields
+        raise ConfigError(str(e)) from None
+
+
+def _check_freeze(config, mc: ModelConfig) -> list[str]:
+    """freeze_layers within the model; what is frozen, as notes."""
+    if not 0 <= config.freeze_layers <= mc.n_layer:
+        raise ConfigError(f"freeze_layers: expected 0 to n_layer ({mc.n_layer}) blocks, got "
+                          f"{config.freeze_layers}")
+    # A resume with other freezing is refused where the checkpoint is read (training/resume.py).
+    freeze = freeze_lib.Freeze(layers=config.freeze_layers, embeddings=config.freeze_embeddings)
+    return freeze_lib.notes(freeze, param_shapes(mc), mc.n_layer, mc.tie_weights)
 
 
 def _check_dataset(config) -> Tokenizer:
@@ -212,7 +264,8 @@ def _check_dataset(config) -> Tokenizer:
     if not config.dataset_dir:
         raise ConfigError("dataset_dir: empty; point it at a prepared dataset")
     try:
-        tok = loader.check_for_run(config.dataset_dir, use_loss_mask=config.use_loss_mask)
+        tok = loader.check_for_run(config.dataset_dir, use_loss_mask=config.use_loss_mask,
+                                   pack_episodes=config.pack_episodes)
     except DatasetError as e:
         raise ConfigError(f"dataset_dir: {e}") from None
     if tok.model_vocab_size > config.vocab_size:
@@ -305,15 +358,20 @@ def resolve(
     config.param_dtype, config.dtype = mc.param_dtype, mc.dtype
     if init is not None:
         notes += _check_architecture(init, mc)
+    notes += _check_freeze(config, mc)
 
     if num_devices is None or process_count is None:
         import jax
 
         num_devices = jax.device_count() if num_devices is None else num_devices
         process_count = jax.process_count() if process_count is None else process_count
-    mesh_shape = _check_mesh(config, mc, num_devices, process_count)
+    mesh_shape, mesh_dcn_shape = _check_mesh(config, mc, num_devices, process_count)
     if read_files:
         tok = _check_dataset(config)
+        try:  # each extra eval set: its val split on disk (training/eval_sets.py)
+            eval_sets.check(config.eval_sets)
+        except eval_sets.EvalSetsError as e:
+            raise ConfigError(str(e)) from None
     else:
         from mypt_jax.data import loader
 
@@ -327,6 +385,7 @@ def resolve(
         model_config=mc,
         tokenizer=tok,
         mesh_shape=mesh_shape,
+        mesh_dcn_shape=mesh_dcn_shape,
         warmup_steps=warmup_steps(config.warmup_iters, config.max_iters),
         init=init,
         notes=tuple(notes),

@@ -5,8 +5,9 @@ stream is fixed by the dataset's files and by `STREAM_FIELDS`; both are recorded
 checkpoint (`meta["data_identity"]`) and compared on resume. A difference is refused, naming
 the file or field and both values, unless `allow_data_change=True` says it is on purpose.
 
-The fingerprint hashes what the loader reads, per file: the episode index, the loss mask,
-the token map and the metadata whole, and `tokens.bin` whole up to `WHOLE_FILE_LIMIT` (larger
+The fingerprint hashes what the loader reads, per file: the episode index, the loss mask (and
+the newer upstream's `mask_weighted.bin` and `segment_ids.bin`), the token map and the
+metadata whole, and `tokens.bin` whole up to `WHOLE_FILE_LIMIT` (larger
 token files by their size and `SAMPLES` evenly spaced blocks). It takes well under a second
 on the Phase 3a datasets, and no file's modification time enters it, so two hosts' copies of
 one dataset agree.
@@ -24,7 +25,8 @@ from mypt_jax.data import episodes
 STREAM_FIELDS = ("batch_size", "block_size", "epoch_seed", "epoch_shuffle",
                  "batch_sampling_mode", "episode_min_tokens", "use_loss_mask")
 SPLITS = ("train", "val")
-SHARD_FILES = (episodes.TOKENS_FILE, episodes.MASK_FILE, episodes.INDEX_FILE)
+SHARD_FILES = (episodes.TOKENS_FILE, episodes.MASK_FILE, episodes.INDEX_FILE,
+               episodes.SEGMENT_IDS_FILE, episodes.WEIGHTS_FILE)
 TOP_FILES = (episodes.TOKENIZER_STATE_FILE, episodes.METADATA_FILE)
 WHOLE_FILE_LIMIT = 64 * 2**20
 SAMPLES, SAMPLE_BYTES = 64, 64 * 2**10

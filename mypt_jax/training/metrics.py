@@ -2,11 +2,15 @@
 
 Only process 0 writes; other processes get a writer that does nothing.
 
+Lines go to the OS as they are written (line-buffered), without an fsync each: a killed
+process keeps them, and the step loop does not wait for the disk.
+
 A remote `log_file` or TensorBoard dir (`gs://...`): object stores cannot append, so the
 writer appends to a local copy (in a temp dir, seeded from the remote log when one exists,
-so a resumed run continues it) and uploads each file whole: at every eval/event/error record,
-at most every `SYNC_INTERVAL_S` seconds for step records, and on `flush()`/`close()`. A run
-killed between uploads loses at most that interval's step lines remotely.
+so a resumed run continues it) and uploads each file whole from a background thread: at
+every eval/event/error record, at most every `SYNC_INTERVAL_S` seconds for step records,
+and on `flush()`/`close()` (which wait for the upload). A run killed between uploads loses at
+most that interval's step lines remotely; the other hosts never wait for an upload.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,9 @@ class MetricsWriter:
         self._staging: Path | None = None
         self._remote_tb: epath.Path | None = None
         self._synced_at = 0.0
+        self._upload_wanted = threading.Event()
+        self._uploader: threading.Thread | None = None
+        self._log = None
         self._tb = None
         self._bar = None
         self.interactive = sys.stderr.isatty()  # a progress bar, else plain lines
@@ -77,6 +85,11 @@ class MetricsWriter:
                     shutil.copyfileobj(src, dst, 1 << 20)
         else:
             self._local_log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self._local_log.open("a", encoding="utf-8", buffering=1)
+        if self._staging is not None:
+            self._uploader = threading.Thread(target=self._upload_loop, daemon=True,
+                                              name="mypt_jax-log-upload")
+            self._uploader.start()
         if tb_dir is not None:
             from tensorboardX import SummaryWriter
 
@@ -89,21 +102,30 @@ class MetricsWriter:
             self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
 
     def write(self, record: dict[str, Any]) -> None:
-        """One JSONL line (flushed and fsynced: a killed run keeps every line it wrote)."""
+        """One JSONL line, handed to the OS at once (no fsync: see the module docstring)."""
         if not self.enabled:
             return
         line = json.dumps(_jsonable({**record, "time": time.time()}), ensure_ascii=False)
-        with self._local_log.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._log.write(line + "\n")
         # Step records are frequent; evals, events and errors are the ones worth an upload now.
-        self._sync(force="train_loss" not in record)
+        if self._staging is not None and ("train_loss" not in record or
+                                          time.monotonic() - self._synced_at >= SYNC_INTERVAL_S):
+            self._synced_at = time.monotonic()
+            self._upload_wanted.set()
 
-    def _sync(self, force: bool = False) -> None:
+    def _upload_loop(self) -> None:
+        while True:
+            self._upload_wanted.wait()
+            self._upload_wanted.clear()
+            if self._staging is None:  # closed
+                return
+            try:
+                self._upload()
+            except OSError as e:  # a bucket hiccup must not kill the run; close() retries
+                print(f"warning: log upload failed: {e}", file=sys.stderr, flush=True)
+
+    def _upload(self) -> None:
         """Uploads the local copies of remote targets (there is a staging dir only for those)."""
-        if self._staging is None or (not force and time.monotonic() - self._synced_at < SYNC_INTERVAL_S):
-            return
         if is_remote(self.log_file):
             _upload(self._local_log, self.log_file)
         if self._remote_tb is not None:
@@ -113,7 +135,19 @@ class MetricsWriter:
             for f in sorted(local_tb.rglob("*")):
                 if f.is_file():
                     _upload(f, self._remote_tb / f.relative_to(local_tb).as_posix())
-        self._synced_at = time.monotonic()
+
+    def _sync_now(self) -> None:
+        """Stops the background uploads and uploads everything once more, in this thread."""
+        if self._log is not None:
+            self._log.flush()
+        if self._staging is None:
+            return
+        if self._uploader is not None:
+            staging, self._staging = self._staging, None
+            self._upload_wanted.set()
+            self._uploader.join()
+            self._staging, self._uploader = staging, None
+        self._upload()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._tb is None:
@@ -145,7 +179,10 @@ class MetricsWriter:
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()
-        self._sync(force=True)
+        if self._log is not None:
+            self._log.flush()
+        if self._staging is not None:
+            self._upload_wanted.set()
 
     def close(self) -> None:
         if self._bar is not None:
@@ -153,7 +190,11 @@ class MetricsWriter:
             self._bar = None
         if self._tb is not None:
             self._tb.flush()
-        self._sync(force=True)
+        self._sync_now()
+        if self._log is not None:
+            os.fsync(self._log.fileno())  # once, at the end
+            self._log.close()
+            self._log = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from mypt_jax.training.config import warmup_steps
+from mypt_jax.training.freeze import Freeze, trainable_only
 
 
 def lr_schedule(
@@ -87,11 +88,14 @@ def make_optimizer(
     beta2: float = 0.95,
     eps: float = 1e-8,
     grad_clip: float = 1.0,
+    freeze: Freeze | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Clip (upstream formula) -> AdamW with torch semantics; moments take the params' dtype.
 
     optax.adamw is torch's AdamW: p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), with
-    the decay term only where `decay_mask` is True.
+    the decay term only where `decay_mask` is True. With `freeze`, the chain sees only the
+    trainable rows (freeze.py): as upstream, frozen parameters are outside the clip norm and
+    AdamW, and the decay groups of the rest are unchanged.
     """
     schedule = lr_schedule(learning_rate, max_iters, warmup_iters, lr_schedule_kind, min_lr)
     parts = []
@@ -102,7 +106,10 @@ def make_optimizer(
             schedule, b1=beta1, b2=beta2, eps=eps, weight_decay=weight_decay, mask=decay_mask
         )
     )
-    return optax.chain(*parts), schedule
+    tx = optax.chain(*parts)
+    if freeze is not None and freeze.active:
+        return trainable_only(tx, freeze), schedule
+    return tx, schedule
 
 
 def optimizer_from_config(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -117,4 +124,5 @@ def optimizer_from_config(config) -> tuple[optax.GradientTransformation, optax.S
         beta2=config.beta2,
         eps=config.adam_eps,
         grad_clip=config.grad_clip,
+        freeze=Freeze(layers=config.freeze_layers, embeddings=config.freeze_embeddings),
     )

@@ -38,10 +38,14 @@ class Curves:
     lr: list[tuple[int, float]]
     exact: list[tuple[int, float]]  # share of scored eval prompts answered exactly
     normalized: list[tuple[int, float]]  # ... ignoring case, outer spaces and final .!?
+    sets: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)  # eval sets
 
     @property
     def last_step(self) -> int:
         return max((s for series in (self.train_loss, self.val_loss) for s, _ in series), default=0)
+
+
+SET_PREFIX = "val_loss/"  # an eval set's loss in the log (training/eval_sets.py)
 
 
 class PlotError(ValueError):
@@ -74,6 +78,7 @@ def curves(records: Sequence[dict], label: str) -> Curves:
     """The series of one log; a resumed run's repeated steps keep the latest value."""
     series: dict[str, dict[int, float]] = {k: {} for k in ("train_loss", "val_loss", "lr",
                                                           "exact", "normalized")}
+    sets: dict[str, dict[int, float]] = {}
     for r in records:
         if "iter" not in r:
             continue
@@ -84,7 +89,11 @@ def curves(records: Sequence[dict], label: str) -> Curves:
         shares = _shares(r.get("gen_scores") or {})
         if shares:
             series["exact"][step], series["normalized"][step] = shares
-    return Curves(label, **{k: sorted(v.items()) for k, v in series.items()})
+        for key, value in r.items():
+            if key.startswith(SET_PREFIX):
+                sets.setdefault(key.removeprefix(SET_PREFIX), {})[step] = float(value)
+    return Curves(label, **{k: sorted(v.items()) for k, v in series.items()},
+                  sets={name: sorted(v.items()) for name, v in sets.items()})
 
 
 def find_log(run: str | Path) -> Path:
@@ -137,6 +146,8 @@ def figure(runs: Sequence[Curves], chain: bool = False) -> Figure:
     loss_ax, lr_ax = axes[0], axes[1]
     many = len(runs) > 1
     offset = 0
+    set_names = sorted({name for run in runs for name in run.sets})
+    labelled: set[str] = set()
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
         prefix = f"{run.label}: " if many else ""
@@ -146,6 +157,13 @@ def figure(runs: Sequence[Curves], chain: bool = False) -> Figure:
         if run.val_loss:
             loss_ax.plot(*_xy(run.val_loss, offset), color=color, ls="--", marker="o", ms=3,
                          label=f"{prefix}val loss")
+        for name, series in run.sets.items():
+            # One colour per eval set across every run: its loss reads across the curriculum.
+            j = set_names.index(name)
+            loss_ax.plot(*_xy(series, offset), color=f"C{(len(runs) + j) % 10}", ls=":",
+                         marker="s", ms=2.5, label=f"{name} val (eval set)" if name not in
+                         labelled else None)
+            labelled.add(name)
         if run.lr:
             lr_ax.plot(*_xy(run.lr, offset), color=color, label=f"{prefix}learning rate")
         if with_scores and run.exact:

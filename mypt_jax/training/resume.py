@@ -16,6 +16,7 @@ from mypt_jax.data import paths
 from mypt_jax.model.config import ModelConfig
 from mypt_jax.training import agreement, identity
 from mypt_jax.training import config as cfg_lib
+from mypt_jax.training import freeze as freeze_lib
 from mypt_jax.training.checkpoint import Checkpointer, Restored
 
 
@@ -41,6 +42,13 @@ def check_architecture(meta: dict, r: cfg_lib.Resolved, workdir: str) -> list[st
             + "; ".join(diff) + " (use a new --workdir)"
         )
     saved_cfg = meta.get("config", {})
+    # Other freezing means another optimizer-state tree: the state restore would fail and the
+    # checkpoint would look damaged, so this is the user's choice, named here.
+    problem = freeze_lib.resume_problem(
+        freeze_lib.Freeze(layers=r.config.freeze_layers, embeddings=r.config.freeze_embeddings),
+        saved_cfg, workdir)
+    if problem:
+        raise cfg_lib.ConfigError(problem)
 
     def plain(v):  # the saved config went through JSON: tuples came back as lists
         return list(v) if isinstance(v, tuple) else v

@@ -22,6 +22,7 @@ from mypt_jax.model.config import ModelConfig
 from mypt_jax.model.param_table import param_shardings
 from mypt_jax.model.transformer import GPT
 from mypt_jax.parallel import sharding
+from mypt_jax.training import freeze as freeze_lib
 
 Params = dict[str, Any]
 Batch = dict[str, jax.Array]
@@ -98,8 +99,10 @@ def abstract_params(config: ModelConfig, mesh: Mesh) -> Params:
 def state_shardings(tx: optax.GradientTransformation, config: ModelConfig, mesh: Mesh) -> TrainState:
     p_sh = param_shardings(config, mesh)
     abstract_opt = jax.eval_shape(tx.init, abstract_params(config, mesh))
+    # A parameter frozen whole has no moments (an optax.MaskedNode); the cut block stacks
+    # keep their parameter's sharding ("layers" is never split).
     opt_sh = optax.tree_utils.tree_map_params(
-        tx, lambda _, s: s, abstract_opt, p_sh,
+        tx, lambda x, s: x if isinstance(x, optax.MaskedNode) else s, abstract_opt, p_sh,
         transform_non_params=lambda _: replicated(mesh),
         is_leaf=lambda x: isinstance(x, optax.MaskedNode),
     )
@@ -165,8 +168,13 @@ def make_train_step(
     loss numerators and mask counts are summed and divided once by max(total mask, 1), so
     any k gives the loss and gradient of the whole batch. The dropout key of update i is
     fold_in(key(seed), i): no RNG state to checkpoint, and resume is exact.
+
+    A `tx` that freezes parameters (freeze.py) gets the trainable view of the gradients
+    only, so the accumulator, the gradient norm and the update exclude frozen rows, and the
+    frozen rows of the parameters are never written.
     """
     k = grad_accum_steps
+    freeze, inner_tx = freeze_lib.split(tx)
     base_key = jax.random.key(seed)
     state_sh = state_shardings(tx, mdef.config, mesh)
     micro_sh = NamedSharding(mesh, PartitionSpec(None, *batch_sharding(mesh).spec))
@@ -178,26 +186,29 @@ def make_train_step(
         )
         micro = jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sh, micro))
         grad_fn = jax.value_and_grad(
-            lambda p, b, kk: _loss_sums(mdef, p, b, kk, loss_chunk_size, mesh), has_aux=True
+            lambda p, b, kk: _loss_sums(mdef, freeze.stop_gradient(p), b, kk, loss_chunk_size,
+                                        mesh),
+            has_aux=True,
         )
+        trainable = freeze.view(state.params)
 
         def body(carry, xs):
             g_acc, s_acc, c_acc = carry
             i, mb = xs
             (s, c), g = grad_fn(state.params, mb, jax.random.fold_in(key, i))
-            g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+            g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, freeze.view(g))
             return (g_acc, s_acc + s, c_acc + c), None
 
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
         zero = jnp.zeros((), jnp.float32)
         (g_sum, loss_sum, count), _ = jax.lax.scan(
             body, (zeros, zero, zero), (jnp.arange(k), micro)
         )
         denom = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), g_sum, state.params)
+        grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), g_sum, trainable)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = inner_tx.update(grads, state.opt_state, trainable)
+        params = freeze.apply_updates(state.params, updates)
         metrics = {
             "train_loss": loss_sum / denom,
             "grad_norm": grad_norm,

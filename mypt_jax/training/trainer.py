@@ -24,7 +24,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ml_collections import config_dict
 
 from mypt_jax.data import batching, paths
@@ -34,7 +33,18 @@ from mypt_jax.model.param_table import param_shardings
 from mypt_jax.parallel import sharding
 from mypt_jax.training import checkpoint as ckpt_lib
 from mypt_jax.training import config as cfg_lib
-from mypt_jax.training import exports, fit_check, health, identity, optim, preemption, resume
+from mypt_jax.training import (
+    eval_sets,
+    evaluation,
+    exports,
+    fit_check,
+    health,
+    identity,
+    optim,
+    preemption,
+    prefetch,
+    resume,
+)
 from mypt_jax.training import step as ts
 from mypt_jax.training.init_source import InitSource
 from mypt_jax.training.metrics import MetricsWriter
@@ -102,24 +112,6 @@ def _generate(model, tokenizer, eval_prompts, max_new_tokens: int) -> list[dict]
     return list(eval_lib.evaluate(model, tokenizer, eval_prompts, max_new_tokens=max_new_tokens))
 
 
-def device_batch(local: dict, mesh, layout: batching.Layout, pad_id: int):
-    """This process's loader rows -> (the global sharded batch shaped by `layout`, its BatchInfo)."""
-    shaped, info = batching.shape_batch(local, layout, pad_id=pad_id,
-                                        process_index=jax.process_index(),
-                                        process_count=jax.process_count())
-    return data.global_batch(shaped, mesh), info
-
-
-def val_loss(eval_fn, params, val_iter, mesh, eval_iters: int, layout: batching.Layout,
-             pad_id: int):
-    """(mean of per-batch masked means = upstream val_loss, token-weighted mean)."""
-    sums = [eval_fn(params, device_batch(next(val_iter), mesh, layout, pad_id)[0])
-            for _ in range(eval_iters)]
-    s_N, c_N = (np.asarray(x, np.float64) for x in zip(*jax.device_get(sums), strict=True))
-    per_batch = s_N / np.maximum(c_N, 1.0)
-    return float(per_batch.mean()), float(s_N.sum() / max(c_N.sum(), 1.0))
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -127,15 +119,20 @@ class _Run:
     """Mutable bookkeeping of one train() call."""
 
     def __init__(self, r: cfg_lib.Resolved, writer: MetricsWriter, ckpt: ckpt_lib.Checkpointer,
-                 schedule, layout: batching.Layout, data_identity: dict):
-        self.r, self.c, self.writer, self.ckpt = r, r.config, writer, ckpt
+                 schedule, layout: batching.Layout, data_identity: dict, mesh):
+        self.r, self.c, self.writer, self.ckpt, self.mesh = r, r.config, writer, ckpt, mesh
         self.schedule, self.layout, self.data_identity = schedule, layout, data_identity
         self.val_history: list[tuple[int, float]] = []
         self.last_saved: int | None = None
         self.last_eval: dict[str, Any] = {}
         self.first_val_loss: float | None = None
-        self.pending: tuple[int, Any, batching.BatchInfo] | None = None
+        self.pending: list[tuple[int, Any, batching.BatchInfo]] = []  # dispatched, not fetched
         self.window = StepWindow()
+        self.feed: prefetch.Feed | None = None
+        self.val_position = 0
+        self.sets: dict[str, evaluation.ValLoss] = {}  # eval_sets: name -> its val loss
+        self.set_positions: dict[str, int] = {}
+        self.first_sets: dict[str, float] = {}  # each set's loss at the run's first eval
 
     def nan_stop(self, what: str, value: float, step: int) -> None:
         self.ckpt.wait()
@@ -146,52 +143,74 @@ class _Run:
         self.writer.write({"iter": step, "error": f"{what} is {value}", "last_good_checkpoint": where})
         raise FloatingPointError(f"{what} is {value} at step {step}; last good checkpoint: {where}")
 
-    def flush(self) -> None:
-        """Fetches the previous step's metrics (one step late, so dispatch never waits)."""
-        if self.pending is None:
+    def flush(self, force: bool = False) -> None:
+        """Fetches the dispatched steps' metrics at the end of a log window, or when `force`d
+        (before an eval, a save or the end: a NaN must stop the run before it reaches a
+        checkpoint). In between the loop never waits for the devices."""
+        if not self.pending:
             return
-        step, metrics, info = self.pending
-        self.pending = None
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(m["train_loss"]):
-            self.nan_stop("train loss", m["train_loss"], step)
-        self.window.add(info)
-        done = step + 1
-        if done % self.c.log_interval == 0 or done == self.c.max_iters:
-            record = {
-                "iter": step, "train_loss": m["train_loss"], "lr": m["lr"],
-                "grad_norm": m["grad_norm"], "loss_tokens": m["loss_tokens"], **self.window.close(),
-            }
-            self.writer.write(record)
-            self.writer.scalars(step, {k: v for k, v in record.items()
-                                       if k not in ("iter", "buckets")})
-            postfix = {"loss": f"{m['train_loss']:.4f}", "lr": f"{m['lr']:.2e}"}
-            self.writer.progress(done, postfix)
-            if not self.writer.interactive:
-                self.writer.print(
-                    f"step {step}: train {m['train_loss']:.4f} | lr {m['lr']:.2e} | grad norm "
-                    f"{m['grad_norm']:.3f} | {record['tokens_per_s']:.0f} tok/s padded, "
-                    f"{record['real_tokens_per_s']:.0f} real, {record['trained_tokens_per_s']:.0f} "
-                    f"trained | {record['buckets'][-1]}"
-                )
+        done = self.pending[-1][0] + 1
+        if not force and done % self.c.log_interval and done != self.c.max_iters:
+            return
+        pending, self.pending = self.pending, []
+        for (step, _, info), metrics in zip(pending, jax.device_get([m for _, m, _ in pending]),
+                                            strict=True):
+            m = {k: float(v) for k, v in metrics.items()}
+            if not math.isfinite(m["train_loss"]):
+                self.nan_stop("train loss", m["train_loss"], step)
+            self.window.add(info)
+            if (step + 1) % self.c.log_interval == 0 or step + 1 == self.c.max_iters:
+                self.log_step(step, m)
 
-    def evaluate(self, step: int, state, eval_fn, val_iter, mesh, mdef, eval_prompts, final=False):
+    def log_step(self, step: int, m: dict[str, float]) -> None:
+        record = {
+            "iter": step, "train_loss": m["train_loss"], "lr": m["lr"],
+            "grad_norm": m["grad_norm"], "loss_tokens": m["loss_tokens"], **self.window.close(),
+            "input_wait_s": self.feed.take_wait_s() if self.feed else 0.0,
+        }
+        self.writer.write(record)
+        self.writer.scalars(step, {k: v for k, v in record.items() if k not in ("iter", "buckets")})
+        self.writer.progress(step + 1, {"loss": f"{m['train_loss']:.4f}", "lr": f"{m['lr']:.2e}"})
+        if not self.writer.interactive:
+            self.writer.print(
+                f"step {step}: train {m['train_loss']:.4f} | lr {m['lr']:.2e} | grad norm "
+                f"{m['grad_norm']:.3f} | {record['tokens_per_s']:.0f} tok/s padded, "
+                f"{record['real_tokens_per_s']:.0f} real, {record['trained_tokens_per_s']:.0f} "
+                f"trained | {record['buckets'][-1]}"
+            )
+
+    def log_saves(self) -> None:
+        """One `event: save` line per committed save: how long the loop was blocked, and how
+        much of the write overlapped the steps."""
+        self.ckpt.poll()
+        for timing in self.ckpt.timings:
+            self.writer.write({"iter": timing["step"], "event": "save", **timing})
+        self.ckpt.timings.clear()
+
+    def evaluate(self, step: int, state, val_fn, mdef, eval_prompts, final=False):
         c = self.c
         t0 = time.perf_counter()
-        v, v_tok = val_loss(eval_fn, state.params, val_iter, mesh, c.eval_iters, self.layout,
-                            self.r.tokenizer.eot_id)
+        v, v_tok = val_fn(state.params, self.val_position)
+        self.val_position += c.eval_iters
         if not math.isfinite(v):
             self.nan_stop("val loss", v, step)
-        results = _generate(mdef.merge(state.params), self.r.tokenizer, eval_prompts,
-                            c.eval_max_new_tokens)
+        results = [] if eval_prompts is None else _generate(
+            mdef.merge(evaluation.decode_layout(state.params, self.mesh)), self.r.tokenizer,
+            eval_prompts, c.eval_max_new_tokens)
+        set_losses = {}
+        for name, set_fn in self.sets.items():
+            set_losses[name] = set_fn(state.params, self.set_positions[name])[0]
+            self.set_positions[name] += c.eval_iters
         self.val_history.append((step, v))
         if self.first_val_loss is None:
             self.first_val_loss = v
+            self.first_sets = dict(set_losses)
         findings = health.check(
             self.val_history, results, step=step,
             tag_strings=list(self.r.tokenizer.id_by_string), simple_prompts_after=c.simple_prompts_after,
-        )
-        record: dict[str, Any] = {"iter": step, "val_loss": v, "val_loss_token_weighted": v_tok}
+        ) + [f for f in [eval_sets.forgetting(self.first_sets, set_losses, c.forgetting_factor)] if f]
+        record: dict[str, Any] = {"iter": step, "val_loss": v, "val_loss_token_weighted": v_tok,
+                                  **{f"val_loss/{n}": x for n, x in set_losses.items()}}
         if results:
             record["gen"] = {g["name"]: g["completion"] for g in results}
             record["gen_scores"] = {
@@ -204,12 +223,15 @@ class _Run:
             record["final"] = True
         record["eval_time"] = time.perf_counter() - t0
         self.writer.write(record)
-        self.writer.scalars(step, {"val_loss": v, "val_loss_token_weighted": v_tok})
+        self.writer.scalars(step, {"val_loss": v, "val_loss_token_weighted": v_tok,
+                                   **{f"val_loss/{n}": x for n, x in set_losses.items()}})
         if results:
             self.writer.text(step, "gen", "\n\n".join(
                 f"**{g['name']}**: `{g['completion']}`" for g in results))
         lr = float(jax.device_get(self.schedule(min(step, c.max_iters - 1))))
-        self.writer.print(f"step {step}: val {v:.4f} (token-weighted {v_tok:.4f}) | lr {lr:.2e}")
+        sets_text = "".join(f" | {n} {x:.4f}" for n, x in set_losses.items())
+        self.writer.print(f"step {step}: val {v:.4f} (token-weighted {v_tok:.4f}){sets_text} | "
+                          f"lr {lr:.2e}")
         for g in results:
             mark = "ok" if g.get("exact") or g.get("normalized") else "--"
             self.writer.print(f"  [{mark}] {g['name']}: {g['completion']!r}")
@@ -218,7 +240,7 @@ class _Run:
         self.last_eval = record
         return record
 
-    def save(self, step: int, state, train_iter, val_iter, evaluated: bool, finished=False, summary=None):
+    def save(self, step: int, state, evaluated: bool, finished=False, summary=None):
         meta = {
             "step": step,
             "config": self.c.to_dict(),
@@ -228,21 +250,23 @@ class _Run:
             "metrics": {k: v for k, v in self.last_eval.items() if k != "gen"} if evaluated else {},
             "val_history": self.val_history,
             "first_val_loss": self.first_val_loss,
+            "first_eval_sets": self.first_sets,
             "finished": finished,
             "summary": summary,
             "data_identity": self.data_identity,
         }
         self.ckpt.save(
-            step, state, train_data=train_iter.get_state(), val_data=val_iter.get_state(),
+            step, state, data_position={"train": self.feed.position, "val": self.val_position,
+                                        **{f"val/{n}": p for n, p in self.set_positions.items()}},
             meta=meta, val_loss=self.last_eval.get("val_loss") if evaluated else None,
         )
         self.last_saved = step
 
-    def preempted(self, step: int, state, train_iter, val_iter, signal_name: str) -> None:
+    def preempted(self, step: int, state, signal_name: str) -> None:
         """Saves at `step` (the weights after `step` updates), waits for the commit, raises."""
-        self.flush()  # a NaN must not be saved as the resume point
+        self.flush(force=True)  # a NaN must not be saved as the resume point
         if step != self.last_saved:
-            self.save(step, state, train_iter, val_iter, evaluated=False)
+            self.save(step, state, evaluated=False)
         self.ckpt.wait()
         where = str(self.ckpt.path(step))
         self.writer.write({"iter": step, "event": "preempted", "signal": signal_name,
@@ -250,17 +274,12 @@ class _Run:
         raise preemption.Preempted(step, signal_name, where)
 
 
-def _make_iterators(c, tokenizer, train_state: dict, val_state: dict):
-    common = dict(
+def _stream_fields(c, tokenizer) -> dict[str, Any]:
+    return dict(
         batch_size=c.batch_size, block_size=c.block_size, epoch_seed=c.epoch_seed,
         tokenizer=tokenizer, mode=c.batch_sampling_mode, episode_min_tokens=c.episode_min_tokens,
         shuffle=c.epoch_shuffle, use_loss_mask=c.use_loss_mask, row_stats=True,
     )
-    train_iter = data.make_iterator(c.dataset_dir, "train", **common)
-    val_iter = data.make_iterator(c.dataset_dir, "val", **common)
-    train_iter.set_state(train_state)
-    val_iter.set_state(val_state)
-    return train_iter, val_iter
 
 
 def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
@@ -269,7 +288,8 @@ def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[st
     r = cfg_lib.resolve(config, workdir)
     with contextlib.ExitStack() as stack:
         ckpt = ckpt_lib.Checkpointer(
-            r.config.workdir, keep=r.config.keep_checkpoints, keep_best=r.config.keep_best)
+            r.config.workdir, keep=r.config.keep_checkpoints, keep_best=r.config.keep_best,
+            async_save={"auto": None, "on": True, "off": False}[r.config.async_checkpointing])
         stack.callback(ckpt.close)
         return _train(r, ckpt, stack, t_start)
 
@@ -278,9 +298,10 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
            t_start: float) -> dict[str, Any]:
     c = r.config
     is_main = jax.process_index() == 0
-    mesh = sharding.make_mesh(r.mesh_shape)
+    mesh = cfg_lib.mesh_for(r)
     tx, schedule = optim.optimizer_from_config(c)
     data_identity = identity.data_identity(c)
+    sets_spec = eval_sets.parse(c.eval_sets)  # checked on disk by cfg_lib.resolve
 
     # ----- resume, report, or start -----
     begin = resume.find_start(r, ckpt, data_identity,
@@ -303,7 +324,7 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     stack.callback(writer.close)
     layout = batching.layout_from_config(
         c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=jax.process_count())
-    run = _Run(r, writer, ckpt, schedule, layout, data_identity)
+    run = _Run(r, writer, ckpt, schedule, layout, data_identity, mesh)
     meta: dict[str, Any] = {}
     for w in begin.warnings:
         writer.print(f"warning: {w}")
@@ -331,15 +352,29 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
                   "devices": jax.device_count(), "processes": jax.process_count()})
 
     # ----- data, steps -----
-    train_iter, val_iter = _make_iterators(c, r.tokenizer, train_state, val_state)
-    stack.callback(train_iter.close)
-    stack.callback(val_iter.close)
+    stream = _stream_fields(c, r.tokenizer)
+    train_source = data.make_source(c.dataset_dir, "train", **stream)
+    val_source = data.make_source(c.dataset_dir, "val", **stream)
     eval_prompts = _load_eval_prompts(c.eval_prompts_file)
     step_fn = ts.make_train_step(
         mdef, tx, schedule, mesh, seed=c.seed, grad_accum_steps=c.grad_accum_steps,
         loss_chunk_size=c.loss_chunk_size,
     )
-    eval_fn = ts.make_eval_step(mdef, mesh, loss_chunk_size=c.loss_chunk_size)
+    val_fn = evaluation.ValLoss(
+        val_source, evaluation.make_row_loss_step(mdef, mesh, loss_chunk_size=c.loss_chunk_size),
+        mesh, layout, c.eval_iters)
+    run.val_position = int(val_state["next_index"])
+    positions = meta.get("data_position", {})
+    for name, path in sets_spec.items():
+        run.sets[name] = evaluation.ValLoss(
+            data.make_source(path, "val", **stream), val_fn.row_fn, mesh, layout, c.eval_iters,
+            name=name)
+        run.set_positions[name] = int(positions.get(f"val/{name}", 0))
+    run.first_sets = dict(meta.get("first_eval_sets") or {})
+    run.feed = prefetch.Feed(
+        lambda k: prefetch.device_batch(train_source[k], mesh, layout, r.tokenizer.eot_id),
+        int(train_state["next_index"]), depth=c.prefetch_batches)
+    stack.callback(run.feed.close)
     if jax.default_backend() != "cpu":  # the preflight's memory check, on the real device
         problem = fit_check.check_train_step(step_fn, r, tx, mesh)
         if problem:
@@ -355,12 +390,12 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         do_eval = step % c.eval_interval == 0 and not (step == start and evaluated_at_start)
         do_save = step % c.checkpoint_interval == 0 and step != run.last_saved
         if do_eval or do_save:
-            run.flush()  # a NaN must stop the run before it reaches a checkpoint
+            run.flush(force=True)  # a NaN must stop the run before it reaches a checkpoint
         if do_eval:
-            run.evaluate(step, state, eval_fn, val_iter, mesh, mdef, eval_prompts)
+            run.evaluate(step, state, val_fn, mdef, eval_prompts)
         if do_save:
-            run.save(step, state, train_iter, val_iter, evaluated=do_eval)
-        batch, info = device_batch(next(train_iter), mesh, run.layout, r.tokenizer.eot_id)
+            run.save(step, state, evaluated=do_eval)
+        batch, info = run.feed.next()
         state, metrics = step_fn(state, batch)
         compiled, warning = compiles.after_call(info.shape)
         if compiled:
@@ -369,16 +404,16 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         if warning:
             log.warning("step %d: %s", step, warning)
             writer.print(f"warning: step {step}: {warning}")
+        run.pending.append((step, metrics, info))
         run.flush()
-        run.pending = (step, metrics, info)
+        run.log_saves()
         step += 1
         if step < c.max_iters and watcher.requested(step):
-            run.preempted(step, state, train_iter, val_iter, watcher.signal_name)
-    run.flush()
+            run.preempted(step, state, watcher.signal_name)
+    run.flush(force=True)
 
     # ----- final eval, checkpoint, exports -----
-    record = run.evaluate(c.max_iters, state, eval_fn, val_iter, mesh, mdef, eval_prompts,
-                          final=True)
+    record = run.evaluate(c.max_iters, state, val_fn, mdef, eval_prompts, final=True)
     summary = {
         "workdir": c.workdir,
         "steps": c.max_iters,
@@ -388,15 +423,17 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         "gen": record.get("gen", {}),
         "gen_scores": record.get("gen_scores", {}),
         "red_lines": record.get("red_lines", []),
+        "eval_sets": {n: {"first": run.first_sets.get(n), "final": record[f"val_loss/{n}"]}
+                      for n in run.sets},
         "resumed_from": latest,
         "wall_time_s": time.perf_counter() - t_start,
         "batch_shapes": sorted(str(s) for s in compiles.shapes),
         "compiles": compiles.compiles,
         "damaged_checkpoints": begin.warnings,
     }
-    run.save(c.max_iters, state, train_iter, val_iter, evaluated=True, finished=True,
-             summary=summary)
-    ckpt.wait()
+    run.save(c.max_iters, state, evaluated=True, finished=True, summary=summary)
+    ckpt.poll(wait=True)
+    run.log_saves()
     summary["checkpoint"] = str(ckpt.path(c.max_iters))
     summary["model_dir"] = str(exports.save_model_dir(r, state.params))
     if c.export_upstream:

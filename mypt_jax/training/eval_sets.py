@@ -1,0 +1,69 @@
+"""Extra eval sets: the val loss of other prepared datasets at every eval, to see forgetting.
+
+`eval_sets` is `"name=dir,name2=dir2"` (a string, so that `--config.eval_sets=...` and the
+upstream's JSON `eval_sets` mapping and `--eval_dataset_dir` all land in one field). Each set
+is read as the upstream reads one: the `val/` split of its directory, with the run's batch
+size, block size, loss mask, sampling mode and epoch seed, as a stream of its own that
+continues from eval to eval (its position is checkpointed). Its loss has the main val
+loss's definition and its cost (`evaluation.ValLoss`). It is logged as `val_loss/<name>`
+(the upstream wrote `eval_<name>`).
+
+Forgetting: a set whose loss rose more than `forgetting_factor` times its value at the
+run's first eval is a red line beside the seed's (`health.check`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mypt_jax.data.dataset import resolve_split_dir
+from mypt_jax.data.episodes import DatasetError
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class EvalSetsError(ValueError):
+    pass
+
+
+def parse(spec: str) -> dict[str, str]:
+    """`"a=dir1,b=dir2"` -> {"a": "dir1", "b": "dir2"}; "" -> {}."""
+    sets: dict[str, str] = {}
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        name, sep, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not path or not _NAME.fullmatch(name):
+            raise EvalSetsError(f"eval_sets: {item!r} is not NAME=DIR (NAME of letters, digits, "
+                                "'_', '.', '-')")
+        if name in sets:
+            raise EvalSetsError(f"eval_sets: {name!r} is named twice")
+        sets[name] = path
+    return sets
+
+
+def format_spec(sets: dict[str, str]) -> str:
+    return ",".join(f"{name}={path}" for name, path in sets.items())
+
+
+def check(spec: str) -> dict[str, str]:
+    """The sets, each with a val split on disk; the error names the set and its directory."""
+    sets = parse(spec)
+    for name, path in sets.items():
+        try:
+            resolve_split_dir(Path(path), "val")
+        except DatasetError as e:
+            raise EvalSetsError(f"eval_sets: {name}={path}: {e}") from None
+    return sets
+
+
+def forgetting(first: dict[str, float], now: dict[str, float], factor: float) -> str | None:
+    """The red line: sets whose val loss rose more than `factor` times since the run began."""
+    if factor <= 0:
+        return None
+    risen = [f"{name} {first[name]:.3f} -> {loss:.3f} (x{loss / first[name]:.2f})"
+             for name, loss in now.items()
+             if name in first and first[name] > 0 and loss > factor * first[name]]
+    if not risen:
+        return None
+    return f"forgetting: val loss rose more than x{factor:g} on " + "; ".join(risen)

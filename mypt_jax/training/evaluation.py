@@ -1,0 +1,135 @@
+"""The val loss: the upstream's number, from one pass over the distinct episodes it covers.
+
+The upstream's val loss is the mean over `eval_iters` val batches of each batch's masked
+mean. With `eval_iters=200` and gamma's 888 val episodes (56 batches of 16) that computes
+every episode's loss about 3.6 times per eval. A row's loss depends only on its episode
+(rows never see each other, and dropout is off), so `ValLoss` computes each distinct
+episode's loss sum and token count once, then rebuilds every batch's mean from the
+episodes it holds: the same number (float64 sums on the host), at most as many rows as
+before and usually far fewer.
+
+When the eval's batches span at least the whole split, every episode is needed at every
+eval, so the split's rows are shaped once (sorted by length into tightly trimmed,
+trained-position batches) and kept on the devices between evals.
+
+The val stream's position advances by `eval_iters` per eval exactly as before, so the
+batches an eval covers, and what a checkpoint records, are unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mypt_jax.data import batching
+from mypt_jax.data import loader as data
+from mypt_jax.model import loss as loss_lib
+from mypt_jax.model.param_table import param_shardings
+from mypt_jax.training.step import batch_sharding, replicated
+
+
+def decode_layout(params, mesh):
+    """The weights gathered over the batch axes (fsdp, data) once, for the eval-prompt decode.
+
+    Decoding with the FSDP training layout gathers every layer's weights again for every new
+    token: the compiled generation loop of a 2-layer model on an fsdp=8 CPU mesh holds 15
+    collectives inside the while body, and none with these weights
+    (tests/test_host_work.py). Tensor-parallel splits stay: their all-reduces are the layout.
+    """
+    if mesh.shape["fsdp"] * mesh.shape["data"] == 1:
+        return params
+
+    def gathered(x):
+        keep = [None if a in ("fsdp", "data") else
+                (tuple(n for n in a if n not in ("fsdp", "data")) or None)
+                if isinstance(a, tuple) else a for a in x.sharding.spec]
+        return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*keep)))
+
+    return jax.tree.map(gathered, params)
+
+
+def make_row_loss_step(mdef, mesh, *, loss_chunk_size: int = 0):
+    """`rows(params, batch) -> (masked CE sum [B], mask count [B])`, deterministic."""
+
+    def rows(params, batch):
+        model = mdef.merge(params)
+        h = model.hidden(batch["inputs"], positions_BxT=batch.get("positions"),
+                         segment_ids_BxT=batch.get("segment_ids"), deterministic=True,
+                         rngs=None, mesh=mesh)
+        if "loss_index" in batch:
+            h = loss_lib.gather_positions(h, batch["loss_index"])
+        n = h.shape[1]
+        chunk = loss_chunk_size if 0 < loss_chunk_size < n and n % loss_chunk_size == 0 else 0
+        return loss_lib.head_ce_rows(h, *model.output_head(), batch["targets"],
+                                     batch["loss_mask"], chunk, mesh)
+
+    return jax.jit(rows, in_shardings=(param_shardings(mdef.config, mesh), batch_sharding(mesh)),
+                   out_shardings=replicated(mesh))
+
+
+class ValLoss:
+    """`val(params, position) -> (val_loss, token-weighted val loss)` over batches
+    `position .. position + eval_iters - 1` of the val stream."""
+
+    def __init__(self, source: data.EpisodeBatchSource, row_fn, mesh, layout: batching.Layout,
+                 eval_iters: int, name: str = ""):
+        self.source, self.row_fn, self.mesh, self.eval_iters = source, row_fn, mesh, eval_iters
+        self.name = name  # the eval set's name; "" for the run's own val split
+        # One episode per row: packing would mix episodes in a row's sum.
+        self.layout = dataclasses.replace(layout, pack=False)
+        n, rows = len(source.split), eval_iters * source.batch_size
+        self._resident = self._place(self._by_length(np.arange(n))) if rows >= n else None
+
+    def _by_length(self, ids: np.ndarray) -> np.ndarray:
+        """Episodes sorted by kept length: each batch's rows trim to nearly the same length."""
+        kept = np.minimum(self.source.split.length_G[ids], self.source.block_size + 1)
+        return ids[np.argsort(kept, kind="stable")]
+
+    def _place(self, ids: np.ndarray) -> list[tuple[np.ndarray, dict]]:
+        """`ids` in global batches of batch_size rows (the last one topped up with repeats of
+        its last episode, whose results are ignored), shaped and put on the devices."""
+        b = self.source.batch_size
+        pad = -len(ids) % b
+        ids = np.concatenate([ids, np.repeat(ids[-1:], pad)]) if pad else ids
+        placed = []
+        for chunk in ids.reshape(-1, b):
+            shaped, _ = batching.shape_batch(
+                self.source.rows_for(chunk), self.layout, pad_id=self.source.pad_id,
+                process_index=jax.process_index(), process_count=jax.process_count())
+            placed.append((chunk, data.global_batch(shaped, self.mesh)))
+        return placed
+
+    def episode_sums(self, params, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(loss sum, token count) of each episode in `ids`, as arrays over the split's G."""
+        placed = self._resident if self._resident is not None else self._place(
+            self._by_length(np.unique(ids)))
+        out = jax.device_get([self.row_fn(params, batch) for _, batch in placed])
+        n = len(self.source.split)
+        sum_G, count_G = np.zeros(n, np.float64), np.zeros(n, np.float64)
+        for (chunk, _), (sums_B, counts_B) in zip(placed, out, strict=True):
+            sum_G[chunk] = sums_B  # a repeated last episode writes the same value again
+            count_G[chunk] = counts_B
+        return sum_G, count_G
+
+    def __call__(self, params, position: int) -> tuple[float, float]:
+        ids_KxB = np.stack([self.source.global_episode_ids(position + k)
+                            for k in range(self.eval_iters)])
+        sum_G, count_G = self.episode_sums(params, ids_KxB)
+        s_K, c_K = sum_G[ids_KxB].sum(axis=1), count_G[ids_KxB].sum(axis=1)
+        per_batch_K = s_K / np.maximum(c_K, 1.0)
+        return float(per_batch_K.mean()), float(s_K.sum() / max(c_K.sum(), 1.0))
+
+
+def batchwise_val_loss(eval_fn, params, source: data.EpisodeBatchSource, position: int,
+                       eval_iters: int, mesh, layout: batching.Layout) -> tuple[float, float]:
+    """The same two numbers computed the upstream's way, batch by batch (`step.make_eval_step`);
+    kept as the reference the tests and `benchmarks/bench_eval.py` compare against."""
+    from mypt_jax.training.prefetch import device_batch
+
+    sums = [eval_fn(params, device_batch(source[position + k], mesh, layout, source.pad_id)[0])
+            for k in range(eval_iters)]
+    s_K, c_K = (np.asarray(x, np.float64) for x in zip(*jax.device_get(sums), strict=True))
+    return float((s_K / np.maximum(c_K, 1.0)).mean()), float(s_K.sum() / max(c_K.sum(), 1.0))
