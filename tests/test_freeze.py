@@ -20,14 +20,15 @@ import torch
 import train_helpers
 
 from configs import cpu_tiny
-from mypt_jax.data import loader as data
 from mypt_jax.interop import upstream
 from mypt_jax.model import ModelConfig, param_shapes
 from mypt_jax.training import checkpoint, optim, trainer
 from mypt_jax.training import config as cfg_lib
 from mypt_jax.training.freeze import Freeze, resume_problem
-from tests.test_trace import ARCH, alpha  # noqa: F401  (the trace test's model and data)
-from tests.torch_reference import Cfg, TorchGPT, freeze_, upstream_adamw, write_upstream_dir
+
+# The trace test's model, data and upstream loop (its AdamW skips requires_grad=False params).
+from tests.test_trace import ARCH, _torch_trace, alpha  # noqa: F401
+from tests.torch_reference import Cfg, TorchGPT, freeze_, write_upstream_dir
 
 
 def _abstract(cfg: ModelConfig):
@@ -180,29 +181,6 @@ def _config(dataset, workdir, steps: int, **overrides):
                   eval_interval=1000, eval_iters=1, eval_prompts_file="", log_interval=1,
                   tensorboard=False, epoch_seed=4501, **overrides))
     return c
-
-
-def _torch_trace(model: TorchGPT, dataset, c, steps: int) -> list[float]:
-    """The upstream's loop over the parameters left trainable: masked mean CE, clip, AdamW."""
-    opt = upstream_adamw(model, c.learning_rate, c.weight_decay, (c.beta1, c.beta2), c.adam_eps)
-    it = data.make_iterator(dataset, "train", batch_size=c.batch_size, block_size=c.block_size,
-                            epoch_seed=c.epoch_seed, process_index=0, process_count=1)
-    losses = []
-    for _ in range(steps):
-        b = next(it)
-        logits = model(torch.from_numpy(b["inputs"].astype(np.int64)))
-        ce = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            torch.from_numpy(b["targets"].astype(np.int64)).reshape(-1), reduction="none")
-        mask = torch.from_numpy(b["loss_mask"]).reshape(-1)
-        loss = (ce * mask).sum() / mask.sum().clamp(min=1.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
-    it.close()
-    return losses
 
 
 def _losses(workdir) -> list[float]:

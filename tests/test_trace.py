@@ -18,7 +18,7 @@ from datagen.records import write_jsonl
 from mypt_jax.data import loader as data
 from mypt_jax.data.prepare import prepare
 from mypt_jax.training import trainer
-from tests.torch_reference import Cfg, TorchGPT, write_upstream_dir
+from tests.torch_reference import Cfg, TorchGPT, upstream_adamw, write_upstream_dir
 
 BLOCK = 128  # alpha episodes are at most 34 tokens: the default buckets cut rows to 64
 ARCH = dict(block_size=BLOCK, vocab_size=50304, n_embd=64, n_head=4, n_layer=2, dropout=0.0)
@@ -68,14 +68,9 @@ def test_trimmed_head_trace_equals_the_padded_trace(alpha, tmp_path):
 
 
 def _torch_trace(model: TorchGPT, dataset, c, steps: int) -> list[float]:
-    """The upstream's loop: padded loader batches, masked mean CE, clip_grad_norm_, AdamW."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():  # the upstream's groups
-        (decay if p.dim() >= 2 and "embedding" not in name and "ln" not in name
-         else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=c.learning_rate, betas=(c.beta1, c.beta2), eps=c.adam_eps)
+    """The upstream's loop: padded loader batches, masked mean CE, clip_grad_norm_, AdamW over
+    the parameters that require a gradient, in the upstream's decay groups."""
+    opt = upstream_adamw(model, c.learning_rate, c.weight_decay, (c.beta1, c.beta2), c.adam_eps)
     it = data.make_iterator(dataset, "train", batch_size=c.batch_size, block_size=c.block_size,
                             epoch_seed=c.epoch_seed, process_index=0, process_count=1)
     losses = []

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from mypt_jax.data import episodes
+from mypt_jax.data.inspect import LOADER_CONFIG_FIELDS
 
-STREAM_FIELDS = ("batch_size", "block_size", "epoch_seed", "epoch_shuffle",
-                 "batch_sampling_mode", "episode_min_tokens", "use_loss_mask")
+STREAM_FIELDS = tuple(LOADER_CONFIG_FIELDS)  # the config fields the loader reads
 SPLITS = ("train", "val")
 SHARD_FILES = (episodes.TOKENS_FILE, episodes.MASK_FILE, episodes.INDEX_FILE,
                episodes.SEGMENT_IDS_FILE, episodes.WEIGHTS_FILE)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from mypt_jax.data import batching, paths
+from mypt_jax.data import inspect as data_inspect
 from mypt_jax.data import loader as data
 from mypt_jax.model.config import ModelConfig
 from mypt_jax.model.param_table import param_shardings
@@ -119,9 +120,9 @@ class _Run:
     """Mutable bookkeeping of one train() call."""
 
     def __init__(self, r: cfg_lib.Resolved, writer: MetricsWriter, ckpt: ckpt_lib.Checkpointer,
-                 schedule, layout: batching.Layout, data_identity: dict, mesh):
+                 schedule, data_identity: dict, mesh):
         self.r, self.c, self.writer, self.ckpt, self.mesh = r, r.config, writer, ckpt, mesh
-        self.schedule, self.layout, self.data_identity = schedule, layout, data_identity
+        self.schedule, self.data_identity = schedule, data_identity
         self.val_history: list[tuple[int, float]] = []
         self.last_saved: int | None = None
         self.last_eval: dict[str, Any] = {}
@@ -274,14 +275,6 @@ class _Run:
         raise preemption.Preempted(step, signal_name, where)
 
 
-def _stream_fields(c, tokenizer) -> dict[str, Any]:
-    return dict(
-        batch_size=c.batch_size, block_size=c.block_size, epoch_seed=c.epoch_seed,
-        tokenizer=tokenizer, mode=c.batch_sampling_mode, episode_min_tokens=c.episode_min_tokens,
-        shuffle=c.epoch_shuffle, use_loss_mask=c.use_loss_mask, row_stats=True,
-    )
-
-
 def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
     """Trains (or resumes, or reports a finished run) and returns a summary dict."""
     t_start = time.perf_counter()
@@ -324,7 +317,7 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     stack.callback(writer.close)
     layout = batching.layout_from_config(
         c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=jax.process_count())
-    run = _Run(r, writer, ckpt, schedule, layout, data_identity, mesh)
+    run = _Run(r, writer, ckpt, schedule, data_identity, mesh)
     meta: dict[str, Any] = {}
     for w in begin.warnings:
         writer.print(f"warning: {w}")
@@ -352,7 +345,7 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
                   "devices": jax.device_count(), "processes": jax.process_count()})
 
     # ----- data, steps -----
-    stream = _stream_fields(c, r.tokenizer)
+    stream = dict(data_inspect.iterator_kwargs(c), tokenizer=r.tokenizer, row_stats=True)
     train_source = data.make_source(c.dataset_dir, "train", **stream)
     val_source = data.make_source(c.dataset_dir, "val", **stream)
     eval_prompts = _load_eval_prompts(c.eval_prompts_file)
