@@ -7,8 +7,11 @@ for `decode.generate_tokens` and, if torch is installed, for a PyTorch loop shap
 upstream `GPT.generate` (preallocated cache, one Python-level forward per token, `.item()`
 per token). Also measures memory bandwidth with numpy (copy and sum of 256 MiB) so the
 small model's bytes/s can be read against it. No early stops: no stop ids, no repeat guard.
+`--scan_layers` also times the scanned layer loop (`jax_scanned`, `scan_layers=True`) next to
+the default form (`jax`: unrolled on CPU), interleaved with it.
 
     python benchmarks/bench_decode.py [--new_tokens 128] [--repeats 4] [--torch_threads N]
+                                      [--scan_layers]
 
 Prints one JSON object. Never asserts on time.
 """
@@ -55,10 +58,12 @@ def param_bytes(model: GPT) -> int:
 # JAX
 # ----------------------------------------------------------------------------------------
 
-def jax_runners(model: GPT, prompts: np.ndarray, new_tokens: int) -> dict:
+def jax_runners(model: GPT, prompts: np.ndarray, new_tokens: int,
+                scan_layers: bool | None = None) -> dict:
     def run(batch: int, n: int):
         return decode.generate_tokens(
-            model, prompts[:batch].tolist(), max_new_tokens=n, stop_ids=[], repeat_guard=False)
+            model, prompts[:batch].tolist(), max_new_tokens=n, stop_ids=[], repeat_guard=False,
+            scan_layers=scan_layers)
 
     return {"b1": lambda: run(1, new_tokens), "b8": lambda: run(8, new_tokens),
             "ttft": lambda: run(1, 1)}
@@ -181,6 +186,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--scan_layers", action="store_true",
+                        help="also time the scanned layer loop (jax_scanned) beside jax")
     args = parser.parse_args()
     if args.torch_threads and common.have_torch():
         import torch
@@ -202,6 +209,8 @@ def main() -> None:
         cfg = ModelConfig(block_size=BLOCK, vocab_size=VOCAB, dropout=0.0, **arch)
         model = GPT(cfg, rngs=nnx.Rngs(0))
         runners = {"jax": jax_runners(model, prompts, args.new_tokens)}
+        if args.scan_layers:
+            runners["jax_scanned"] = jax_runners(model, prompts, args.new_tokens, scan_layers=True)
         if have_torch:
             runners["torch_eager"] = torch_runners(cfg, model, prompts, args.new_tokens)
         entry: dict = {"config": arch, "param_bytes": param_bytes(model),
@@ -210,8 +219,13 @@ def main() -> None:
         entry.update(measure(runners, args.new_tokens, args.repeats))
         # Every step reads all weights once (the tied 50304-row matrix dominates); the
         # embedding-row and KV-cache reads are small next to it.
-        entry["jax"]["weight_GBps_b1"] = (
-            entry["param_bytes"] * entry["jax"]["tokens_per_s_b1"] / 1e9)
+        for impl in ("jax", "jax_scanned") if args.scan_layers else ("jax",):
+            entry[impl]["weight_GBps_b1"] = (
+                entry["param_bytes"] * entry[impl]["tokens_per_s_b1"] / 1e9)
+        if args.scan_layers:
+            j, s = entry["jax"], entry["jax_scanned"]
+            entry["scanned_over_default"] = {
+                f"b{b}": s[f"tokens_per_s_b{b}"] / j[f"tokens_per_s_b{b}"] for b in (1, 8)}
         if have_torch:
             j, t = entry["jax"], entry["torch_eager"]
             t["weight_GBps_b1"] = entry["param_bytes"] * t["tokens_per_s_b1"] / 1e9

@@ -21,13 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mypt_jax.curriculum.phases import PHASES as CURRICULUM  # noqa: E402
 from mypt_jax.data import batching  # noqa: E402
 from mypt_jax.data import inspect as data_inspect  # noqa: E402
 from mypt_jax.preflight import chips, phase_estimate  # noqa: E402
 from mypt_jax.preflight import report as preflight  # noqa: E402
 
-PHASES = {"3a1_alpha": "configs/phase3a1_alpha.py", "3a1_beta": "configs/phase3a1_beta.py",
-          "3a1_gamma": "configs/phase3a1_gamma.py", "3a2": "configs/phase3a2.py"}
+# Each phase's preset file, from the curriculum's one table.
+PHASES = {name: f"configs/{p.config}.py" for name, p in CURRICULUM.items()}
 
 
 def main(argv=None) -> None:

@@ -84,6 +84,11 @@ def get_config() -> config_dict.ConfigDict:
     c.keep_checkpoints = 2  # most recent checkpoints kept
     c.keep_best = 1  # plus this many best by val loss
     c.async_checkpointing = "auto"  # "auto": async on accelerators, sync on CPU | "on" | "off"
+    # Persistent XLA cache: later phases, reruns and resumes load the programs compiled before.
+    # "auto" = $XDG_CACHE_HOME (or ~/.cache)/mypt_jax/xla; a gs:// path on pods; "" = off.
+    c.compilation_cache_dir = "auto"
+    c.compile_plan = "auto"  # "auto": rare batch shapes run padded up to compiled ones | "exact"
+    c.compile_threads = 0  # programs compiled at once before step 0; 0 = one per two CPU cores
     c.prefetch_batches = 2  # train batches shaped and placed on the devices ahead; 0 = in the loop
     c.allow_data_change = False  # resume although the dataset files or batch-stream fields changed
     c.export_upstream = False  # also write the final weights as an upstream checkpoint dir

@@ -25,6 +25,7 @@ OVERRIDES = {
     # The tiny episodes give 28-30 (input, target) pairs: batches land in different buckets,
     # and each process must pick the global batch's bucket from its own data.
     "length_buckets": (28, 29),
+    "compile_plan": "exact",  # keep both buckets (the plan would pad the rare one up)
 }
 
 

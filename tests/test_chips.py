@@ -58,3 +58,14 @@ def test_roofline_adds_compute_and_the_memory_it_cannot_overlap():
     # Without bytes (compile-only GPU) only the compute bound is known.
     assert no_bytes["memory_s"] is None and no_bytes["step_s"] is None and no_bytes["mfu"] is None
     assert no_bytes["mfu_bound"] == pytest.approx(1.0)
+
+
+def test_collectives_cross_the_interconnect_after_the_compute():
+    chip = chips.CHIPS["v5p"]
+    base = dict(model_flops=4 * 459e12, executed_flops=4 * 459e12, hbm_bytes=0.0, devices=4)
+    alone = chips.roofline(chip, **base)
+    linked = chips.roofline(chip, **base, collective_bytes=chip.link_bandwidth / 2)
+    assert alone["collective_s"] == 0.0
+    assert linked["collective_s"] == pytest.approx(0.5)
+    assert linked["step_s"] == pytest.approx(alone["step_s"] + 0.5)
+    assert all(c.link_bandwidth > 0 for c in chips.CHIPS.values())

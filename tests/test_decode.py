@@ -143,14 +143,19 @@ def test_same_bucket_does_not_recompile(seed_model):
     decode.generate_tokens(seed_model, [[1, 2, 3, 4, 5]], max_new_tokens=20)
     compiled = decode.compiled_variants()
     # Another prompt length in the same bucket (16), another max_new_tokens in the same
-    # bucket (32), other sampling values, key, stop ids and repeat guard switch: all traced.
-    decode.generate_tokens(
-        seed_model, [list(range(100, 111))], max_new_tokens=30, stop_ids=[7, 8],
-        sampling=decode.SamplingParams(0.9, 7, 0.5, 1.3), rng_key=jax.random.key(3),
-        repeat_guard=False)
+    # bucket (32), stop ids and repeat guard switch: all traced.
+    decode.generate_tokens(seed_model, [list(range(100, 111))], max_new_tokens=30,
+                           stop_ids=[7, 8], repeat_guard=False)
     assert decode.compiled_variants() == compiled
+    # Sampling is the one other program (greedy leaves the sampler out); within it, other
+    # sampling values and keys are traced.
+    for sampling, key in [((0.9, 7, 0.5, 1.3), 3), ((0.5, 0, 1.0, 1.0), 4)]:
+        decode.generate_tokens(seed_model, [list(range(100, 111))], max_new_tokens=30,
+                               sampling=decode.SamplingParams(*sampling),
+                               rng_key=jax.random.key(key))
+        assert decode.compiled_variants() == compiled + 1
     decode.generate_tokens(seed_model, [list(range(40))], max_new_tokens=20)  # prompt bucket 64
-    assert decode.compiled_variants() == compiled + 1
+    assert decode.compiled_variants() == compiled + 2
 
 
 @pytest.mark.parametrize("sampling", [

@@ -91,7 +91,7 @@ def test_rebuilt_val_loss_equals_the_batchwise_one(mixed_dataset, eval_iters):
     assert eval_iters * 4 < len(source.split) or eval_iters * 4 > 2 * len(source.split)
     rebuilt = evaluation.ValLoss(source, evaluation.make_row_loss_step(mdef, mesh), mesh, layout,
                                  eval_iters)
-    assert (rebuilt._resident is not None) == (eval_iters == 30)
+    assert rebuilt.resident == (eval_iters == 30)
     eval_fn = ts.make_eval_step(mdef, mesh)
     plain = dataclasses.replace(layout, pack=False, length_buckets=(64,), loss_positions=-1)
     lengths = set(np.minimum(source.split.length_G, 65).tolist())
@@ -107,22 +107,21 @@ def test_rebuilt_val_loss_equals_the_batchwise_one(mixed_dataset, eval_iters):
 def test_nan_stops_at_its_step_with_metrics_fetched_once_per_window(tmp_path, monkeypatch):
     """NaN in update 6: the fetch forced before the step-8 save finds it; checkpoint 4 is named
     and no checkpoint is written after it."""
-    from mypt_jax.training import trainer
+    from mypt_jax.training import programs, trainer
 
-    make = ts.make_train_step
+    call, calls = programs.Programs.call, [0]
 
-    def make_nan_at_6(*args, **kwargs):
-        step_fn, calls = make(*args, **kwargs), [0]
+    def nan_at_6(self, kind, *args):
+        out = call(self, kind, *args)
+        if kind != "train":
+            return out
+        state, metrics = out
+        if calls[0] == 6:
+            metrics = {**metrics, "train_loss": metrics["train_loss"] * np.nan}
+        calls[0] += 1
+        return state, metrics
 
-        def step(state, batch):
-            state, metrics = step_fn(state, batch)
-            if calls[0] == 6:
-                metrics = {**metrics, "train_loss": metrics["train_loss"] * np.nan}
-            calls[0] += 1
-            return state, metrics
-        return step
-
-    monkeypatch.setattr(ts, "make_train_step", make_nan_at_6)
+    monkeypatch.setattr(programs.Programs, "call", nan_at_6)
     dataset = train_helpers.make_dataset(tmp_path)
     c = train_helpers.tiny_config(dataset, tmp_path / "run", max_iters=20, eval_interval=4,
                                   checkpoint_interval=4, log_interval=5, eval_prompts_file="",

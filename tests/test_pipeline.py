@@ -104,6 +104,24 @@ def test_data_steps_skip_when_complete_and_redo_when_not(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
+def _check_programs_compile_once(summaries: list[dict]) -> None:
+    """Across the phases every distinct program compiles once: a program an earlier phase
+    compiled is a persistent-cache hit, and the first phase (a fresh cache) misses on all."""
+    seen: set[tuple[str, str]] = set()
+    repeated = 0
+    for s in summaries:
+        records = s["train"]["compiles"]
+        assert {r["program"] for r in records} == {"train", "eval"}, records
+        for r in records:
+            key = (r["program"], r["shape"])
+            assert r["cache_hit"] is (key in seen), (s["phase"], r)
+            repeated += key in seen
+            seen.add(key)
+        log = [json.loads(x) for x in Path(s["train"]["log"]).read_text().splitlines()]
+        assert not [r for r in log if r.get("event") == "compile" and not r["ahead"]]
+    assert repeated >= 2  # the later phases reuse programs (else this checks nothing)
+
+
 def _check_summary_is_true(s: dict, root: Path) -> None:
     import mypt_jax
     from mypt_jax.training.run_meta import latest_run_meta
@@ -161,7 +179,9 @@ def test_all_phases_on_cpu_chain_and_report_truly(tmp_path, monkeypatch):
         return tuple(3 * x for x in got) if self.name == "3a1_alpha" and calls[id(self)] > 1 else got
 
     monkeypatch.setattr(evaluation.ValLoss, "__call__", alpha_forgotten)
-    summaries = pipeline.run("all", preset="cpu", overrides=TINY)
+    cache = {"compilation_cache_dir": str(tmp_path / "xla")}  # fresh: phase 1 compiles all
+    summaries = pipeline.run("all", preset="cpu", overrides={**TINY, **cache})
+    _check_programs_compile_once(summaries)
     assert [s["phase"] for s in summaries] == list(pipeline.PHASES)
     for i, s in enumerate(summaries):
         sets, earlier = s["train"]["eval_sets"], list(pipeline.PHASES)[:i]
@@ -198,7 +218,7 @@ def test_all_phases_on_cpu_chain_and_report_truly(tmp_path, monkeypatch):
             if step.startswith("generate "):
                 seen.add(step)
 
-    again = pipeline.run("all", preset="cpu", overrides=TINY)
+    again = pipeline.run("all", preset="cpu", overrides={**TINY, **cache})
     assert all(v["status"] == pipeline.SKIPPED for s in again for v in s["steps"].values())
     for a, b in zip(summaries, again, strict=True):
         assert (a["data"], a["train"], a["test"], a["verdict"]) == (

@@ -124,7 +124,9 @@ def test_gpu_memory_fraction_is_the_launch_scripts():
         import gpu
     finally:
         sys.path.pop(0)
-    assert float(gpu.DEFAULT_MEM_FRACTION) == preflight.dm.GPU_MEM_FRACTION
+    from mypt_jax.parallel import device_memory
+
+    assert float(gpu.DEFAULT_MEM_FRACTION) == device_memory.GPU_MEM_FRACTION
 
 
 # ----------------------------------------------------------------------------- TPU compiles
@@ -297,3 +299,43 @@ def test_phase_times_from_a_report(tmp_path):
     assert gamma["total_padding_free_s"] == pytest.approx(
         gamma["padding_free_train_s"] + 26 * gamma["eval_s_padding_free"]
         + 26 * gamma["save_blocking_s"], rel=1e-3)
+
+
+def test_compile_wall_clock_is_the_longest_first_makespan():
+    from mypt_jax.preflight import curriculum
+
+    assert curriculum.makespan([], 4) == 0.0
+    assert curriculum.makespan([10, 9, 8, 1], 1) == 28
+    assert curriculum.makespan([10, 9, 8, 1], 2) == 17  # 10+1 | 9+8
+    assert curriculum.makespan([10, 9, 8, 1], 8) == 10
+
+
+@pytest.mark.slow
+def test_a_curriculum_compiles_each_program_once_and_sums_its_phases(tmp_path):
+    import train_helpers
+
+    dataset = train_helpers.make_dataset(tmp_path)
+    common = ["--topology", "v5e-4", f"--config.dataset_dir={dataset}",
+              "--config.eval_prompts_file=configs/sft_eval/phase3a1_alpha_test_prompts.json"]
+    # Two phases that differ in their hyperparameters only: one set of programs.
+    second_phase = tmp_path / "second_phase.py"
+    second_phase.write_text("from configs import cpu_tiny\n\n\ndef get_config():\n"
+                            "    c = cpu_tiny.get_config()\n    c.learning_rate = 1e-4\n"
+                            "    c.weight_decay = 0.05\n    c.max_iters = 20\n    return c\n")
+    proc, report = _cli(tmp_path, "--config=configs/cpu_tiny.py", f"--config={second_phase}",
+                        *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = report["phases"]
+    assert first["new_programs"] == len(first["programs"]) >= 3
+    assert {p.split()[0] for p in first["programs"]} == {"train_step", "eval_step", "generate"}
+    assert second["programs"] == first["programs"] and second["new_programs"] == 0
+    assert second["compile_serial_s"] == second["compile_wall_s"] == 0
+    assert 0 < first["compile_wall_s"] <= first["compile_serial_s"]
+    for key in ("compile_wall_s", "train_s", "eval_s", "save_s", "total_s"):
+        assert report["total"][key] == pytest.approx(first[key] + second[key], rel=1e-3)
+    assert first["train_s"] > 0 and first["eval_s"] > 0
+    assert second["max_iters"] == 20 and second["train_s"] < first["train_s"]
+    # Four data-parallel chips all-reduce the gradients: the roofline counts the link time.
+    train = next(p for p in report["programs"] if p["kind"] == "train")
+    assert train["hbm"]["collective"] > 0 and train["roofline"]["collective_s"] > 0
+    assert "four-phase wall-clock" in proc.stdout

@@ -102,17 +102,16 @@ def final_params(workdir: Path, step: int | None = None) -> dict:
 # a watcher polling the log would race the run. SIGKILL flushes nothing, as `kill -9`.
 _SIGNAL_AT = """
 import os, runpy, signal, sys
-from mypt_jax.training import step as train_step
-make_train_step = train_step.make_train_step
-def make_then_signal(*args, **kwargs):
-    step_fn, calls = make_train_step(*args, **kwargs), [0]
-    def step(state, batch):
+from mypt_jax.training import programs
+call = programs.Programs.call
+calls = [0]
+def call_then_signal(self, kind, *args):
+    if kind == "train":
         if calls[0] == {at} and "{process}" in ("", os.environ.get("JAX_PROCESS_ID", "0")):
             os.kill(os.getpid(), signal.{signal})
         calls[0] += 1
-        return step_fn(state, batch)
-    return step
-train_step.make_train_step = make_then_signal
+    return call(self, kind, *args)
+programs.Programs.call = call_then_signal
 sys.argv[0] = "mypt_jax.train"
 runpy.run_module("mypt_jax.train", run_name="__main__", alter_sys=True)
 """

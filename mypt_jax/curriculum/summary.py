@@ -45,6 +45,7 @@ def phase_summary(
     if run is not None:
         ckpt = Path(config.workdir) / CHECKPOINTS_DIR / str(run["step"])
         metrics = run.get("metrics") or {}
+        trained = run.get("summary") or {}
         out["train"] = {
             "workdir": config.workdir, "init_from": config.init_from or None,
             "steps": run["step"], "first_val_loss": run.get("first_val_loss"),
@@ -56,6 +57,9 @@ def phase_summary(
                     "first": (run.get("first_eval_sets") or {}).get(k.removeprefix(plot.SET_PREFIX)),
                     "final": v}
                 for k, v in metrics.items() if k.startswith(plot.SET_PREFIX)},
+            # The programs of the run (a rerun of a finished phase keeps the first run's).
+            "compiles": trained.get("compiles", []),
+            "compile_s": trained.get("compile_s"), "compile_wall_s": trained.get("compile_wall_s"),
         }
         if log_path.is_file() and jax.process_index() == 0:
             out["train"]["loss_plot"] = str(plot.write_run_figure(log_path, label=phase.name))
@@ -113,6 +117,11 @@ def format_summary(summaries: Sequence[dict]) -> str:
             lines.append(f"  trained    {t['steps']} steps from {t['init_from'] or 'scratch'}: "
                          f"val loss {first} -> {final}")
             lines.append(f"  checkpoint {t['checkpoint']}  (model: {t['model_dir']})")
+            if t.get("compiles"):
+                hits = sum(r["cache_hit"] is True for r in t["compiles"])
+                lines.append(f"  compiled   {len(t['compiles'])} programs, {hits} from the cache: "
+                             f"{t['compile_s']:.1f}s of compiling, {t['compile_wall_s']:.1f}s "
+                             "before step 0")
             for name, v in t.get("eval_sets", {}).items():
                 first = "?" if v["first"] is None else f"{v['first']:.4f}"
                 lines.append(f"  eval set   {name}: val loss {first} -> {v['final']:.4f}")

@@ -44,6 +44,8 @@ class Layout:
     loss_positions: int  # 0 automatic K; >0 this K unless a batch needs more; -1 all positions
     pack: bool  # pack the step's episodes into as few rows as fit
     row_multiple: int = 1  # packed local rows are a multiple of this (data shards x microbatches)
+    # The compiled shapes a batch may be padded up to (a run's shape plan); () = exact shapes.
+    programs: tuple[BatchShape, ...] = ()
 
     @property
     def padded(self) -> bool:
@@ -64,6 +66,19 @@ class BatchShape:
     def __str__(self) -> str:
         k = f"k{self.positions}" if self.positions else "kall"
         return f"{self.rows}x{self.length}/{k}" + ("/packed" if self.packed else "")
+
+    @property
+    def projected(self) -> int:
+        """Positions per row that reach the vocabulary projection."""
+        return self.positions or self.length
+
+    def covers(self, other: BatchShape) -> bool:
+        """A batch of shape `other` can run padded up to this shape, with the same loss:
+        longer rows only add padding (causal attention, mask 0), more projected positions
+        only add untrained ones, and more packed rows only empty ones."""
+        rows_ok = self.rows >= other.rows if self.packed else self.rows == other.rows
+        return (self.packed == other.packed and rows_ok and self.length >= other.length
+                and self.projected >= other.projected)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +210,25 @@ def _positions_for(layout: Layout, length: int, need: int) -> int:
 # ----------------------------------------------------------------------------- shaping
 
 
+def natural_shape(lengths_G, trained_G, layout: Layout, *, local_rows: int, process_count: int = 1,
+                  prepacked: bool = False) -> BatchShape:
+    """The exact shape of a global batch from its row statistics (no tokens needed)."""
+    real_G = np.maximum(np.asarray(lengths_G, np.int64) - 1, 0)
+    trained_G = np.asarray(trained_G, np.int64)
+    if layout.pack and not prepacked:
+        length, rows, k, _ = _pack_plan(real_G, trained_G, layout, local_rows, process_count)
+        return BatchShape(rows * process_count, length, k, True)
+    length = _smallest_fitting(layout.length_buckets, int(real_G.max(initial=0)))
+    k = _positions_for(layout, length, int(trained_G.max(initial=0)))
+    return BatchShape(local_rows * process_count, length, k, prepacked)
+
+
+def fit_program(shape: BatchShape, programs: Sequence[BatchShape]) -> BatchShape:
+    """The first of `programs` (a plan lists them cheapest first) that covers `shape`, else
+    `shape` itself (a shape outside the plan: the run compiles it and warns)."""
+    return next((p for p in programs if p.covers(shape)), shape)
+
+
 def shape_batch(local: Batch, layout: Layout, *, pad_id: int = 0, process_index: int = 0,
                 process_count: int = 1) -> tuple[Batch, BatchInfo]:
     """The loader's padded local rows (with `global_lengths`/`global_trained`) -> the step's batch.
@@ -203,6 +237,7 @@ def shape_batch(local: Batch, layout: Layout, *, pad_id: int = 0, process_index:
     (at most block_size + 1), `global_trained[i]` its trained targets; process p's rows are
     global rows [p*b, (p+1)*b). `pad_id` fills packed rows past their last episode. Rows
     packed at prepare time (with `segment_ids`) are trimmed and headed, never packed again.
+    With `layout.programs` the batch is padded up to the first program that covers it.
     """
     lengths_G = np.asarray(local["global_lengths"], np.int64)
     trained_G = np.asarray(local["global_trained"], np.int64)
@@ -218,18 +253,27 @@ def shape_batch(local: Batch, layout: Layout, *, pad_id: int = 0, process_index:
     if layout.pack and prepacked:
         raise ValueError("pack_episodes: the rows were packed at prepare time (the dataset has "
                          "segment_ids.bin) and cannot be packed again; set pack_episodes=False")
+    shape = fit_program(natural_shape(lengths_G, trained_G, layout, local_rows=b,
+                                      process_count=process_count, prepacked=prepacked),
+                        layout.programs)
     if layout.pack:
-        out, shape = _pack(rows, real_G, trained_G, layout, pad_id, process_index,
-                           process_count)
+        _, _, _, plans = _pack_plan(real_G, trained_G, layout, b, process_count)
+        mine = real_G[process_index * b:(process_index + 1) * b]
+        out = place(plans[process_index], mine, rows, shape.rows // process_count, shape.length,
+                    fill={"inputs": pad_id, "targets": pad_id})
     else:
-        length = _smallest_fitting(layout.length_buckets, int(real_G.max(initial=0)))
-        k = _positions_for(layout, length, int(trained_G.max(initial=0)))
         # Trimming keeps every segment id and position of the columns it keeps.
-        out = {name: x[:, :length] for name, x in rows.items()}
-        shape = BatchShape(b * process_count, length, k, prepacked)
+        out = {name: x[:, :shape.length] for name, x in rows.items()}
     if shape.positions:
         out = gather_trained(out, shape.positions)
     return out, BatchInfo(shape, **stats)
+
+
+def shape_of(batch: Batch) -> BatchShape:
+    """The BatchShape of a shaped batch (host or device arrays)."""
+    rows, length = batch["inputs"].shape
+    k = batch["loss_index"].shape[1] if "loss_index" in batch else 0
+    return BatchShape(rows, length, k, "segment_ids" in batch)
 
 
 def trained_index(mask_BxT: np.ndarray, k: int) -> np.ndarray:
@@ -290,16 +334,6 @@ def _pack_plan(real_G, trained_G, layout: Layout, b: int, process_count: int):
     need_k = max(int(trained[members].sum()) for trained, plan in
                  zip(per_process(trained_G), plans, strict=True) for members in plan)
     return length, rows, _positions_for(layout, length, need_k), plans
-
-
-def _pack(rows: Batch, real_G, trained_G, layout: Layout, pad_id: int, process_index: int,
-          process_count: int) -> tuple[Batch, BatchShape]:
-    b = rows["inputs"].shape[0]
-    length, local_rows, k, plans = _pack_plan(real_G, trained_G, layout, b, process_count)
-    mine = real_G[process_index * b:(process_index + 1) * b]
-    out = place(plans[process_index], mine, rows, local_rows, length,
-                fill={"inputs": pad_id, "targets": pad_id})
-    return out, BatchShape(local_rows * process_count, length, k, True)
 
 
 def place(plan: list[list[int]], sizes: Sequence[int], items: Batch, rows: int, length: int,

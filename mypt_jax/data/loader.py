@@ -189,6 +189,7 @@ class EpisodeBatchSource:
         self._init_order()
 
     def _init_order(self) -> None:
+        self._stats = None  # stats_G(), computed on first use
         n = len(self.split)
         if self.mode == "epoch":
             self._epoch_order = _EpochOrder(n, self.epoch_seed, self.shuffle)
@@ -209,22 +210,32 @@ class EpisodeBatchSource:
         lo = self.process_index * self.local_batch_size
         return self.global_episode_ids(batch)[lo:lo + self.local_batch_size]
 
-    def _row_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Tokens kept and trained targets of every global row, read from the episode index.
+    def stats_G(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens kept, trained targets) of every valid episode, read from the episode index
+        once: what `batching` needs to shape a row, and a run's shape plan, without tokens."""
+        if self._stats is None:
+            split = self.split
+            kept_G = np.minimum(split.length_G, self.block_size + 1).astype(np.int64)
+            trained_G = np.maximum(kept_G - 1, 0)
+            if self.use_loss_mask:
+                end_G = (split.start_G + split.length_G).astype(np.int64)
+                for s, shard in enumerate(split.shards):
+                    sel = np.flatnonzero(split.shard_G == s)
+                    if not len(sel):
+                        continue
+                    # Nonzero weights among the kept targets (the last kept - 1 tokens):
+                    # positions, not the weight sum, since the head needs a slot for each.
+                    nonzero_N = np.concatenate([[0], np.cumsum(shard.loss_weights_N != 0)])
+                    end = end_G[sel]
+                    trained_G[sel] = nonzero_N[end] - nonzero_N[end - trained_G[sel]]
+            self._stats = (kept_G.astype(np.int32), trained_G.astype(np.int32))
+        return self._stats
 
-        Lets every process shape its rows for the global batch (batching.py) alone.
-        """
-        L = self.block_size + 1
-        split = self.split
-        kept_B = np.minimum(split.length_G[ids], L)
-        trained_B = np.maximum(kept_B - 1, 0)
-        if self.use_loss_mask:
-            for row, g in enumerate(ids):
-                end = int(split.start_G[g] + split.length_G[g])
-                weights_N = split.shards[split.shard_G[g]].loss_weights_N
-                # Positions, not the weight sum: the trained-position head needs a slot for each.
-                trained_B[row] = np.count_nonzero(weights_N[end - kept_B[row] + 1:end])
-        return {"global_lengths": kept_B.astype(np.int32), "global_trained": trained_B.astype(np.int32)}
+    def _row_stats(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Tokens kept and trained targets of every global row (lets every process shape its
+        rows for the global batch alone, batching.py)."""
+        kept_G, trained_G = self.stats_G()
+        return {"global_lengths": kept_G[ids], "global_trained": trained_G[ids]}
 
     def __getitem__(self, batch: int) -> Batch:
         return self.rows_for(self.global_episode_ids(int(batch)))

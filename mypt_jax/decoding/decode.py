@@ -19,10 +19,11 @@ Semantics follow the upstream `GPT.generate` (UPSTREAM_MODEL.md §4.3), batched:
 
 Shapes and compilation: prompts are left-padded to a power-of-two bucket `P` (at least 16,
 at most block_size) and `max_new_tokens` is rounded up to a power-of-two `N` (at least 16);
-the cache holds `P + N` slots. The jitted function is compiled once per (batch size, P, N)
-(and model structure); sampling parameters, `max_new_tokens` and the key are traced arrays, so
-changing them, the repeat guard switch or the prompt length within a bucket never
-recompiles.
+the cache holds `P + N` slots. The jitted function is compiled once per (batch size, P, N),
+model structure and greedy-or-sampled; sampling parameters, `max_new_tokens` and the key are
+traced arrays, so changing them (within sampling), the repeat guard switch or the prompt
+length within a bucket never recompiles. Greedy decoding (temperature <= 0, the eval
+prompts') is a program of its own without the sampler.
 
 Length limit: a prompt plus `max_new_tokens` must fit in `block_size` (upstream crashes
 otherwise). Left unset, `max_new_tokens` is the default (100, upstream's) or what block_size
@@ -31,6 +32,15 @@ leaves a prompt too little room cuts that prompt from the left so that prompt +
 max_new_tokens == block_size, with a warning saying how many ids were dropped;
 `max_new_tokens >= block_size` is refused with a ValueError. An empty prompt becomes the
 single id 0, as upstream.
+
+Layers in the loop (`scan_layers`, `GPT.decode`): None (default) = `layers_scanned`: scanned
+on TPU/GPU, unrolled on CPU; True/False force a form (same ids). XLA:CPU runs the unrolled
+loop faster (8 layers x 256 wide, vocab 512: 2.53 vs 3.32 ms/step at batch 1, 6.57 vs 7.43 at
+batch 8; bench_decode's head-bound models: within noise), but its program holds every layer
+twice (prefill, loop body): the 750M 32-layer eval-prompt loop compiled for a TPU v5p-8 (the
+preflight, on a shared 2-core CPU) in 78.4 s unrolled vs 21.9 s scanned (load ~1.7; 167.5 vs
+53.2 s at load ~4). Most of the rest was the sampler, then compiled for greedy runs too:
+the greedy scanned loop without it compiled in 4.3 s.
 """
 
 from __future__ import annotations
@@ -194,6 +204,14 @@ def next_token(logits_BxV, recent_ids_BxW, recent_valid_BxW, params, key) -> jax
 # The jitted loop
 # ----------------------------------------------------------------------------------------
 
+def layers_scanned(scan_layers: bool | None, platform: str | None = None) -> bool:
+    """`scan_layers` if given, else scanned unless the loop runs on CPU (`platform`, default
+    the default backend): there the unrolled loop runs faster, elsewhere compile time rules."""
+    if scan_layers is not None:
+        return scan_layers
+    return (platform or jax.default_backend()) != "cpu"
+
+
 def _generate(
     graphdef,
     state,
@@ -207,6 +225,8 @@ def _generate(
     *,
     max_new_cap: int,
     penalty_window: int,
+    scan_layers: bool | None = None,
+    greedy: bool = False,
 ):
     model = nnx.merge(graphdef, state)
     B, P = prompt_BxP.shape
@@ -224,8 +244,10 @@ def _generate(
 
     # Prefill all prompt ids but the last; its logits are unused, so XLA drops the lm_head
     # matmul over P-1 positions. The loop's first step feeds the last prompt id.
-    layers = model.layer_params()  # per-layer buffers, cut once outside the loop
-    cache = model.init_cache(B, S)
+    scanned = layers_scanned(scan_layers)
+    # Unrolled: per-layer weight buffers, cut once outside the loop.
+    layers = None if scanned else model.layer_params()
+    cache = model.init_cache(B, S, stacked=scanned)
     _, cache = model.decode(
         prompt_BxP[:, :-1], positions(slots_S[:P - 1]), cache, 0, key_valid_BxS, layers
     )
@@ -246,7 +268,9 @@ def _generate(
             feed_B[:, None], positions(slot[None]), cache, slot, key_valid_BxS, layers
         )
         recent_ids, recent_valid = window(hist, slot + 1, penalty_window)
-        tok_B = next_token(
+        # Greedy is its own program: the sampler (top-k, a full-sort fallback, top-p) was
+        # most of the generation program's compile time for a TPU (see the docstring).
+        tok_B = argmax_first(logits_BxTxV[:, 0]) if greedy else next_token(
             logits_BxTxV[:, 0], recent_ids, recent_valid, sampling, jax.random.fold_in(rng_key, n)
         )
         last_Bx2R, _ = window(hist, slot + 1, 2 * REPEAT_GUARD_SPAN)
@@ -279,7 +303,8 @@ def _generate(
 
 
 _generate_jit = jax.jit(
-    _generate, static_argnums=(0,), static_argnames=("max_new_cap", "penalty_window")
+    _generate, static_argnums=(0,),
+    static_argnames=("max_new_cap", "penalty_window", "scan_layers", "greedy"),
 )
 
 
@@ -295,6 +320,7 @@ def generate_ids(
     rng_key: jax.Array | None = None,
     penalty_window: int = PENALTY_WINDOW,
     repeat_guard: bool = True,
+    scan_layers: bool | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The pure core: left-padded prompts in, (out_ids_BxN, num_generated_B, reason_B) out.
 
@@ -302,6 +328,7 @@ def generate_ids(
     P a bucket from `prompt_bucket`), with prompt_len_B[b] + max_new_tokens <= block_size.
     N = `new_tokens_bucket(max_new_tokens)`; columns past num_generated_B[b] are PAD_ID.
     reason_B indexes STOP_REASONS. Compiled once per (B, P, N) (and per 4 more stop ids).
+    `scan_layers`: the layer loop's form (module docstring).
     """
     stops = sorted({int(t) for t in stop_ids})
     # Padded with PAD_ID (never generated) to a multiple of STOP_SLOTS so that another stop
@@ -320,6 +347,8 @@ def generate_ids(
         jnp.bool_(repeat_guard),
         max_new_cap=new_tokens_bucket(max_new_tokens),
         penalty_window=penalty_window,
+        scan_layers=layers_scanned(scan_layers),  # resolved: None and its value share a compile
+        greedy=sampling.greedy,
     )
 
 
@@ -365,6 +394,7 @@ def generate_tokens(
     stop_ids: Sequence[int] = (),
     rng_key: jax.Array | None = None,
     repeat_guard: bool = True,
+    scan_layers: bool | None = None,
 ) -> list[tuple[list[int], list[int], str]]:
     """(prompt ids fed, new ids, stopped_by) per prompt, all prompts in one batch."""
     module = _module_of(model)
@@ -375,7 +405,7 @@ def generate_tokens(
     graphdef, state = nnx.split(module)
     out_BxN, num_B, reason_B = jax.device_get(generate_ids(
         graphdef, state, prompt_BxP, lens_B, max_new_tokens=max_new_tokens, sampling=sampling,
-        stop_ids=stop_ids, rng_key=rng_key, repeat_guard=repeat_guard,
+        stop_ids=stop_ids, rng_key=rng_key, repeat_guard=repeat_guard, scan_layers=scan_layers,
     ))
     return [
         (ids, out_BxN[b, :num_B[b]].tolist(), STOP_REASONS[reason_B[b]])
@@ -399,6 +429,7 @@ def generate_text(
     stop_ids: Sequence[int] | None = None,
     use_default_stop_ids: bool = True,
     repeat_guard: bool = True,
+    scan_layers: bool | None = None,
 ) -> list[Generation]:
     """Generates a completion for every prompt, all in one batch.
 
@@ -409,7 +440,7 @@ def generate_text(
     block_size leaves less after the longest prompt (a warning says so). Prompts that do not
     fit with a given max_new_tokens are cut from the left (see the module docstring).
     `model` is a GPT module or any object with `.module` (and `.tokenizer` when
-    `tokenizer` is None).
+    `tokenizer` is None). `scan_layers`: the layer loop's form (module docstring).
     """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
@@ -432,6 +463,7 @@ def generate_text(
         model, prompts_ids, max_new_tokens=max_new_tokens,
         sampling=params, stop_ids=sorted(stops),
         rng_key=jax.random.key(seed) if rng_key is None else rng_key, repeat_guard=repeat_guard,
+        scan_layers=scan_layers,
     )
     return [
         Generation(prompt, tokenizer.decode(new_ids), new_ids, fed, reason,

@@ -6,9 +6,12 @@ newer LLaMA-style options (RoPE with position interpolation, SwiGLU, RMSNorm), i
 
 Layout decisions (the converter in interop/upstream.py maps PyTorch keys onto these):
 - Layers are stacked: every per-layer parameter has a leading layer axis and the forward runs
-  one `jax.lax.scan` over them, so compile time does not grow with depth. Decoding instead
-  loops over per-layer slices (`layer_params`) and a per-layer KV cache, which XLA keeps as
-  separate buffers updated in place (a scan copied every layer's weights and cache per step).
+  one `jax.lax.scan` over them, so compile time does not grow with depth. Decoding has two
+  forms, picked by the cache (`init_cache(stacked=...)`): unrolled, a Python loop over
+  per-layer slices (`layer_params`) and a per-layer KV cache, separate buffers updated in
+  place (the faster form on XLA:CPU); and scanned, one `jax.lax.scan` over the stacked
+  weights carrying a stacked cache, a program that does not grow with depth (decode.py picks
+  the form per backend and gives the numbers).
 - Kernels are stored (in, out) so `x @ kernel`; the fused qkv kernel's output columns are
   [q | k | v], each head-major (head h owns columns h*D..(h+1)*D-1), as upstream.
 - Parameter names, shapes, logical axes and inits live in one table (param_table.py); the
@@ -135,18 +138,48 @@ def _remat(fn, cfg: ModelConfig):
 class KVCache:
     """Keys (after RoPE, if any) and values of every layer; slot s = absolute cache slot.
 
-    One array per layer, heads before slots (B, H, S, D): inside the generation loop each
-    layer's buffer is updated in place, and the attention dots read it as a (B, H)-batched
-    matmul without a transpose. A stacked (L, B, S, H, D) cache threaded through a layer
-    scan made XLA:CPU copy and transpose it on every step (cost growing with its length).
+    Heads before slots, so the attention dots read a layer as a (B, H)-batched matmul without
+    a transpose. Two forms (`GPT.decode` runs the matching loop):
+    - per layer (unrolled decoding): a tuple of n_layer (B, H, S, D) arrays; inside the
+      generation loop each layer's buffer is updated in place. A stacked (L, B, S, H, D)
+      cache threaded through a layer scan made XLA:CPU copy and transpose it on every step.
+    - stacked (scanned decoding): one (L, B, H, S, D) array each, carried through the layer
+      scan; a step writes only its new slots (in place) and reads one layer at a time.
     """
 
-    k_layers: tuple[jax.Array, ...]  # n_layer arrays of shape (B, H, S, D)
-    v_layers: tuple[jax.Array, ...]
+    k_layers: tuple[jax.Array, ...] | jax.Array
+    v_layers: tuple[jax.Array, ...] | jax.Array
+
+    @property
+    def stacked(self) -> bool:
+        return not isinstance(self.k_layers, tuple)
 
     @property
     def max_len(self) -> int:
-        return self.k_layers[0].shape[2]
+        return self.k_layers.shape[3] if self.stacked else self.k_layers[0].shape[2]
+
+
+def _store(cache, new_BxTxHxD: jax.Array, cache_index: jax.Array, layer) -> jax.Array:
+    """The chunk's keys or values written to slots [cache_index, +T) of a per-layer cache
+    (B, H, S, D) (`layer` None) or of layer `layer` of a stacked cache (L, B, H, S, D)."""
+    new_BxHxTxD = new_BxTxHxD.swapaxes(1, 2).astype(cache.dtype)
+    zero = jnp.int32(0)
+    start = (zero, zero, cache_index, zero)
+    if layer is None:
+        return jax.lax.dynamic_update_slice(cache, new_BxHxTxD, start)
+    return jax.lax.dynamic_update_slice(cache, new_BxHxTxD[None], (layer, *start))
+
+
+def _decode_block(x_BxTxC, p, k_cache, v_cache, layer, cache_index, mask_BxTxS, rope,
+                  cfg: ModelConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One block of incremental decoding against its cache (per-layer, or layer `layer` of
+    a stacked one, as `_store`): (x, k_cache, v_cache) after it."""
+    q, k, v = _qkv(x_BxTxC, p, cfg, rope)
+    k_cache = _store(k_cache, k, cache_index, layer)
+    v_cache = _store(v_cache, v, cache_index, layer)
+    k_BxHxSxD, v_BxHxSxD = (k_cache, v_cache) if layer is None else (k_cache[layer], v_cache[layer])
+    attn = attention_lib.attend_cached(q, k_BxHxSxD, v_BxHxSxD, mask_BxTxS, cfg)
+    return _block_tail(x_BxTxC, attn, p, cfg, (None, None, None)), k_cache, v_cache
 
 
 # ----------------------------------------------------------------------------------------
@@ -275,10 +308,15 @@ class GPT(nnx.Module):
         return self.logits_from_hidden(h)
 
     # ----- incremental decoding -----
-    def init_cache(self, batch_size: int, max_len: int, dtype: Any = None) -> KVCache:
+    def init_cache(self, batch_size: int, max_len: int, dtype: Any = None, *,
+                   stacked: bool = False) -> KVCache:
+        """An empty cache; `stacked`: the scanned-decoding form (see KVCache)."""
         cfg = self.config
         shape = (batch_size, cfg.n_head, max_len, cfg.head_dim)
         dtype = jnp.dtype(dtype or cfg.dtype)
+        if stacked:
+            return KVCache(*(jnp.zeros((cfg.n_layer, *shape), dtype) for _ in range(2)))
+
         def zeros() -> tuple[jax.Array, ...]:
             return tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layer))
 
@@ -308,11 +346,14 @@ class GPT(nnx.Module):
         The chunk's K/V land in slots [cache_index, cache_index + T) of every row (the caller
         keeps cache_index + T <= max_len: dynamic_update_slice would clamp the start). Query t
         sees slots s <= cache_index + t where key_valid_BxS[b, s] is true. `positions_BxT` are
-        the absolute positions for the position table / RoPE. `layers`: `layer_params()`,
-        hoisted out of a generation loop by the caller (cut here if not given).
+        the absolute positions for the position table / RoPE.
 
-        The layers run as an unrolled Python loop (not a scan): each layer's weights and cache
-        stay separate buffers, updated in place inside a caller's `lax.while_loop`.
+        The cache's form picks the loop (same values either way). Per-layer cache: an
+        unrolled Python loop (not a scan), each layer's weights and cache separate buffers,
+        updated in place inside a caller's `lax.while_loop`; `layers`: `layer_params()`,
+        hoisted out of a generation loop by the caller (cut here if not given). Stacked cache
+        (`init_cache(stacked=True)`): one `lax.scan` over the stacked weights carrying the
+        cache, so the program holds one copy of the layer whatever the depth; `layers` unused.
         """
         cfg = self.config
         B, T = tokens_BxT.shape
@@ -323,24 +364,29 @@ class GPT(nnx.Module):
         slot_T = cache_index + jnp.arange(T, dtype=jnp.int32)
         causal_TxS = jnp.arange(S, dtype=jnp.int32)[None, :] <= slot_T[:, None]
         mask_BxTxS = causal_TxS[None] & key_valid_BxS[:, None, :].astype(bool)
-        zero = jnp.int32(0)
-        start = (zero, zero, cache_index, zero)
-        layers = self.layer_params() if layers is None else layers
-        k_out, v_out = [], []
-        for p, k_cache_BxHxSxD, v_cache_BxHxSxD in zip(
-            layers, cache.k_layers, cache.v_layers, strict=True
-        ):
-            q, k, v = _qkv(x_BxTxC, p, cfg, rope)
-            k_cache_BxHxSxD = jax.lax.dynamic_update_slice(
-                k_cache_BxHxSxD, k.swapaxes(1, 2).astype(k_cache_BxHxSxD.dtype), start)
-            v_cache_BxHxSxD = jax.lax.dynamic_update_slice(
-                v_cache_BxHxSxD, v.swapaxes(1, 2).astype(v_cache_BxHxSxD.dtype), start)
-            attn = attention_lib.attend_cached(q, k_cache_BxHxSxD, v_cache_BxHxSxD, mask_BxTxS, cfg)
-            x_BxTxC = _block_tail(x_BxTxC, attn, p, cfg, (None, None, None))
-            k_out.append(k_cache_BxHxSxD)
-            v_out.append(v_cache_BxHxSxD)
+        context = (cache_index, mask_BxTxS, rope, cfg)
+        if cache.stacked:
+            def layer_step(carry, scanned):
+                x, k_all, v_all = carry
+                p, i = scanned
+                return _decode_block(x, p, k_all, v_all, i, *context), None
+
+            (x_BxTxC, k_out, v_out), _ = jax.lax.scan(
+                layer_step, (x_BxTxC, cache.k_layers, cache.v_layers),
+                (self.blocks.arrays(), jnp.arange(cfg.n_layer, dtype=jnp.int32)))
+        else:
+            layers = self.layer_params() if layers is None else layers
+            k_out, v_out = [], []
+            for p, k_cache_BxHxSxD, v_cache_BxHxSxD in zip(
+                layers, cache.k_layers, cache.v_layers, strict=True
+            ):
+                x_BxTxC, k_cache_BxHxSxD, v_cache_BxHxSxD = _decode_block(
+                    x_BxTxC, p, k_cache_BxHxSxD, v_cache_BxHxSxD, None, *context)
+                k_out.append(k_cache_BxHxSxD)
+                v_out.append(v_cache_BxHxSxD)
+            k_out, v_out = tuple(k_out), tuple(v_out)
         logits = self.logits_from_hidden(self._final(x_BxTxC))
-        return logits, KVCache(tuple(k_out), tuple(v_out))
+        return logits, KVCache(k_out, v_out)
 
 
 def abstract_model(config: ModelConfig) -> GPT:

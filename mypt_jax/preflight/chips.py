@@ -23,12 +23,14 @@ T x T square as the PaLM / nanoGPT MFU figures do; half of it is masked (causal)
 `attention_causal`. A forward pass alone (eval) is a third of each term; decoding is
 2 * N_matmul per token plus 4 * L * C * S for S cached positions.
 
-Roofline of one compiled program, per device (communication between devices ignored):
+Roofline of one compiled program, per device:
 
-    compute_s = executed FLOPs / bf16 peak
-    overlap_s = HBM bytes of matmul instructions and async copies / HBM bandwidth
-    memory_s  = HBM bytes of all instructions / HBM bandwidth
-    step_s    = max(compute_s, overlap_s) + (memory_s - overlap_s)
+    compute_s    = executed FLOPs / bf16 peak
+    overlap_s    = HBM bytes of matmul instructions and async copies / HBM bandwidth
+    memory_s     = HBM bytes of all instructions / HBM bandwidth
+    collective_s = bytes of the collectives (all-gather, reduce-scatter, all-reduce, ...)
+                   / interconnect bandwidth (TPU ICI, NVLink)
+    step_s       = max(compute_s, overlap_s) + (memory_s - overlap_s) + collective_s
     MFU       = model FLOPs / (step_s * bf16 peak)
 
 Executed FLOPs are the model FLOPs plus the forward pass that remat "full" recomputes
@@ -48,7 +50,15 @@ scanned layer body once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+
+from mypt_jax.model.flops import (  # noqa: F401 - the FLOP formulas, defined in the model wing
+    body_matmul_params,
+    decode_flops_per_token,
+    forward_flops,
+    model_shape,
+    remat_flops,
+    train_step_flops,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,33 +70,45 @@ class Chip:
     hbm_bytes: float  # HBM per JAX device (data sheet)
     hbm_bandwidth: float  # bytes/s per JAX device
     source: str  # the data sheet
+    # Interconnect bytes/s per device (the data sheets' TPU ICI or GPU NVLink/PCIe figure,
+    # all links together): the rate the roofline gives the mesh's collectives.
+    link_bandwidth: float = 0.0
 
 
 GIB = 2**30
 CHIPS: dict[str, Chip] = {c.name: c for c in (
     Chip("v4", "tpu", ("tpu v4",), 275e12, 32 * GIB, 1200e9,
-         "https://cloud.google.com/tpu/docs/v4 (per chip: 275 TFLOP/s, 32 GiB, 1200 GBps)"),
+         "https://cloud.google.com/tpu/docs/v4 (per chip: 275 TFLOP/s, 32 GiB, 1200 GBps)",
+         link_bandwidth=300e9),  # ICI 2400 Gbps
     Chip("v5e", "tpu", ("tpu v5 lite", "tpu v5e"), 197e12, 16e9, 819e9,
-         "https://cloud.google.com/tpu/docs/v5e (per chip: 197 TFLOP/s, 16 GB, 819 GBps)"),
+         "https://cloud.google.com/tpu/docs/v5e (per chip: 197 TFLOP/s, 16 GB, 819 GBps)",
+         link_bandwidth=200e9),  # ICI 1600 Gbps
     Chip("v5p", "tpu", ("tpu v5p", "tpu v5"), 459e12, 95e9, 2765e9,
-         "https://cloud.google.com/tpu/docs/v5p (per chip: 459 TFLOP/s, 95 GB, 2765 GBps)"),
+         "https://cloud.google.com/tpu/docs/v5p (per chip: 459 TFLOP/s, 95 GB, 2765 GBps)",
+         link_bandwidth=600e9),  # ICI 4800 Gbps
     Chip("v6e", "tpu", ("tpu v6",), 918e12, 32e9, 1640e9,
-         "https://cloud.google.com/tpu/docs/v6e (per chip: 918 TFLOP/s, 32 GB, 1640 GBps)"),
+         "https://cloud.google.com/tpu/docs/v6e (per chip: 918 TFLOP/s, 32 GB, 1640 GBps)",
+         link_bandwidth=448e9),  # ICI 3584 Gbps
     Chip("h100_pcie", "cuda", ("h100 pcie",), 756e12, 80e9, 2.0e12,
          "https://www.nvidia.com/en-us/data-center/h100/ (PCIe: 1513 TFLOP/s bf16 with "
-         "sparsity, 80 GB, 2.0 TB/s)"),
+         "sparsity, 80 GB, 2.0 TB/s)",
+         link_bandwidth=128e9),  # PCIe Gen5 x16
     Chip("h100", "cuda", ("h100",), 989.4e12, 80e9, 3.35e12,
          "https://www.nvidia.com/en-us/data-center/h100/ (SXM: 1979 TFLOP/s bf16 with "
-         "sparsity, 80 GB HBM3, 3.35 TB/s)"),
+         "sparsity, 80 GB HBM3, 3.35 TB/s)",
+         link_bandwidth=900e9),  # NVLink 900 GB/s
     Chip("h200", "cuda", ("h200", "gh200"), 989.4e12, 141e9, 4.8e12,
          "https://www.nvidia.com/en-us/data-center/h200/ (SXM: 1979 TFLOP/s bf16 with "
-         "sparsity, the H100's compute; 141 GB HBM3e, 4.8 TB/s)"),
+         "sparsity, the H100's compute; 141 GB HBM3e, 4.8 TB/s)",
+         link_bandwidth=900e9),  # NVLink 900 GB/s
     Chip("a100", "cuda", ("a100",), 312e12, 80e9, 2.039e12,
          "https://www.nvidia.com/en-us/data-center/a100/ (312 TFLOP/s bf16 dense, 80 GB, "
-         "2039 GB/s)"),
+         "2039 GB/s)",
+         link_bandwidth=600e9),  # NVLink 600 GB/s
     Chip("l4", "cuda", ("l4",), 121e12, 24e9, 300e9,
          "https://www.nvidia.com/en-us/data-center/l4/ (242 TFLOP/s bf16 with sparsity, "
-         "24 GB, 300 GB/s)"),
+         "24 GB, 300 GB/s)",
+         link_bandwidth=64e9),  # PCIe Gen4 x16
 )}
 
 
@@ -106,78 +128,31 @@ def published_bf16_peak(device_kind: str) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------
-# FLOP counts (the formulas of the module docstring)
-# ----------------------------------------------------------------------------------------
-
-def body_matmul_params(n_layer: int, n_embd: int, mlp_hidden: int, gated: bool = False) -> int:
-    """Weights of the block matmuls (qkv, attention proj, MLP), all layers."""
-    mlp = (3 if gated else 2) * n_embd * mlp_hidden
-    return n_layer * (4 * n_embd * n_embd + mlp)
-
-
-def model_shape(cfg: Any) -> dict[str, int]:
-    """The numbers the formulas need, from a `ModelConfig`."""
-    return {"L": cfg.n_layer, "C": cfg.n_embd, "V": cfg.vocab_size,
-            "N_body": body_matmul_params(cfg.n_layer, cfg.n_embd, cfg.mlp_hidden,
-                                         cfg.mlp_type == "swiglu")}
-
-
-def train_step_flops(cfg: Any, batch: int, seq: int, projected: int | None = None) -> dict[str, float]:
-    """Model FLOPs of one train step on `batch` rows of `seq` tokens (see the module docstring).
-
-    `projected`: positions per row that go through the vocabulary projection (default: all).
-    """
-    s = model_shape(cfg)
-    P = seq if projected is None else projected
-    tokens = batch * seq
-    body = 6 * s["N_body"] * tokens
-    head = 6 * s["V"] * s["C"] * batch * P
-    attention = 12 * s["L"] * s["C"] * seq * tokens
-    return {"total": body + head + attention, "body": body, "head": head,
-            "attention": attention, "attention_causal": attention / 2}
-
-
-def forward_flops(cfg: Any, batch: int, seq: int, projected: int | None = None) -> float:
-    """Model FLOPs of a forward pass (the eval step): a third of the training step's."""
-    return train_step_flops(cfg, batch, seq, projected)["total"] / 3
-
-
-def decode_flops_per_token(cfg: Any, cached: int) -> float:
-    s = model_shape(cfg)
-    return 2 * (s["N_body"] + s["V"] * s["C"]) + 4 * s["L"] * s["C"] * cached
-
-
-def remat_flops(train_flops: dict[str, float], remat: str) -> float:
-    """FLOPs a train step executes: remat "full" recomputes the blocks' forward pass; "dots"
-    keeps the weight matmuls' outputs and recomputes attention (its matmuls carry batch dims)."""
-    if remat == "full":
-        return train_flops["total"] + (train_flops["body"] + train_flops["attention"]) / 3
-    if remat == "dots":
-        return train_flops["total"] + train_flops["attention"] / 3
-    return train_flops["total"]
-
-
-# ----------------------------------------------------------------------------------------
 # The roofline
 # ----------------------------------------------------------------------------------------
 
 def roofline(chip: Chip, *, model_flops: float, executed_flops: float, hbm_bytes: float | None,
-             devices: int, overlapped_bytes: float = 0.0) -> dict[str, float | None]:
+             devices: int, overlapped_bytes: float = 0.0,
+             collective_bytes: float = 0.0) -> dict[str, float | None]:
     """Predicted seconds and MFU of one program run on `devices` devices of `chip`.
 
     FLOPs are the whole program's (all devices); `hbm_bytes` is per device, None when the
     compiler gave no byte count (the memory term is then left out); `overlapped_bytes` is the
-    part of it that moves while the compute runs (matmul instructions, async copies).
+    part of it that moves while the compute runs (matmul instructions, async copies);
+    `collective_bytes` (per device) cross the interconnect at `chip.link_bandwidth`, added
+    to the step (FSDP's weight gathers and the gradient reductions are not free).
     """
     compute_s = executed_flops / devices / chip.bf16_flops
+    link_s = (collective_bytes / chip.link_bandwidth
+              if collective_bytes and chip.link_bandwidth else 0.0)
     memory_s = None if hbm_bytes is None else hbm_bytes / chip.hbm_bandwidth
-    bound_s = max(compute_s, memory_s or 0.0)
+    bound_s = max(compute_s, memory_s or 0.0, link_s)
     peak = devices * chip.bf16_flops
     if memory_s is None:  # only the compute bound is known
-        return {"compute_s": compute_s, "memory_s": None, "step_s": None, "step_s_bound": bound_s,
-                "mfu": None, "mfu_bound": model_flops / (bound_s * peak)}
+        return {"compute_s": compute_s, "memory_s": None, "collective_s": link_s, "step_s": None,
+                "step_s_bound": bound_s, "mfu": None, "mfu_bound": model_flops / (bound_s * peak)}
     overlap_s = min(overlapped_bytes / chip.hbm_bandwidth, memory_s)
-    step_s = max(compute_s, overlap_s) + memory_s - overlap_s
+    step_s = max(compute_s, overlap_s) + memory_s - overlap_s + link_s
     return {"compute_s": compute_s, "memory_s": memory_s, "overlapped_memory_s": overlap_s,
-            "step_s": step_s, "step_s_bound": bound_s, "mfu": model_flops / (step_s * peak),
-            "mfu_bound": model_flops / (bound_s * peak)}
+            "collective_s": link_s, "step_s": step_s, "step_s_bound": bound_s,
+            "mfu": model_flops / (step_s * peak), "mfu_bound": model_flops / (bound_s * peak)}

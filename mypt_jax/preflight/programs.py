@@ -65,14 +65,18 @@ def _attention(mc: ModelConfig, mesh, prob_dropout: bool) -> str:
     return attention.resolve(mc, attention.platform_of(mesh), prob_dropout=prob_dropout)[0]
 
 
-def _train_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape) -> Program:
+def train_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape) -> Program:
+    """The train step as `mypt_jax.train` compiles it (its hyperparameters as inputs)."""
     c, mc = r.config, r.model_config
-    tx, schedule = optim.optimizer_from_config(c)
+    optimizer = optim.optimizer_spec(c)
+    tx, schedule = optimizer.build()
 
     def lower():
         step = ts.make_train_step(ts.model_def(mc), tx, schedule, mesh, seed=c.seed,
                                   grad_accum_steps=c.grad_accum_steps,
-                                  loss_chunk_size=c.loss_chunk_size)
+                                  loss_chunk_size=c.loss_chunk_size, optimizer=optimizer)
+        # Abstract: a compile-only client holds no arrays.
+        step.hyper = {k: replicated(v, mesh) for k, v in step.hyper.items()}
         return step.lower(ts.abstract_state(tx, mc, mesh), sharded_batch(shape, mesh))
 
     flops = chips.train_step_flops(mc, shape.rows, shape.length, shape.positions or None)
@@ -81,11 +85,15 @@ def _train_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape) -> Pro
                    chips.remat_flops(flops, mc.remat), None, 0, dataclasses.asdict(shape))
 
 
-def _eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, resident: int) -> Program:
+def eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, resident: int) -> Program:
+    """The per-row val loss pass the run's evals call (`evaluation.make_row_loss_step`)."""
+    from mypt_jax.training import evaluation
+
     c, mc = r.config, r.model_config
 
     def lower():
-        step = ts.make_eval_step(ts.model_def(mc), mesh, loss_chunk_size=c.loss_chunk_size)
+        step = evaluation.make_row_loss_step(ts.model_def(mc), mesh,
+                                             loss_chunk_size=c.loss_chunk_size)
         return step.lower(ts.abstract_params(mc, mesh), sharded_batch(shape, mesh))
 
     flops = chips.forward_flops(mc, shape.rows, shape.length, shape.positions or None)
@@ -94,11 +102,16 @@ def _eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, residen
                    dataclasses.asdict(shape))
 
 
-def _decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
-    """The greedy generation loop of the eval prompts, as `eval_prompts.evaluate` calls it."""
+def decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
+    """The greedy generation loop of the eval prompts, as `eval_prompts.evaluate` calls it.
+
+    In the layer loop's form the trainer gets on the mesh's devices (`decode.layers_scanned`:
+    scanned on TPU/GPU); this host's backend, often CPU, would pick the unrolled one.
+    """
     from flax import nnx
 
     from mypt_jax.decoding import decode, eval_prompts, fitting
+    from mypt_jax.model import attention
 
     c, mc = r.config, r.model_config
     if not c.eval_prompts_file:
@@ -125,7 +138,8 @@ def _decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
         return decode._generate_jit.lower(
             graphdef, state, sds((B, P), jnp.int32), sds((B,), jnp.int32), sds((), jnp.int32),
             sampling, sds((width,), jnp.int32), sds((), key.dtype), sds((), jnp.bool_),
-            max_new_cap=N, penalty_window=decode.PENALTY_WINDOW)
+            max_new_cap=N, penalty_window=decode.PENALTY_WINDOW,
+            scan_layers=decode.layers_scanned(None, attention.platform_of(mesh)), greedy=True)
 
     # Every generated token reads all weights (storage dtype) and the KV cache once.
     params = ts.abstract_params(mc, mesh)
@@ -151,12 +165,12 @@ def programs(r: cfg_lib.Resolved, mesh, hosts: int, kinds: tuple[str, ...] = PRO
         shapes = shapes[:1]
     tx, _ = optim.optimizer_from_config(r.config)
     opt_resident = bytes_per_device(ts.abstract_state(tx, r.model_config, mesh).opt_state)
-    out = [_train_program(r, mesh, s) for s in shapes] if "train" in kinds else []
+    out = [train_program(r, mesh, s) for s in shapes] if "train" in kinds else []
     if "eval" in kinds:
-        out.append(_eval_program(r, mesh, shapes[0], opt_resident))
-    decode_program = _decode_program(r, mesh, opt_resident) if "decode" in kinds else None
-    if decode_program is not None:
-        out.append(decode_program)
+        out.append(eval_program(r, mesh, shapes[0], opt_resident))
+    decode = decode_program(r, mesh, opt_resident) if "decode" in kinds else None
+    if decode is not None:
+        out.append(decode)
     return out
 
 

@@ -27,144 +27,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
+import os
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 from ml_collections import config_dict
 
 from mypt_jax.data import batching
-from mypt_jax.parallel import device_memory as dm
 from mypt_jax.parallel import device_mesh, sharding
-from mypt_jax.preflight import chips, hlo_cost, phase_estimate
+from mypt_jax.preflight import phase_estimate
 from mypt_jax.preflight import programs as tp
 from mypt_jax.preflight import topology as topo_lib
+from mypt_jax.preflight.compiling import (  # noqa: F401 - report.X names kept for callers
+    Target,
+    add_roofline,
+    compile_program,
+    host_memory_bytes,
+    resolve_for,
+    target_for,
+)
 from mypt_jax.training import config as cfg_lib
 from mypt_jax.training import optim
 from mypt_jax.training import step as ts
 from mypt_jax.training.fit_check import check_train_step  # noqa: F401  (its old home)
 
 # ----------------------------------------------------------------------------------------
-# Targets
-# ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    name: str  # a topology name, or "local"
-    devices: list
-    hosts: int
-    chip: chips.Chip | None  # None: this machine's CPU (no roofline)
-    capacity: int | None  # bytes a program may use per device; None = host memory decides
-    host_memory: int | None  # bytes of RAM of this machine (local targets only)
-    slices: int = 1  # TPU slices of the topology, joined over DCN
-
-
-def host_memory_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def target_for(name: str | None, slices: int = 1) -> Target:
-    """Compile-only devices of a named slice (`slices` of them), or this machine's devices."""
-    if name:
-        topo = topo_lib.get(name)
-        devices = topo_lib.compile_only_devices(topo, slices)
-        capacity = topo.chip.hbm_bytes
-        if topo.platform == "cuda":
-            capacity *= dm.GPU_MEM_FRACTION
-        return Target(topo.name, devices, topo.hosts * slices, topo.chip, int(capacity), None,
-                      slices)
-    devices = jax.devices()
-    chip = chips.chip_for_device_kind(devices[0].device_kind)
-    return Target("local", devices, jax.process_count(), chip,
-                  dm.device_capacity(devices[0]), host_memory_bytes())
-
-
-# ----------------------------------------------------------------------------------------
-# Compiling
-# ----------------------------------------------------------------------------------------
-
-
-def _xla_cost(compiled: Any) -> dict[str, float] | None:
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - compile-only GPU clients give none
-        return None
-    if isinstance(cost, list):  # older jax: one dict per computation
-        cost = cost[0] if cost else None
-    if not cost:
-        return None
-    return {"flops": float(cost.get("flops", 0.0)),
-            "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
-
-
-def compile_program(program: tp.Program, target: Target) -> dict[str, Any]:
-    """Compiles one program for the target; its memory, fit, costs and roofline."""
-    out: dict[str, Any] = {"name": program.name, "kind": program.kind, "shape": program.shape}
-    t0 = time.perf_counter()
-    try:
-        compiled = program.lower().compile()
-    except Exception as e:  # noqa: BLE001 - an out-of-memory compile is a result, not a crash
-        if "cuDNN not found" in str(e):
-            raise topo_lib.TopologyError(
-                f"{program.name}: compiling cuDNN attention needs the cuDNN library; "
-                "`pip install -e \".[cuda]\"` installs it (or pass --config.attention=xla)") from e
-        if not dm.is_oom(e):
-            raise
-        out["compile_s"] = time.perf_counter() - t0
-        need_have = dm.parse_oom(str(e))
-        out["fits"] = False
-        out["error"] = str(e).splitlines()[0][:300]
-        if need_have:
-            out["memory"] = {"temporaries": need_have[0]}
-            out["capacity"] = need_have[1]
-        return out
-    out["compile_s"] = time.perf_counter() - t0
-    report = dm.from_compiled(compiled, program.resident)
-    out["memory"] = report.to_dict() if report else None
-    out["capacity"] = target.capacity
-    problem = dm.check(report, target.capacity, program.name)
-    out["fits"] = problem is None
-    if problem:
-        out["error"] = problem
-    out["xla_cost"] = _xla_cost(compiled)
-    if program.hbm_bytes_model is None:  # GPUs too, where XLA gives no cost analysis
-        out["hbm"] = hlo_cost.hbm_bytes(compiled.as_text()).to_dict()
-    add_roofline(out, program, target)
-    return out
-
-
-def add_roofline(result: dict[str, Any], program: tp.Program, target: Target) -> None:
-    """Model FLOPs and the roofline; HBM bytes from the program's HLO (or its own model)."""
-    result["model_flops"] = program.model_flops
-    result["executed_flops"] = program.executed_flops
-    hbm, overlapped = program.hbm_bytes_model, 0.0
-    if hbm is None and "hbm" in result:
-        hbm, overlapped = result["hbm"]["total"], result["hbm"]["overlapped"]
-    result["hbm_bytes"] = hbm
-    if target.chip is not None:
-        result["roofline"] = chips.roofline(
-            target.chip, model_flops=program.model_flops, executed_flops=program.executed_flops,
-            hbm_bytes=hbm, overlapped_bytes=overlapped, devices=len(target.devices))
-
-
-# ----------------------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------------------
-
-
-def resolve_for(config: config_dict.ConfigDict, target: Target) -> cfg_lib.Resolved:
-    return cfg_lib.resolve(config, config.workdir or "preflight", num_devices=len(target.devices),
-                           process_count=target.hosts, read_files=False)
 
 
 def host_report(r: cfg_lib.Resolved, mesh, target: Target, results: list[dict]) -> dict[str, Any]:
@@ -416,7 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     from mypt_jax.data import inspect as data_inspect
 
     p = argparse.ArgumentParser(prog="python -m mypt_jax.preflight", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="preset file (configs/*.py[:arg])")
+    p.add_argument("--config", required=True, action="append",
+                   help="preset file (configs/*.py[:arg]); given more than once, the phases of "
+                   "a curriculum in order, and the report is the whole curriculum's wall-clock")
+    p.add_argument("--root", default="", help="where relative dataset_dir paths live (the "
+                   "pipeline's --root)")
+    p.add_argument("--compile_threads", type=int, default=8,
+                   help="curriculum: concurrent compiles assumed for the compile wall-clock")
     p.add_argument("--topology", default="", help=f"one of {sorted(topo_lib.TOPOLOGIES)}; "
                    "empty = this machine's devices")
     p.add_argument("--slices", type=int, default=1,
@@ -444,11 +340,27 @@ def main(argv: list[str] | None = None) -> int:
         except topo_lib.TopologyError as e:
             print(f"preflight: {e}", file=sys.stderr)
             return 2
+    def progress(m):
+        print(m, file=sys.stderr, flush=True)
+
     try:
-        config = data_inspect.load_config(args.config, rest)
-        report = run(config, args.topology or None, mix_batches=args.mix_batches, find_fix=not args.no_suggest, kinds=kinds,
-                     largest_only=args.largest_shape_only, slices=args.slices,
-                     progress=lambda m: print(m, file=sys.stderr, flush=True))
+        configs = [data_inspect.load_config(path, rest) for path in args.config]
+        for c in configs:
+            if args.root and c.dataset_dir and not os.path.isabs(c.dataset_dir):
+                c.dataset_dir = os.path.join(args.root, c.dataset_dir)
+        if len(configs) > 1:
+            from mypt_jax.preflight import curriculum
+
+            report = curriculum.run(configs, args.topology or None,
+                                    compile_threads=args.compile_threads, progress=progress)
+            print(curriculum.format_table(report))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rounded(report), f, indent=2)
+            return 0
+        report = run(configs[0], args.topology or None, mix_batches=args.mix_batches,
+                     find_fix=not args.no_suggest, kinds=kinds,
+                     largest_only=args.largest_shape_only, slices=args.slices, progress=progress)
     except (cfg_lib.ConfigError, topo_lib.TopologyError, ValueError, FileNotFoundError) as e:
         print(f"preflight: {e}", file=sys.stderr)
         return 2

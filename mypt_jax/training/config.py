@@ -61,6 +61,7 @@ _CHOICES = {
     "precision": tuple(PRECISIONS),
     "batch_sampling_mode": ("epoch", "random"),
     "async_checkpointing": ("auto", "on", "off"),
+    "compile_plan": ("auto", "exact"),
 }
 
 
@@ -144,7 +145,7 @@ def _check_fields(config: config_dict.ConfigDict) -> None:
     for name in ("learning_rate", "min_lr", "grad_clip", "weight_decay", "warmup_iters",
                  "eval_max_new_tokens",
                  "loss_chunk_size", "checkpoint_interval", "keep_best", "adam_eps",
-                 "prefetch_batches", "forgetting_factor"):
+                 "prefetch_batches", "forgetting_factor", "compile_threads"):
         if config[name] < 0:
             raise ConfigError(f"{name}: must be >= 0, got {config[name]}")
     for name in ("beta1", "beta2"):

@@ -81,21 +81,52 @@ class ValLoss:
         # One episode per row: packing would mix episodes in a row's sum.
         self.layout = dataclasses.replace(layout, pack=False)
         n, rows = len(source.split), eval_iters * source.batch_size
-        self._resident = self._place(self._by_length(np.arange(n))) if rows >= n else None
+        self.resident = rows >= n
+        self._resident = None  # placed on first use, after `use_programs`
+
+    def _eval_ids(self, position: int) -> np.ndarray:
+        """The distinct episodes one eval computes, in the order they are batched."""
+        if self.resident:
+            return self._by_length(np.arange(len(self.source.split)))
+        ids_KxB = np.stack([self.source.global_episode_ids(position + k)
+                            for k in range(self.eval_iters)])
+        return self._by_length(np.unique(ids_KxB))
+
+    def shape_counts(self, positions) -> dict[batching.BatchShape, int]:
+        """Exact batch shape -> batches, over evals at val positions `positions` (for a plan)."""
+        kept_G, trained_G = self.source.stats_G()
+        counts: dict[batching.BatchShape, int] = {}
+        b = self.source.batch_size
+        for position in positions[:1] if self.resident else positions:
+            for chunk in self._chunks(self._eval_ids(position)):
+                shape = batching.natural_shape(
+                    kept_G[chunk], trained_G[chunk], self.layout, local_rows=b,
+                    prepacked=self.source.split.segmented)
+                counts[shape] = counts.get(shape, 0) + (len(positions) if self.resident else 1)
+        return counts
+
+    def use_programs(self, programs: tuple[batching.BatchShape, ...]) -> None:
+        """Pads every eval batch up to the first of `programs` that covers it (a plan)."""
+        self.layout = dataclasses.replace(self.layout, programs=tuple(programs))
+        self._resident = None
 
     def _by_length(self, ids: np.ndarray) -> np.ndarray:
         """Episodes sorted by kept length: each batch's rows trim to nearly the same length."""
         kept = np.minimum(self.source.split.length_G[ids], self.source.block_size + 1)
         return ids[np.argsort(kept, kind="stable")]
 
-    def _place(self, ids: np.ndarray) -> list[tuple[np.ndarray, dict]]:
-        """`ids` in global batches of batch_size rows (the last one topped up with repeats of
-        its last episode, whose results are ignored), shaped and put on the devices."""
+    def _chunks(self, ids: np.ndarray) -> np.ndarray:
+        """`ids` in global batches of batch_size rows, the last one topped up with repeats of
+        its last episode (whose results are ignored)."""
         b = self.source.batch_size
         pad = -len(ids) % b
         ids = np.concatenate([ids, np.repeat(ids[-1:], pad)]) if pad else ids
+        return ids.reshape(-1, b)
+
+    def _place(self, ids: np.ndarray) -> list[tuple[np.ndarray, dict]]:
+        """`ids` in global batches (`_chunks`), shaped and put on the devices."""
         placed = []
-        for chunk in ids.reshape(-1, b):
+        for chunk in self._chunks(ids):
             shaped, _ = batching.shape_batch(
                 self.source.rows_for(chunk), self.layout, pad_id=self.source.pad_id,
                 process_index=jax.process_index(), process_count=jax.process_count())
@@ -104,8 +135,12 @@ class ValLoss:
 
     def episode_sums(self, params, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(loss sum, token count) of each episode in `ids`, as arrays over the split's G."""
-        placed = self._resident if self._resident is not None else self._place(
-            self._by_length(np.unique(ids)))
+        if self.resident:
+            if self._resident is None:
+                self._resident = self._place(self._eval_ids(0))
+            placed = self._resident
+        else:
+            placed = self._place(self._by_length(np.unique(ids)))
         out = jax.device_get([self.row_fn(params, batch) for _, batch in placed])
         n = len(self.source.split)
         sum_G, count_G = np.zeros(n, np.float64), np.zeros(n, np.float64)

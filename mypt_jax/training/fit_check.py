@@ -50,3 +50,17 @@ def check_train_step(step_fn: Any, r: cfg_lib.Resolved, tx: Any, mesh,
         return f"the train step at batch shape {shape} does not fit: {str(e).splitlines()[0]}"
     problem = dm.check(dm.from_compiled(compiled), capacity, f"the train step at batch shape {shape}")
     return problem
+
+
+def check_programs(progs, mesh, capacity: int | None = None) -> str | None:
+    """The same check on a run's planned train programs, compiled already before step 0."""
+    capacity = capacity or dm.device_capacity(mesh.devices.flat[0])
+    if capacity is None:
+        return None
+    for (kind, shape), compiled in progs.compiled.items():
+        if kind == "train":
+            problem = dm.check(dm.from_compiled(compiled), capacity,
+                               f"the train step at batch shape {shape}")
+            if problem:
+                return problem
+    return None

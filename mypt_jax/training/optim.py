@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple
 
@@ -21,18 +22,31 @@ def lr_schedule(
     min_lr: float = 0.0,
 ) -> optax.Schedule:
     """lr at update i (0-based): `lr * (i+1)/W` for i < W, then constant or cosine to min_lr."""
+    return schedule_from(schedule_values(learning_rate, max_iters, warmup_iters, min_lr), kind)
+
+
+def schedule_values(learning_rate: float, max_iters: int, warmup_iters: float,
+                    min_lr: float = 0.0) -> dict[str, float]:
+    """The numbers a schedule is made of; `RuntimeHyper` feeds them to the step as inputs."""
     W = warmup_steps(warmup_iters, max_iters)
-    decay_steps = max(max_iters - W, 1)
+    return {"learning_rate": learning_rate, "min_lr": min_lr,
+            # in float64 here, as the constant the schedule used to fold (min_lr + span * ...)
+            "lr_span": learning_rate - min_lr,
+            "warmup": max(W, 1), "warmup_end": W, "decay_steps": max(max_iters - W, 1)}
+
+
+def schedule_from(v: dict[str, Any], kind: str = "constant") -> optax.Schedule:
+    """The schedule over `schedule_values` numbers, Python floats or traced float32 scalars."""
 
     def schedule(count: jax.Array) -> jax.Array:
         i = jnp.asarray(count, jnp.float32)
-        warm = learning_rate * (i + 1.0) / max(W, 1)
+        warm = v["learning_rate"] * (i + 1.0) / v["warmup"]
         if kind == "cosine":
-            progress = jnp.clip((i - W) / decay_steps, 0.0, 1.0)
-            after = min_lr + 0.5 * (learning_rate - min_lr) * (1.0 + jnp.cos(math.pi * progress))
+            progress = jnp.clip((i - v["warmup_end"]) / v["decay_steps"], 0.0, 1.0)
+            after = v["min_lr"] + 0.5 * v["lr_span"] * (1.0 + jnp.cos(math.pi * progress))
         else:
-            after = jnp.float32(learning_rate)
-        return jnp.where(i < W, warm, after)
+            after = jnp.asarray(v["learning_rate"], jnp.float32)
+        return jnp.where(i < v["warmup_end"], warm, after)
 
     return schedule
 
@@ -76,6 +90,27 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
+@dataclasses.dataclass(frozen=True)
+class RuntimeHyper:
+    """The hyperparameters that differ between the curriculum's phases, as inputs of the step.
+
+    Learning rate, warmup, schedule length and weight decay change from phase to phase. As
+    constants folded into the compiled train step they made every phase's step a different
+    program (and a persistent-cache miss); as float32 scalar inputs the four phases share one
+    program per batch shape. Betas, eps and the clip norm stay constants: the phases share
+    them, and optax's `1 - beta` would round differently in float32 than as a folded constant.
+    """
+
+    kind: str  # the schedule's shape ("constant" | "cosine"): program structure
+    values: dict[str, float]  # schedule_values(...) and "weight_decay"
+
+    def arrays(self) -> dict[str, jax.Array]:
+        return {k: jnp.float32(v) for k, v in self.values.items()}
+
+    def schedule(self, values: dict[str, Any] | None = None) -> optax.Schedule:
+        return schedule_from(self.values if values is None else values, self.kind)
+
+
 def make_optimizer(
     *,
     learning_rate: float,
@@ -97,32 +132,53 @@ def make_optimizer(
     trainable rows (freeze.py): as upstream, frozen parameters are outside the clip norm and
     AdamW, and the decay groups of the rest are unchanged.
     """
-    schedule = lr_schedule(learning_rate, max_iters, warmup_iters, lr_schedule_kind, min_lr)
+    hyper = RuntimeHyper(lr_schedule_kind, {
+        **schedule_values(learning_rate, max_iters, warmup_iters, min_lr),
+        "weight_decay": weight_decay})
+    return optimizer_with(hyper, None, beta1=beta1, beta2=beta2, eps=eps, grad_clip=grad_clip,
+                          freeze=freeze)
+
+
+def optimizer_with(hyper: RuntimeHyper, values: dict[str, Any] | None, *, beta1: float,
+                   beta2: float, eps: float, grad_clip: float, freeze: Freeze | None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The chain of `make_optimizer` over `values` (traced scalars) or `hyper`'s own numbers;
+    the optimizer state has the same structure either way."""
+    values = hyper.values if values is None else values
+    schedule = hyper.schedule(values)
     parts = []
     if grad_clip > 0:
         parts.append(clip_by_global_norm_upstream(grad_clip))
-    parts.append(
-        optax.adamw(
-            schedule, b1=beta1, b2=beta2, eps=eps, weight_decay=weight_decay, mask=decay_mask
-        )
-    )
+    parts.append(optax.adamw(schedule, b1=beta1, b2=beta2, eps=eps,
+                             weight_decay=values["weight_decay"], mask=decay_mask))
     tx = optax.chain(*parts)
     if freeze is not None and freeze.active:
         return trainable_only(tx, freeze), schedule
     return tx, schedule
 
 
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """A config's optimizer: built once with its numbers (init, shardings, the host's lr), and
+    rebuildable inside the step over traced `hyper` values (`make_train_step(..., optimizer=)`)."""
+
+    hyper: RuntimeHyper
+    constants: dict[str, Any]  # beta1, beta2, eps, grad_clip, freeze
+
+    def build(self, values: dict[str, Any] | None = None):
+        return optimizer_with(self.hyper, values, **self.constants)
+
+
 def optimizer_from_config(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    return make_optimizer(
-        learning_rate=config.learning_rate,
-        max_iters=config.max_iters,
-        warmup_iters=config.warmup_iters,
-        lr_schedule_kind=config.lr_schedule,
-        min_lr=config.min_lr,
-        weight_decay=config.weight_decay,
-        beta1=config.beta1,
-        beta2=config.beta2,
-        eps=config.adam_eps,
-        grad_clip=config.grad_clip,
-        freeze=Freeze(layers=config.freeze_layers, embeddings=config.freeze_embeddings),
-    )
+    return optimizer_spec(config).build()
+
+
+def optimizer_spec(config) -> Optimizer:
+    hyper = RuntimeHyper(config.lr_schedule, {
+        **schedule_values(config.learning_rate, config.max_iters, config.warmup_iters,
+                          config.min_lr),
+        "weight_decay": config.weight_decay})
+    return Optimizer(hyper, {
+        "beta1": config.beta1, "beta2": config.beta2, "eps": config.adam_eps,
+        "grad_clip": config.grad_clip,
+        "freeze": Freeze(layers=config.freeze_layers, embeddings=config.freeze_embeddings)})

@@ -23,6 +23,7 @@ from mypt_jax.model.param_table import param_shardings
 from mypt_jax.model.transformer import GPT
 from mypt_jax.parallel import sharding
 from mypt_jax.training import freeze as freeze_lib
+from mypt_jax.training import optim
 
 Params = dict[str, Any]
 Batch = dict[str, jax.Array]
@@ -150,6 +151,28 @@ def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_siz
                                  mesh)
 
 
+class TrainStep:
+    """`step(state, batch) -> (state, metrics)` with the run's hyperparameters as inputs.
+
+    The jitted function takes `(state, batch, hyper)`; this binds `hyper` (the run's float32
+    scalars), so phases that differ only in those numbers run one compiled program.
+    `lower(state, batch)` lowers it for an ahead-of-time compile; the compiled program is
+    called as `compiled(state, batch, step.hyper)`.
+    """
+
+    def __init__(self, jitted, hyper: dict[str, jax.Array]):
+        self.jitted, self.hyper = jitted, hyper
+
+    def __call__(self, state, batch):
+        return self.jitted(state, batch, self.hyper)
+
+    def lower(self, state, batch):
+        return self.jitted.lower(state, batch, self.hyper)
+
+    def _cache_size(self) -> int:
+        return self.jitted._cache_size()
+
+
 def make_train_step(
     mdef: ModelDef,
     tx: optax.GradientTransformation,
@@ -159,6 +182,7 @@ def make_train_step(
     seed: int,
     grad_accum_steps: int = 1,
     loss_chunk_size: int = 0,
+    optimizer: optim.Optimizer | None = None,
 ):
     """`step(state, batch) -> (state, metrics)`, jitted over `mesh` with the state donated.
 
@@ -172,14 +196,18 @@ def make_train_step(
     A `tx` that freezes parameters (freeze.py) gets the trainable view of the gradients
     only, so the accumulator, the gradient norm and the update exclude frozen rows, and the
     frozen rows of the parameters are never written.
+
+    With `optimizer` (the spec `tx` and `schedule` were built from) the step is a
+    `TrainStep`: `tx` is rebuilt inside it over its runtime hyperparameters.
     """
     k = grad_accum_steps
-    freeze, inner_tx = freeze_lib.split(tx)
     base_key = jax.random.key(seed)
     state_sh = state_shardings(tx, mdef.config, mesh)
     micro_sh = NamedSharding(mesh, PartitionSpec(None, *batch_sharding(mesh).spec))
 
-    def step(state: TrainState, batch: Batch):
+    def step(state: TrainState, batch: Batch, hyper=None):
+        run_tx, run_schedule = (tx, schedule) if hyper is None else optimizer.build(hyper)
+        freeze, inner_tx = freeze_lib.split(run_tx)
         key = jax.random.fold_in(base_key, state.step)
         micro = jax.tree.map(
             lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch
@@ -212,18 +240,18 @@ def make_train_step(
         metrics = {
             "train_loss": loss_sum / denom,
             "grad_norm": grad_norm,
-            "lr": schedule(state.step),
+            "lr": run_schedule(state.step),
             "loss_tokens": count,
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     metrics_sh = replicated(mesh)
-    return jax.jit(
-        step,
-        in_shardings=(state_sh, batch_sharding(mesh)),
-        out_shardings=(state_sh, metrics_sh),
-        donate_argnums=(0,),
-    )
+    if optimizer is None:
+        return jax.jit(step, in_shardings=(state_sh, batch_sharding(mesh)),
+                       out_shardings=(state_sh, metrics_sh), donate_argnums=(0,))
+    jitted = jax.jit(step, in_shardings=(state_sh, batch_sharding(mesh), replicated(mesh)),
+                     out_shardings=(state_sh, metrics_sh), donate_argnums=(0,))
+    return TrainStep(jitted, optimizer.hyper.arrays())
 
 
 def make_eval_step(mdef: ModelDef, mesh: Mesh, *, loss_chunk_size: int = 0):

@@ -1,11 +1,11 @@
-"""Throughput and compile accounting of the train loop's steps (for the log lines)."""
+"""Throughput of the train loop's steps (for the log lines)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from mypt_jax.data.batching import BatchInfo, BatchShape
+from mypt_jax.data.batching import BatchInfo
 
 
 class StepWindow:
@@ -40,29 +40,3 @@ class StepWindow:
             "computed_positions_per_s": rate("computed_positions"),
             "buckets": [str(i.shape) for i in infos],
         }
-
-
-class CompileCounter:
-    """Counts the compiles of a jitted step; a compile for a batch shape already seen is news.
-
-    Each new batch shape (bucket) costs one compile, by design. A recompile past that count
-    (a shape seen before, compiled again) means something else changed between calls, such
-    as a dtype or a sharding, and every such step pays the compile again.
-    """
-
-    def __init__(self, jitted) -> None:
-        self._jitted = jitted
-        self.shapes: set[BatchShape] = set()
-        self.compiles = 0
-
-    def after_call(self, shape: BatchShape) -> tuple[bool, str | None]:
-        """(compiled now?, warning or None), after calling the step on a batch of `shape`."""
-        self.shapes.add(shape)
-        # jax.jit's compile cache size (a private API); a wrapped step without it counts shapes.
-        cache_size = getattr(self._jitted, "_cache_size", None)
-        size = cache_size() if cache_size else len(self.shapes)
-        compiled, self.compiles = size > self.compiles, size
-        if compiled and size > len(self.shapes):
-            return True, (f"the train step compiled {size} times for {len(self.shapes)} batch "
-                          f"shapes; the last compile was for {shape}, a shape seen before")
-        return compiled, None

@@ -33,8 +33,9 @@ from mypt_jax.model.config import ModelConfig
 from mypt_jax.model.param_table import param_shardings
 from mypt_jax.parallel import sharding
 from mypt_jax.training import checkpoint as ckpt_lib
-from mypt_jax.training import config as cfg_lib
 from mypt_jax.training import (
+    compile_cache,
+    compile_plan,
     eval_sets,
     evaluation,
     exports,
@@ -46,10 +47,12 @@ from mypt_jax.training import (
     prefetch,
     resume,
 )
+from mypt_jax.training import config as cfg_lib
 from mypt_jax.training import step as ts
 from mypt_jax.training.init_source import InitSource
 from mypt_jax.training.metrics import MetricsWriter
-from mypt_jax.training.step_stats import CompileCounter, StepWindow
+from mypt_jax.training.shape_plan import step_flops
+from mypt_jax.training.step_stats import StepWindow
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,7 @@ class _Run:
         self.sets: dict[str, evaluation.ValLoss] = {}  # eval_sets: name -> its val loss
         self.set_positions: dict[str, int] = {}
         self.first_sets: dict[str, float] = {}  # each set's loss at the run's first eval
+        self.rates: list[float] = []  # model FLOP/s of each log window (the plan's next cost)
 
     def nan_stop(self, what: str, value: float, step: int) -> None:
         self.ckpt.wait()
@@ -164,9 +168,14 @@ class _Run:
                 self.log_step(step, m)
 
     def log_step(self, step: int, m: dict[str, float]) -> None:
+        shapes = [i.shape for i in self.window.infos]
+        window = self.window.close()
+        if window["step_time"] > 0 and shapes:
+            flops = sum(step_flops(self.r.model_config, s) for s in shapes)
+            self.rates.append(flops / (window["step_time"] * len(shapes)))
         record = {
             "iter": step, "train_loss": m["train_loss"], "lr": m["lr"],
-            "grad_norm": m["grad_norm"], "loss_tokens": m["loss_tokens"], **self.window.close(),
+            "grad_norm": m["grad_norm"], "loss_tokens": m["loss_tokens"], **window,
             "input_wait_s": self.feed.take_wait_s() if self.feed else 0.0,
         }
         self.writer.write(record)
@@ -195,9 +204,11 @@ class _Run:
         self.val_position += c.eval_iters
         if not math.isfinite(v):
             self.nan_stop("val loss", v, step)
+        t1 = time.perf_counter()
         results = [] if eval_prompts is None else _generate(
             mdef.merge(evaluation.decode_layout(state.params, self.mesh)), self.r.tokenizer,
             eval_prompts, c.eval_max_new_tokens)
+        t2 = time.perf_counter()
         set_losses = {}
         for name, set_fn in self.sets.items():
             set_losses[name] = set_fn(state.params, self.set_positions[name])[0]
@@ -222,7 +233,8 @@ class _Run:
             record["red_lines"] = findings
         if final:
             record["final"] = True
-        record["eval_time"] = time.perf_counter() - t0
+        now = time.perf_counter()
+        record.update(eval_time=now - t0, val_s=t1 - t0, generate_s=t2 - t1, eval_sets_s=now - t2)
         self.writer.write(record)
         self.writer.scalars(step, {"val_loss": v, "val_loss_token_weighted": v_tok,
                                    **{f"val_loss/{n}": x for n, x in set_losses.items()}})
@@ -275,6 +287,18 @@ class _Run:
         raise preemption.Preempted(step, signal_name, where)
 
 
+def _warn_late(progs, writer: MetricsWriter, step: int) -> None:
+    """A program compiled during the run (a shape the plan did not foresee) is a warning."""
+    for record in progs.late:
+        warning = (f"{record['program']} program for {record['shape']} compiled during the run "
+                   f"({record['seconds']:.1f}s): a shape outside the plan")
+        log.warning("step %d: %s", step, warning)
+        writer.print(f"warning: step {step}: {warning}")
+        writer.write({"iter": step, "event": "compile", "ahead": False, "warning": warning,
+                      **record})
+    progs.late.clear()
+
+
 def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
     """Trains (or resumes, or reports a finished run) and returns a summary dict."""
     t_start = time.perf_counter()
@@ -291,8 +315,10 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
            t_start: float) -> dict[str, Any]:
     c = r.config
     is_main = jax.process_index() == 0
+    cache_dir = compile_cache.use(c.compilation_cache_dir)  # before anything compiles
     mesh = cfg_lib.mesh_for(r)
-    tx, schedule = optim.optimizer_from_config(c)
+    optimizer = optim.optimizer_spec(c)
+    tx, schedule = optimizer.build()
     data_identity = identity.data_identity(c)
     sets_spec = eval_sets.parse(c.eval_sets)  # checked on disk by cfg_lib.resolve
 
@@ -351,30 +377,47 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     eval_prompts = _load_eval_prompts(c.eval_prompts_file)
     step_fn = ts.make_train_step(
         mdef, tx, schedule, mesh, seed=c.seed, grad_accum_steps=c.grad_accum_steps,
-        loss_chunk_size=c.loss_chunk_size,
+        loss_chunk_size=c.loss_chunk_size, optimizer=optimizer,
     )
-    val_fn = evaluation.ValLoss(
-        val_source, evaluation.make_row_loss_step(mdef, mesh, loss_chunk_size=c.loss_chunk_size),
-        mesh, layout, c.eval_iters)
+    step_fn.hyper = jax.device_put(step_fn.hyper, ts.replicated(mesh))
+    row_fn = evaluation.make_row_loss_step(mdef, mesh, loss_chunk_size=c.loss_chunk_size)
+    # The evals call the planned programs (compiled below) by their batch's shape.
+    def eval_row_fn(params, batch):
+        return progs.call("eval", batching.shape_of(batch), params, batch)
+
+    val_fn = evaluation.ValLoss(val_source, eval_row_fn, mesh, layout, c.eval_iters)
     run.val_position = int(val_state["next_index"])
     positions = meta.get("data_position", {})
     for name, path in sets_spec.items():
         run.sets[name] = evaluation.ValLoss(
-            data.make_source(path, "val", **stream), val_fn.row_fn, mesh, layout, c.eval_iters,
+            data.make_source(path, "val", **stream), eval_row_fn, mesh, layout, c.eval_iters,
             name=name)
         run.set_positions[name] = int(positions.get(f"val/{name}", 0))
     run.first_sets = dict(meta.get("first_eval_sets") or {})
-    run.feed = prefetch.Feed(
-        lambda k: prefetch.device_batch(train_source[k], mesh, layout, r.tokenizer.eot_id),
-        int(train_state["next_index"]), depth=c.prefetch_batches)
-    stack.callback(run.feed.close)
+
+    # ----- the shape plan; every planned program compiled before step 0 -----
+    timings = compile_plan.timings_for(r, mesh, cache_dir)
+    planned, train_layout = compile_plan.plan_run(
+        r, mesh, layout, train_source, [val_fn, *run.sets.values()], timings=timings,
+        print_fn=writer.print)
+    progs = planned.programs
+    for p in (planned.train, planned.eval):
+        writer.print(p.describe())
+        writer.write({"iter": start, "event": "shape_plan", **p.to_dict()})
+    compile_plan.compile_run(planned, r, mesh, tx, step_fn, row_fn, threads=c.compile_threads)
+    for record in progs.records:
+        writer.write({"iter": start, "event": "compile", "ahead": True, **record})
     if jax.default_backend() != "cpu":  # the preflight's memory check, on the real device
-        problem = fit_check.check_train_step(step_fn, r, tx, mesh)
+        problem = fit_check.check_programs(progs, mesh)
         if problem:
             raise cfg_lib.ConfigError(
                 f"remat/grad_accum_steps/mesh_fsdp: {problem}; `python -m mypt_jax.preflight "
                 "--config=<this config>` names the cheapest change that fits")
-    compiles = CompileCounter(step_fn)
+    run.feed = prefetch.Feed(
+        lambda k: prefetch.device_batch(train_source[k], mesh, train_layout, r.tokenizer.eot_id),
+        int(train_state["next_index"]), depth=c.prefetch_batches)
+    stack.callback(run.feed.close)
+    shapes_seen: set[batching.BatchShape] = set()
 
     # ----- the loop: eval, save, update -----
     step = start
@@ -389,14 +432,9 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         if do_save:
             run.save(step, state, evaluated=do_eval)
         batch, info = run.feed.next()
-        state, metrics = step_fn(state, batch)
-        compiled, warning = compiles.after_call(info.shape)
-        if compiled:
-            writer.write({"iter": step, "event": "compile", "shape": str(info.shape),
-                          "compiles": compiles.compiles})
-        if warning:
-            log.warning("step %d: %s", step, warning)
-            writer.print(f"warning: step {step}: {warning}")
+        state, metrics = progs.call("train", info.shape, state, batch, step_fn.hyper)
+        shapes_seen.add(info.shape)
+        _warn_late(progs, writer, step)
         run.pending.append((step, metrics, info))
         run.flush()
         run.log_saves()
@@ -407,6 +445,9 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
 
     # ----- final eval, checkpoint, exports -----
     record = run.evaluate(c.max_iters, state, val_fn, mdef, eval_prompts, final=True)
+    _warn_late(progs, writer, c.max_iters)
+    if is_main:
+        compile_plan.remember(planned, timings, run.rates)
     summary = {
         "workdir": c.workdir,
         "steps": c.max_iters,
@@ -420,8 +461,11 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
                       for n in run.sets},
         "resumed_from": latest,
         "wall_time_s": time.perf_counter() - t_start,
-        "batch_shapes": sorted(str(s) for s in compiles.shapes),
-        "compiles": compiles.compiles,
+        "batch_shapes": sorted(str(s) for s in shapes_seen),
+        "compiles": progs.records,
+        "compile_s": progs.serial_seconds(),
+        "compile_wall_s": progs.ahead_wall_s,
+        "shape_plan": planned.summary(),
         "damaged_checkpoints": begin.warnings,
     }
     run.save(c.max_iters, state, evaluated=True, finished=True, summary=summary)

@@ -1,0 +1,126 @@
+"""A run's programs, planned from its data and compiled before step 0 (the trainer's setup).
+
+1. The train stream's exact batch shapes over the whole run and the evals' (val split and
+   eval sets) are read from the episode index; `shape_plan.plan` merges rare shapes into
+   covering ones where the cost model says the padding is cheaper than a compile.
+2. Every planned train and eval program is lowered and compiled concurrently
+   (`programs.Programs.compile_ahead`), through the persistent compilation cache.
+3. The loop and the evals then call the compiled programs by shape.
+
+Cost model inputs: compile seconds and the step's FLOP rate measured by earlier runs of the
+same model on the same devices (`compile_cache.Timings`), else a backend prior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import statistics
+from typing import Any
+
+import jax
+
+from mypt_jax.data import batching
+from mypt_jax.training import compile_cache, shape_plan
+from mypt_jax.training import step as ts
+from mypt_jax.training.fit_check import sharded_batch
+from mypt_jax.training.programs import Job, Programs
+
+
+def timings_for(r, mesh, cache_dir: str) -> compile_cache.Timings:
+    """The Timings entry of this model on these devices (what a compile's cost depends on)."""
+    key = json.dumps({"model": r.model_config.to_dict(), "mesh": dict(mesh.shape),
+                      "backend": jax.default_backend(),
+                      "device": mesh.devices.flat[0].device_kind,
+                      "remat": r.config.remat, "grad_accum": r.config.grad_accum_steps},
+                     sort_keys=True)
+    return compile_cache.Timings(cache_dir, hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def cost_for(timings: compile_cache.Timings, devices: int) -> shape_plan.Cost:
+    """Measured numbers where an earlier run left them, else the backend's prior (its step
+    rate per device times the accelerators)."""
+    backend = jax.default_backend()
+    prior = shape_plan.Cost.prior(backend)
+    known = timings.get()
+    # Simulated CPU devices share the host's cores: no more FLOP/s for more of them.
+    scale = 1 if backend == "cpu" else devices
+    return shape_plan.Cost(known.get("compile_s", prior.compile_s),
+                           known.get("flops_per_s", prior.flops_per_s * scale))
+
+
+def eval_positions(c) -> list[int]:
+    """The val stream position of every eval of the whole run (steps 0, interval, ..., final)."""
+    evals = len(range(0, c.max_iters, c.eval_interval)) + 1
+    return [k * c.eval_iters for k in range(evals)]
+
+
+@dataclasses.dataclass
+class RunPrograms:
+    programs: Programs
+    train: shape_plan.ShapePlan
+    eval: shape_plan.ShapePlan | None
+    cost: shape_plan.Cost
+
+    def summary(self) -> dict[str, Any]:
+        return {"train": self.train.to_dict(),
+                "eval": None if self.eval is None else self.eval.to_dict(),
+                "cost_model": dataclasses.asdict(self.cost)}
+
+
+def plan_run(r, mesh, layout: batching.Layout, train_source, val_losses: list, *,
+             timings: compile_cache.Timings, cost: shape_plan.Cost | None = None,
+             print_fn=print) -> tuple[RunPrograms, batching.Layout]:
+    """The train and eval plans (the eval losses are told their programs); returns the train
+    layout with its planned programs. `cost` defaults to `cost_for(timings)`."""
+    c, mc = r.config, r.model_config
+    cost = cost or cost_for(timings, mesh.size)
+
+    def planned(kind: str, counts):
+        return shape_plan.plan(
+            counts, lambda s: shape_plan.step_flops(mc, s, kind) / cost.flops_per_s,
+            cost.compile_s, kind=kind, max_extra=shape_plan.MAX_EXTRA_POSITIONS,
+            exact=c.compile_plan == "exact")
+
+    train = planned("train", shape_plan.count_shapes(train_source, layout, range(c.max_iters)))
+    eval_plan = None
+    if val_losses:
+        counts: dict[batching.BatchShape, int] = {}
+        for val in val_losses:
+            for s, n in val.shape_counts(eval_positions(c)).items():
+                counts[s] = counts.get(s, 0) + n
+        eval_plan = planned("eval", counts)
+        for val in val_losses:
+            val.use_programs(eval_plan.programs)
+    return (RunPrograms(Programs(print_fn), train, eval_plan, cost),
+            dataclasses.replace(layout, programs=train.programs))
+
+
+def compile_run(run: RunPrograms, r, mesh, tx, step_fn: ts.TrainStep, row_fn, *,
+                threads: int = 0) -> None:
+    """Compiles every planned program before step 0 (raises programs.CompileError)."""
+    state = ts.abstract_state(tx, r.model_config, mesh)
+    params = ts.abstract_params(r.model_config, mesh)
+    hyper = step_fn.hyper
+    progs = run.programs
+    progs.register("train", lambda s, b, h: step_fn.jitted.lower(s, b, h))
+    progs.register("eval", lambda p, b: row_fn.lower(p, b))
+    jobs = [Job("train", s, lambda s=s: step_fn.jitted.lower(state, sharded_batch(s, mesh), hyper))
+            for s in run.train.programs]
+    if run.eval is not None:
+        jobs += [Job("eval", s, lambda s=s: row_fn.lower(params, sharded_batch(s, mesh)))
+                 for s in run.eval.programs]
+    progs.compile_ahead(jobs, threads)
+
+
+def remember(run: RunPrograms, timings: compile_cache.Timings, rates: list[float]) -> None:
+    """Keeps this run's measured compile seconds (misses only) and step FLOP rate."""
+    misses = [x["seconds"] for x in run.programs.records if x["cache_hit"] is not True]
+    values = {}
+    if misses:
+        values["compile_s"] = statistics.median(misses)
+    if rates:
+        values["flops_per_s"] = statistics.median(rates)
+    if values:
+        timings.update(**values)
