@@ -17,7 +17,7 @@ from typing import Any
 
 from mypt_jax.data.paths import read_json
 from mypt_jax.data.tokenizer import SEED_SPECIAL_TOKENS, Tokenizer
-from mypt_jax.decoding import decode
+from mypt_jax.decoding import decode, fitting
 from mypt_jax.decoding.fitting import fit_new_tokens
 
 # Same strings in the seed and the newer token maps; only their ids moved.
@@ -122,6 +122,15 @@ def evaluate(
             "stopped_by": gen.stopped_by,
         })
     return results
+
+
+def generation_shape(eval_prompts: EvalPrompts, tokenizer: Tokenizer, block_size: int,
+                     max_new_tokens: int) -> tuple[int, int, int]:
+    """(rows B, prompt bucket P, new-token bucket N) of `evaluate`'s generation program."""
+    ids = fitting.fit_prompts([tokenizer.encode(p) for p in eval_prompts.prompts.values()],
+                              block_size=block_size, max_new_tokens=max_new_tokens)
+    return (len(ids), fitting.prompt_bucket(max(len(x) for x in ids), block_size),
+            fitting.new_tokens_bucket(max_new_tokens))
 
 
 def new_tokens_for(model: Any, tokenizer: Tokenizer | None, eval_prompts: EvalPrompts,

@@ -110,17 +110,14 @@ def decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
     """
     from flax import nnx
 
-    from mypt_jax.decoding import decode, eval_prompts, fitting
+    from mypt_jax.decoding import decode, eval_prompts
     from mypt_jax.model import attention
 
     c, mc = r.config, r.model_config
     if not c.eval_prompts_file:
         return None
-    prompts = eval_prompts.load_eval_prompts(c.eval_prompts_file).prompts
-    ids = fitting.fit_prompts([r.tokenizer.encode(p) for p in prompts.values()],
-                             block_size=mc.block_size, max_new_tokens=c.eval_max_new_tokens)
-    B, P = len(ids), fitting.prompt_bucket(max(len(x) for x in ids), mc.block_size)
-    N = fitting.new_tokens_bucket(c.eval_max_new_tokens)
+    B, P, N = eval_prompts.generation_shape(eval_prompts.load_eval_prompts(c.eval_prompts_file),
+                                            r.tokenizer, mc.block_size, c.eval_max_new_tokens)
     stops = len(decode.default_stop_ids(r.tokenizer))
     width = max(decode.STOP_SLOTS, -(-stops // decode.STOP_SLOTS) * decode.STOP_SLOTS)
 

@@ -97,9 +97,21 @@ def plan_run(r, mesh, layout: batching.Layout, train_source, val_losses: list, *
             dataclasses.replace(layout, programs=train.programs))
 
 
+def generation_job(r, eval_prompts, generate) -> Job:
+    """The eval-prompt generation as a job: compiled by running `generate` once on the
+    starting weights (the step-0 eval then finds it in jax.jit's cache; the job's seconds
+    include that one run, milliseconds on an accelerator)."""
+    from mypt_jax.decoding import eval_prompts as eval_lib
+
+    B, P, N = eval_lib.generation_shape(eval_prompts, r.tokenizer, r.config.block_size,
+                                        r.config.eval_max_new_tokens)
+    return Job("generate", f"{B}x{P}+{N}", None, warm=generate)
+
+
 def compile_run(run: RunPrograms, r, mesh, tx, step_fn: ts.TrainStep, row_fn, *,
-                threads: int = 0) -> None:
-    """Compiles every planned program before step 0 (raises programs.CompileError)."""
+                threads: int = 0, generate: Job | None = None) -> None:
+    """Compiles every planned program before step 0, and `generate` (`generation_job`)
+    (raises programs.CompileError)."""
     state = ts.abstract_state(tx, r.model_config, mesh)
     params = ts.abstract_params(r.model_config, mesh)
     hyper = step_fn.hyper
@@ -111,7 +123,7 @@ def compile_run(run: RunPrograms, r, mesh, tx, step_fn: ts.TrainStep, row_fn, *,
     if run.eval is not None:
         jobs += [Job("eval", s, lambda s=s: row_fn.lower(params, sharded_batch(s, mesh)))
                  for s in run.eval.programs]
-    progs.compile_ahead(jobs, threads)
+    progs.compile_ahead(jobs + ([generate] if generate else []), threads)
 
 
 def remember(run: RunPrograms, timings: compile_cache.Timings, rates: list[float]) -> None:

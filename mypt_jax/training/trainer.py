@@ -404,7 +404,11 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     for p in (planned.train, planned.eval):
         writer.print(p.describe())
         writer.write({"iter": start, "event": "shape_plan", **p.to_dict()})
-    compile_plan.compile_run(planned, r, mesh, tx, step_fn, row_fn, threads=c.compile_threads)
+    generate = None if eval_prompts is None else compile_plan.generation_job(
+        r, eval_prompts, lambda: _generate(mdef.merge(evaluation.decode_layout(state.params, mesh)),
+                                           r.tokenizer, eval_prompts, c.eval_max_new_tokens))
+    compile_plan.compile_run(planned, r, mesh, tx, step_fn, row_fn, threads=c.compile_threads,
+                             generate=generate)
     for record in progs.records:
         writer.write({"iter": start, "event": "compile", "ahead": True, **record})
     if jax.default_backend() != "cpu":  # the preflight's memory check, on the real device
