@@ -26,8 +26,8 @@ from mypt_jax.curriculum.phases import PHASES as CURRICULUM  # noqa: E402
 from mypt_jax.data import batching  # noqa: E402
 from mypt_jax.data import inspect as data_inspect  # noqa: E402
 from mypt_jax.data import loader as data  # noqa: E402
+from mypt_jax.training import compile_cache, compile_plan, shape_plan  # noqa: E402
 from mypt_jax.training import config as cfg_lib  # noqa: E402
-from mypt_jax.training import shape_plan  # noqa: E402
 
 # Each phase's preset file, from the curriculum's one table.
 PHASES = {name: f"configs/{p.config}.py" for name, p in CURRICULUM.items()}
@@ -41,8 +41,9 @@ def main(argv=None) -> None:
     p.add_argument("--compile_s", type=float, default=0.0, help="a compile's seconds (0: prior)")
     p.add_argument("--pack", action="store_true", help="pack_episodes=True")
     args = p.parse_args(argv)
-    prior = shape_plan.Cost.prior(args.platform)
-    cost = shape_plan.Cost(args.compile_s or prior.compile_s, prior.flops_per_s * args.devices)
+    cost = compile_plan.cost_for(compile_cache.Timings("", ""), args.devices, args.platform)
+    if args.compile_s:
+        cost = dataclasses.replace(cost, compile_s=args.compile_s)
     out = {"platform": args.platform, "devices": args.devices, "pack": args.pack,
            "cost": dataclasses.asdict(cost), "phases": {}}
     distinct: set[str] = set()

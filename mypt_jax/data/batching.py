@@ -214,13 +214,19 @@ def natural_shape(lengths_G, trained_G, layout: Layout, *, local_rows: int, proc
                   prepacked: bool = False) -> BatchShape:
     """The exact shape of a global batch from its row statistics (no tokens needed)."""
     real_G = np.maximum(np.asarray(lengths_G, np.int64) - 1, 0)
-    trained_G = np.asarray(trained_G, np.int64)
+    return _shape_and_packing(real_G, np.asarray(trained_G, np.int64), layout, local_rows,
+                              process_count, prepacked)[0]
+
+
+def _shape_and_packing(real_G, trained_G, layout: Layout, b: int, process_count: int,
+                       prepacked: bool) -> tuple[BatchShape, list | None]:
+    """The exact shape, and every process's bins when the layout packs (else None)."""
     if layout.pack and not prepacked:
-        length, rows, k, _ = _pack_plan(real_G, trained_G, layout, local_rows, process_count)
-        return BatchShape(rows * process_count, length, k, True)
+        length, rows, k, plans = _pack_plan(real_G, trained_G, layout, b, process_count)
+        return BatchShape(rows * process_count, length, k, True), plans
     length = _smallest_fitting(layout.length_buckets, int(real_G.max(initial=0)))
     k = _positions_for(layout, length, int(trained_G.max(initial=0)))
-    return BatchShape(local_rows * process_count, length, k, prepacked)
+    return BatchShape(b * process_count, length, k, prepacked), None
 
 
 def fit_program(shape: BatchShape, programs: Sequence[BatchShape]) -> BatchShape:
@@ -253,11 +259,9 @@ def shape_batch(local: Batch, layout: Layout, *, pad_id: int = 0, process_index:
     if layout.pack and prepacked:
         raise ValueError("pack_episodes: the rows were packed at prepare time (the dataset has "
                          "segment_ids.bin) and cannot be packed again; set pack_episodes=False")
-    shape = fit_program(natural_shape(lengths_G, trained_G, layout, local_rows=b,
-                                      process_count=process_count, prepacked=prepacked),
-                        layout.programs)
-    if layout.pack:
-        _, _, _, plans = _pack_plan(real_G, trained_G, layout, b, process_count)
+    exact, plans = _shape_and_packing(real_G, trained_G, layout, b, process_count, prepacked)
+    shape = fit_program(exact, layout.programs)
+    if plans is not None:
         mine = real_G[process_index * b:(process_index + 1) * b]
         out = place(plans[process_index], mine, rows, shape.rows // process_count, shape.length,
                     fill={"inputs": pad_id, "targets": pad_id})

@@ -28,7 +28,7 @@ from mypt_jax.data import loader as data
 from mypt_jax.preflight import compiling as pre
 from mypt_jax.preflight import phase_estimate
 from mypt_jax.preflight import programs as tp
-from mypt_jax.training import compile_cache, compile_plan, evaluation, shape_plan
+from mypt_jax.training import compile_cache, compile_plan, evaluation
 from mypt_jax.training import config as cfg_lib
 
 
@@ -50,10 +50,10 @@ def _plans(r: cfg_lib.Resolved, mesh, target: pre.Target):
     val = evaluation.ValLoss(data.make_source(c.dataset_dir, "val", **stream), None, mesh,
                              layout, c.eval_iters)
     platform = target.chip.platform.replace("cuda", "gpu") if target.chip else "cpu"
-    prior = shape_plan.Cost.prior(platform)
-    cost = shape_plan.Cost(prior.compile_s, prior.flops_per_s * len(target.devices))
-    planned, _ = compile_plan.plan_run(r, mesh, layout, train, [val],
-                                       timings=compile_cache.Timings("", ""), cost=cost)
+    no_measurements = compile_cache.Timings("", "")  # as the run's first time on the target
+    cost = compile_plan.cost_for(no_measurements, len(target.devices), platform)
+    planned, _ = compile_plan.plan_run(r, mesh, layout, train, [val], timings=no_measurements,
+                                       cost=cost)
     return planned
 
 

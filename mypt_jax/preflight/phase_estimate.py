@@ -13,6 +13,7 @@ from typing import Any
 from mypt_jax.data import batching
 from mypt_jax.preflight import chips
 from mypt_jax.training import config as cfg_lib
+from mypt_jax.training.shape_plan import count_shapes
 
 
 def bucket_mix(r: cfg_lib.Resolved, layout: batching.Layout,
@@ -23,18 +24,10 @@ def bucket_mix(r: cfg_lib.Resolved, layout: batching.Layout,
 
     if batches <= 0 or not os.path.isdir(r.config.dataset_dir or ""):
         return None
-    it = data.make_iterator(r.config.dataset_dir, "train", tokenizer=r.tokenizer,
-                            row_stats=True, process_index=0, process_count=1,
-                            **data_inspect.iterator_kwargs(r.config))
-    counts: dict[batching.BatchShape, int] = {}
-    try:
-        for _ in range(batches):
-            _, info = batching.shape_batch(next(it), layout, pad_id=r.tokenizer.eot_id)
-            counts[info.shape] = counts.get(info.shape, 0) + 1
-    finally:
-        close = getattr(it, "close", None)
-        if close:
-            close()
+    source = data.make_source(r.config.dataset_dir, "train", tokenizer=r.tokenizer,
+                              process_index=0, process_count=1,
+                              **data_inspect.iterator_kwargs(r.config))
+    counts = count_shapes(source, layout, range(batches))  # from the episode index alone
     return {k: v / batches for k, v in counts.items()}
 
 

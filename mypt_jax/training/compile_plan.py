@@ -38,10 +38,11 @@ def timings_for(r, mesh, cache_dir: str) -> compile_cache.Timings:
     return compile_cache.Timings(cache_dir, hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
-def cost_for(timings: compile_cache.Timings, devices: int) -> shape_plan.Cost:
-    """Measured numbers where an earlier run left them, else the backend's prior (its step
-    rate per device times the accelerators)."""
-    backend = jax.default_backend()
+def cost_for(timings: compile_cache.Timings, devices: int,
+             backend: str | None = None) -> shape_plan.Cost:
+    """Measured numbers where an earlier run left them, else the prior of `backend` (default:
+    this process's): its step rate per device times the accelerators."""
+    backend = backend or jax.default_backend()
     prior = shape_plan.Cost.prior(backend)
     known = timings.get()
     # Simulated CPU devices share the host's cores: no more FLOP/s for more of them.

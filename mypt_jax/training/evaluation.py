@@ -112,7 +112,7 @@ class ValLoss:
 
     def _by_length(self, ids: np.ndarray) -> np.ndarray:
         """Episodes sorted by kept length: each batch's rows trim to nearly the same length."""
-        kept = np.minimum(self.source.split.length_G[ids], self.source.block_size + 1)
+        kept = self.source.stats_G()[0][ids]
         return ids[np.argsort(kept, kind="stable")]
 
     def _chunks(self, ids: np.ndarray) -> np.ndarray:

@@ -107,11 +107,44 @@ class RuntimeHyper:
     def arrays(self) -> dict[str, jax.Array]:
         return {k: jnp.float32(v) for k, v in self.values.items()}
 
-    def schedule(self, values: dict[str, Any] | None = None) -> optax.Schedule:
-        return schedule_from(self.values if values is None else values, self.kind)
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """An optimizer spec: built once with its own numbers (init, shardings, the host's lr), and
+    rebuildable inside the step over traced `hyper` values (`make_train_step(..., optimizer=)`);
+    the optimizer state has the same structure either way."""
+
+    hyper: RuntimeHyper
+    beta1: float
+    beta2: float
+    eps: float
+    grad_clip: float
+    freeze: Freeze | None
+
+    def build(self, values: dict[str, Any] | None = None
+              ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+        """Clip (upstream formula) -> AdamW with torch semantics, over `values` (traced
+        scalars) or the spec's own numbers; moments take the params' dtype.
+
+        optax.adamw is torch's AdamW: p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p),
+        with the decay term only where `decay_mask` is True. With `freeze`, the chain sees only
+        the trainable rows (freeze.py): as upstream, frozen parameters are outside the clip
+        norm and AdamW, and the decay groups of the rest are unchanged.
+        """
+        values = self.hyper.values if values is None else values
+        schedule = schedule_from(values, self.hyper.kind)
+        parts = []
+        if self.grad_clip > 0:
+            parts.append(clip_by_global_norm_upstream(self.grad_clip))
+        parts.append(optax.adamw(schedule, b1=self.beta1, b2=self.beta2, eps=self.eps,
+                                 weight_decay=values["weight_decay"], mask=decay_mask))
+        tx = optax.chain(*parts)
+        if self.freeze is not None and self.freeze.active:
+            return trainable_only(tx, self.freeze), schedule
+        return tx, schedule
 
 
-def make_optimizer(
+def optimizer_spec_of(
     *,
     learning_rate: float,
     max_iters: int,
@@ -124,61 +157,33 @@ def make_optimizer(
     eps: float = 1e-8,
     grad_clip: float = 1.0,
     freeze: Freeze | None = None,
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Clip (upstream formula) -> AdamW with torch semantics; moments take the params' dtype.
-
-    optax.adamw is torch's AdamW: p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), with
-    the decay term only where `decay_mask` is True. With `freeze`, the chain sees only the
-    trainable rows (freeze.py): as upstream, frozen parameters are outside the clip norm and
-    AdamW, and the decay groups of the rest are unchanged.
-    """
+) -> Optimizer:
     hyper = RuntimeHyper(lr_schedule_kind, {
         **schedule_values(learning_rate, max_iters, warmup_iters, min_lr),
         "weight_decay": weight_decay})
-    return optimizer_with(hyper, None, beta1=beta1, beta2=beta2, eps=eps, grad_clip=grad_clip,
-                          freeze=freeze)
+    return Optimizer(hyper, beta1, beta2, eps, grad_clip, freeze)
 
 
-def optimizer_with(hyper: RuntimeHyper, values: dict[str, Any] | None, *, beta1: float,
-                   beta2: float, eps: float, grad_clip: float, freeze: Freeze | None
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The chain of `make_optimizer` over `values` (traced scalars) or `hyper`'s own numbers;
-    the optimizer state has the same structure either way."""
-    values = hyper.values if values is None else values
-    schedule = hyper.schedule(values)
-    parts = []
-    if grad_clip > 0:
-        parts.append(clip_by_global_norm_upstream(grad_clip))
-    parts.append(optax.adamw(schedule, b1=beta1, b2=beta2, eps=eps,
-                             weight_decay=values["weight_decay"], mask=decay_mask))
-    tx = optax.chain(*parts)
-    if freeze is not None and freeze.active:
-        return trainable_only(tx, freeze), schedule
-    return tx, schedule
+def make_optimizer(**kwargs) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """`optimizer_spec_of(**kwargs).build()`: the chain and its schedule (`Optimizer.build`)."""
+    return optimizer_spec_of(**kwargs).build()
 
 
-@dataclasses.dataclass(frozen=True)
-class Optimizer:
-    """A config's optimizer: built once with its numbers (init, shardings, the host's lr), and
-    rebuildable inside the step over traced `hyper` values (`make_train_step(..., optimizer=)`)."""
-
-    hyper: RuntimeHyper
-    constants: dict[str, Any]  # beta1, beta2, eps, grad_clip, freeze
-
-    def build(self, values: dict[str, Any] | None = None):
-        return optimizer_with(self.hyper, values, **self.constants)
+def optimizer_spec(config) -> Optimizer:
+    return optimizer_spec_of(
+        learning_rate=config.learning_rate,
+        max_iters=config.max_iters,
+        warmup_iters=config.warmup_iters,
+        lr_schedule_kind=config.lr_schedule,
+        min_lr=config.min_lr,
+        weight_decay=config.weight_decay,
+        beta1=config.beta1,
+        beta2=config.beta2,
+        eps=config.adam_eps,
+        grad_clip=config.grad_clip,
+        freeze=Freeze(layers=config.freeze_layers, embeddings=config.freeze_embeddings),
+    )
 
 
 def optimizer_from_config(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
     return optimizer_spec(config).build()
-
-
-def optimizer_spec(config) -> Optimizer:
-    hyper = RuntimeHyper(config.lr_schedule, {
-        **schedule_values(config.learning_rate, config.max_iters, config.warmup_iters,
-                          config.min_lr),
-        "weight_decay": config.weight_decay})
-    return Optimizer(hyper, {
-        "beta1": config.beta1, "beta2": config.beta2, "eps": config.adam_eps,
-        "grad_clip": config.grad_clip,
-        "freeze": Freeze(layers=config.freeze_layers, embeddings=config.freeze_embeddings)})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,7 @@ def default_threads(cpu_count: int | None = None) -> int:
 
 class Programs:
     def __init__(self, print_fn: Callable[[str], None] = print):
-        self.compiled: dict[tuple[str, str], Any] = {}
+        self.compiled: dict[tuple[str, Any], Any] = {}  # (kind, shape) -> compiled program
         self.records: list[dict[str, Any]] = []  # {program, shape, seconds, cache_hit, ...}
         self.late: list[dict[str, Any]] = []  # compiles during the run (shapes off the plan)
         self.ahead_wall_s = 0.0
@@ -62,8 +63,6 @@ class Programs:
 
     def compile_ahead(self, jobs: list[Job], threads: int = 0) -> None:
         """Compiles `jobs` (at most `threads` at once; 0 = `default_threads()`)."""
-        import time
-
         if not jobs:
             return
         threads = min(threads or default_threads(), len(jobs))
@@ -81,7 +80,7 @@ class Programs:
                     failures.append(f"{job.kind} {job.shape}: {type(e).__name__}: {e}")
                     continue
                 if compiled is not None:
-                    self.compiled[(job.kind, str(job.shape))] = compiled
+                    self.compiled[(job.kind, job.shape)] = compiled
                 self.records.append(record)
                 hit = {True: "cache hit", False: "compiled", None: "compiled, no cache"}
                 self._print(f"  [{done}/{len(jobs)}] {job.kind} {job.shape}: "
@@ -96,7 +95,7 @@ class Programs:
         self._lowerers[kind] = lower
 
     def call(self, kind: str, shape: Any, *args):
-        key = (kind, str(shape))
+        key = (kind, shape)
         if key not in self.compiled:
             args_now = args
             compiled, record = self._compile(Job(kind, shape, lambda: self._lowerers[kind](*args_now)))

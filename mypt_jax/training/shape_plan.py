@@ -58,8 +58,9 @@ class ShapePlan:
     assigned: dict[BatchShape, BatchShape]  # exact shape -> the program it runs as
 
     def positions(self, planned: bool = True) -> int:
-        return sum(n * (self.assigned[s] if planned else s).rows
-                   * (self.assigned[s] if planned else s).length for s, n in self.counts.items())
+        """Rows x length computed over the run, as planned or at the exact shapes."""
+        run_as = self.assigned if planned else {s: s for s in self.counts}
+        return sum(n * run_as[s].rows * run_as[s].length for s, n in self.counts.items())
 
     @property
     def extra(self) -> float:
