@@ -2,6 +2,7 @@
 
     python benchmarks/bench_phase.py --dataset data/sft_ready/phase3a1_gamma [--steps 8] [--repeats 3]
     python benchmarks/bench_phase.py --dataset ... --shape 750m --precision mixed --aot_only
+    python benchmarks/bench_phase.py --dataset ... --layouts trimmed+head --no_torch   # MFU only
 
 The same `--steps` global batches of the real episode stream (the preset's loader settings:
 block 512, batch 16, its epoch seed) are shaped four ways (mypt_jax/data/batching.py) and trained
@@ -18,8 +19,15 @@ each time one pass of every layout in turn, interleaved, so that machine load hi
 alike. A layout's step time is its best pass over the number of steps. The first pass's
 per-step losses of every layout are compared with the padded ones (`max_loss_diff`).
 Reported per layout: step time, real tokens/s (episode tokens), trained tokens/s, the
-padded-position rate, the speed-up over padded, and the projected time of the whole phase
-(`max_iters` steps at that step time). Never asserts on time.
+padded-position rate, the speed-up over padded, the projected time of the whole phase
+(`max_iters` steps at that step time), and MFU. Never asserts on time.
+
+MFU is the model FLOPs of the shapes actually run (`shape_plan.step_flops`: the body over
+every row x length position, the vocabulary head over the K projected positions per row)
+per second, over the float32 matmul peak measured in the same interleaved rounds (a chain
+of 2048^3 matmuls lasting about one pass, `common.calibrated_matmul_runner`).
+`useful_mfu` counts only the work the loss needs: the body over real episode tokens and the
+head over trained positions.
 
 `--aot_only` compiles (ahead of time, abstract inputs) the step for the largest shape of each
 length bucket of each layout, and counts the distinct batch shapes the phase's whole stream
@@ -49,9 +57,12 @@ from benchmarks import bench_train, common  # noqa: E402
 from mypt_jax.data import batching  # noqa: E402
 from mypt_jax.data import loader as data  # noqa: E402
 from mypt_jax.data.inspect import load_config  # noqa: E402
+from mypt_jax.model import flops as flops_lib  # noqa: E402
 from mypt_jax.parallel import sharding  # noqa: E402
+from mypt_jax.training import config as cfg_lib  # noqa: E402
 from mypt_jax.training import optim  # noqa: E402
 from mypt_jax.training import step as ts  # noqa: E402
+from mypt_jax.training.shape_plan import step_flops  # noqa: E402
 
 LAYOUTS = {  # name -> (length buckets: default?, loss_positions, pack)
     "padded": (False, batching.ALL_POSITIONS, False),
@@ -61,9 +72,10 @@ LAYOUTS = {  # name -> (length buckets: default?, loss_positions, pack)
 }
 
 
-def layouts(block_size: int) -> dict[str, batching.Layout]:
+def layouts(block_size: int, names=tuple(LAYOUTS)) -> dict[str, batching.Layout]:
     out = {}
-    for name, (trim, positions, pack) in LAYOUTS.items():
+    for name in names:
+        trim, positions, pack = LAYOUTS[name]
         buckets = batching.default_length_buckets(block_size) if trim else (block_size,)
         out[name] = batching.Layout(block_size, buckets, positions, pack)
     return out
@@ -96,6 +108,7 @@ class LayoutRun:
         self.step_fn = ts.make_train_step(ts.model_def(mc), tx, schedule, mesh, seed=0)
         shaped = [batching.shape_batch(b, layout, pad_id=pad_id) for b in batches_np]
         self.infos = [info for _, info in shaped]
+        self.shapes = [info.shape for info in self.infos]
         self.batches = [data.global_batch(b, mesh) for b, _ in shaped]
         self.state = ts.init_state(jax.tree.map(lambda x: x.copy(), params), tx, mc, mesh)
         self.losses: list[float] = []
@@ -115,6 +128,8 @@ class TorchRun:
         padded = [{k: v for k, v in b.items() if k not in batching.STAT_KEYS} for b in batches_np]
         self.step = bench_train.TorchStep(mc, jax.tree.map(np.asarray, params), padded[0])
         self.batches, self.losses = padded, []
+        rows, length = padded[0]["inputs"].shape
+        self.shapes = [batching.BatchShape(rows, length, 0, False)] * len(padded)
 
     def one_pass(self, record: bool = False) -> None:
         for b in self.batches:
@@ -124,40 +139,61 @@ class TorchRun:
                 self.losses.append(loss)
 
 
-def run_full(args, c) -> dict[str, Any]:
-    mc = bench_train.model_config(args.shape, args.precision, block_size=c.block_size)
+def phase_model(args, c):
+    """`--shape preset`: the config's own model; else a benchmark shape at its block size."""
+    if args.shape == "preset":
+        return cfg_lib.model_config(c)
+    return bench_train.model_config(args.shape, args.precision, args.remat, block_size=c.block_size)
+
+
+def useful_flops(mc, info: batching.BatchInfo) -> float:
+    """The step's FLOPs the loss needs: the body over real tokens, the head over trained ones."""
+    s = flops_lib.model_shape(mc)
+    attention = 12 * s["L"] * s["C"] * info.shape.length * info.real_tokens
+    return 6 * s["N_body"] * info.real_tokens + attention + 6 * s["V"] * s["C"] * info.trained_tokens
+
+
+def run_full(args, c, mc) -> dict[str, Any]:
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     batches_np = loader_batches(c, args.dataset, args.steps, args.start_batch)
     pad_id = data.dataset_tokenizer(args.dataset).eot_id
     _, params = ts.init_model(mc, mesh, seed=0)
     runs: dict[str, Any] = {name: LayoutRun(mc, mesh, batches_np, layout, pad_id, params)
-                            for name, layout in layouts(c.block_size).items()}
+                            for name, layout in layouts(c.block_size, args.layouts).items()}
     if args.torch and common.have_torch():
         runs["torch_padded"] = TorchRun(mc, batches_np, params)
     first_pass = {}
     for name, run in runs.items():  # compiles every bucket; losses of the same weights
         first_pass[name] = common.timed(lambda r=run: r.one_pass(record=True))
-    passes = {name: [] for name in runs}
+    # The peak runner lasts about as long as the last layout's pass, so load hits both alike.
+    matmul, matmul_flops = common.calibrated_matmul_runner(first_pass[name])
+    passes: dict[str, list[float]] = {name: [] for name in [*runs, "matmul_peak"]}
     for _ in range(args.repeats):
-        for name, run in runs.items():
-            passes[name].append(common.timed(run.one_pass))
+        for name, run in [*runs.items(), ("matmul_peak", None)]:
+            passes[name].append(common.timed(run.one_pass if run else matmul))
+    peak = matmul_flops / min(passes.pop("matmul_peak"))
 
-    infos = runs["padded"].infos
-    padded_s = min(passes["padded"]) / args.steps
-    out: dict[str, Any] = {"layouts": {}}
+    reference = runs.get("padded") or next(iter(runs.values()))  # the loss each layout matches
+    infos = reference.infos  # the batches' statistics: every layout shapes the same ones
+    padded_s = min(passes["padded"]) / args.steps if "padded" in passes else None
+    useful = sum(useful_flops(mc, i) for i in infos) / args.steps
+    out: dict[str, Any] = {"matmul_peak_flops_per_s": peak, "layouts": {}}
     for name, run in runs.items():
         step_s = min(passes[name]) / args.steps
-        shaped = getattr(run, "infos", infos)
+        model_flops = sum(step_flops(mc, s) for s in run.shapes) / args.steps
         entry = {
             "step_s": step_s,
             "first_pass_s": first_pass[name],
-            "speedup_over_padded": padded_s / step_s,
+            "model_flops_per_step": model_flops,
+            "mfu": model_flops / step_s / peak,
+            "useful_mfu": useful / step_s / peak,
+            "speedup_over_padded": padded_s / step_s if padded_s else None,
             "real_tokens_per_s": sum(i.real_tokens for i in infos) / args.steps / step_s,
             "trained_tokens_per_s": sum(i.trained_tokens for i in infos) / args.steps / step_s,
             "padded_positions_per_s": sum(i.padded_positions for i in infos) / args.steps / step_s,
-            "computed_positions_per_step": sum(i.computed_positions for i in shaped) / args.steps,
+            "computed_positions_per_step": sum(s.rows * s.length for s in run.shapes) / args.steps,
             "projected_phase_s": step_s * c.max_iters,
-            "max_loss_diff": float(np.max(np.abs(np.subtract(run.losses, runs["padded"].losses)))),
+            "max_loss_diff": float(np.max(np.abs(np.subtract(run.losses, reference.losses)))),
         }
         if hasattr(run, "step_fn"):
             entry["compiles"] = run.step_fn._cache_size()
@@ -173,8 +209,7 @@ def run_full(args, c) -> dict[str, Any]:
     return out
 
 
-def run_aot(args, c) -> dict[str, Any]:
-    mc = bench_train.model_config(args.shape, args.precision, args.remat, block_size=c.block_size)
+def run_aot(args, c, mc) -> dict[str, Any]:
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     tx, schedule = optim.make_optimizer(**bench_train.OPT)
     step_fn = ts.make_train_step(ts.model_def(mc), tx, schedule, mesh, seed=0)
@@ -205,17 +240,23 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default="data/sft_ready/phase3a1_gamma")
     p.add_argument("--config", default="configs/phase3a1_gamma.py",
                    help="the preset whose loader settings and max_iters are used")
-    p.add_argument("--shape", choices=sorted(bench_train.SHAPES), default="small",
-                   help="model shape (block_size and batch come from the preset)")
+    p.add_argument("--shape", choices=[*sorted(bench_train.SHAPES), "preset"], default="small",
+                   help="model shape (block_size and batch come from the preset); preset: the "
+                        "config's own model, precision and remat")
     p.add_argument("--precision", choices=("fp32", "mixed", "bf16_pure"), default="fp32")
     p.add_argument("--remat", choices=("none", "full", "dots"), default="none")
     p.add_argument("--steps", type=int, default=8, help="global batches of the stream timed")
+    p.add_argument("--layouts", type=lambda v: tuple(v.split(",")), default=tuple(LAYOUTS),
+                   help="comma list of " + ",".join(LAYOUTS))
     p.add_argument("--start_batch", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no_torch", dest="torch", action="store_false")
     p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--aot_only", action="store_true")
     args, overrides = p.parse_known_args(argv)
+    unknown = sorted(set(args.layouts) - set(LAYOUTS))
+    if unknown:
+        p.error(f"--layouts: unknown {unknown}; expected some of {list(LAYOUTS)}")
     return args, overrides
 
 
@@ -227,14 +268,16 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.torch_threads)
     c = load_config(str(ROOT / args.config) if not os.path.isfile(args.config) else args.config,
                     overrides)
+    mc = phase_model(args, c)
     report: dict[str, Any] = {
         "benchmark": "phase_step", "command": " ".join(sys.argv), "machine": common.machine_info(),
         "dataset": args.dataset, "preset": args.config,
         "loader": {"block_size": c.block_size, "batch_size": c.batch_size,
                    "epoch_seed": c.epoch_seed, "max_iters": c.max_iters},
-        "model": {**bench_train.SHAPES[args.shape], "precision": args.precision},
+        "model": {k: getattr(mc, k) for k in ("n_layer", "n_embd", "n_head", "block_size",
+                                              "vocab_size", "dtype", "remat")},
     }
-    report.update(run_aot(args, c) if args.aot_only else run_full(args, c))
+    report.update(run_aot(args, c, mc) if args.aot_only else run_full(args, c, mc))
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(common.rounded(report), indent=2))
 

@@ -4,7 +4,8 @@ FLOP counts and the published peaks come from `mypt_jax.preflight.chips` (the fo
 there once; re-exported here for the benchmark scripts).
 
 MFU = model FLOPs per second / the device's peak. On CPU the peak is measured in the same run:
-the best rate of a large float32 matmul in JAX (`matmul_peak`). On GPU/TPU it is the published
+the best rate of a large float32 matmul chain in JAX (`calibrated_matmul_runner`, over
+`mypt_jax.training.peak.matmul_runner`). On GPU/TPU it is the published
 dense bf16 peak of the device kind (`published_bf16_peak`).
 """
 
@@ -26,6 +27,7 @@ from mypt_jax.preflight.chips import (  # noqa: F401 - re-exported for the bench
     train_step_flops,
 )
 from mypt_jax.preflight.report import rounded  # noqa: F401 - re-exported for the benchmark scripts
+from mypt_jax.training.peak import matmul_runner  # noqa: F401 - re-exported for the benchmark scripts
 
 # Every benchmark runs with the host allocator settings of our entry points (torch, in the
 # same process, gets them too).
@@ -68,27 +70,6 @@ def interleaved(runners: Mapping[str, Callable[[], Any]], repeats: int,
 # The device's peak
 # ----------------------------------------------------------------------------------------
 
-def matmul_runner(n: int = 2048, reps: int = 1, dtype: str = "float32") -> tuple[Callable[[], Any], float]:
-    """(runner, flops): `reps` chained n x n x n matmuls in one jitted call, for the peak.
-
-    On a shared machine a short matmul's best-of catches idle moments that a seconds-long
-    train step never sees, which would bias MFU down; `reps` makes the runner about as long
-    as the step it is compared with (see `calibrated_matmul_runner`).
-    """
-    import jax
-
-    ka, kb = jax.random.split(jax.random.key(0))
-    a = jax.random.normal(ka, (n, n), dtype)
-    b = jax.random.normal(kb, (n, n), dtype) / n**0.5  # keeps the chain's values bounded
-
-    @jax.jit
-    def chain(x, y):
-        return jax.lax.fori_loop(0, reps, lambda _, acc: acc @ y, x)
-
-    jax.block_until_ready(chain(a, b))
-    return (lambda: jax.block_until_ready(chain(a, b))), 2.0 * n**3 * reps
-
-
 def calibrated_matmul_runner(target_s: float, n: int = 2048,
                              dtype: str = "float32") -> tuple[Callable[[], Any], float]:
     """A `matmul_runner` whose call lasts about `target_s` (at least one matmul)."""
@@ -96,12 +77,6 @@ def calibrated_matmul_runner(target_s: float, n: int = 2048,
     one = min(timed(run) for _ in range(3))
     reps = max(1, round(target_s / one))
     return matmul_runner(n, reps, dtype) if reps > 1 else (run, flops)
-
-
-def matmul_peak(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
-    """Best FLOP/s of an n^3 matmul over `repeats` tries (a lower bound on the true peak)."""
-    run, flops = matmul_runner(n, 1, dtype)
-    return flops / min(timed(run) for _ in range(repeats))
 
 
 # ----------------------------------------------------------------------------------------

@@ -119,11 +119,17 @@ def main(argv=None) -> None:
     p.add_argument("--loss_chunk_size", type=int, default=0)
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--unroll_layers", action="store_true", help="scan_layers=False")
+    p.add_argument("--batch_size", type=int, default=0, help="rows; 0: the shape's")
+    p.add_argument("--seq", type=int, default=0, help="row length; 0: the shape's block_size")
+    p.add_argument("--loss_positions", type=int, default=0,
+                   help="K: project only each row's first K trained positions (the trainer's head)")
     args = p.parse_args(argv)
 
-    mc = bench_train.model_config(args.shape, args.precision, scan_layers=not args.unroll_layers)
-    B, T = bench_train.SHAPES[args.shape]["batch_size"], mc.block_size
-    jstep = bench_train.JaxStep(mc, B, loss_chunk_size=args.loss_chunk_size)
+    mc = bench_train.model_config(args.shape, args.precision, scan_layers=not args.unroll_layers,
+                                  block_size=args.seq or None)
+    B, T = args.batch_size or bench_train.SHAPES[args.shape]["batch_size"], mc.block_size
+    jstep = bench_train.JaxStep(mc, B, loss_chunk_size=args.loss_chunk_size,
+                                loss_positions=args.loss_positions)
     jstep.compile()
     jstep.init(bench_train.synthetic_batch(B, T, 0.15))
     step_s = best_s(jstep.run, repeats=3)

@@ -7,6 +7,7 @@ independently (JSONL lines, episode files, the checkpoint, the model directory, 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,13 @@ def _check_summary_is_true(s: dict, root: Path) -> None:
     final = [r for r in log if r.get("final")]
     assert final and final[-1]["val_loss"] == t["final_val_loss"]
     assert Path(t["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
+    trained = [(r["iter"], r["train_loss"]) for r in log if "train_loss" in r]
+    assert (t["train_loss"]["first"], t["train_loss"]["last"]) == ([*trained[0]], [*trained[-1]])
+    windows = [r for r in log if "step_time" in r]  # the log windows' medians
+    assert t["step_time_s"] == statistics.median(r["step_time"] for r in windows)
+    assert t["wall_time_s"] == meta["summary"]["wall_time_s"]
+    assert t["mfu"] == pytest.approx(t["model_flops_per_s"] / t["peak_flops_per_s"])
+    assert t["peak_source"].startswith("measured float32 matmul")
     model = mypt_jax.load(t["model_dir"])
     assert model.config.n_embd == TINY["n_embd"]
 

@@ -60,8 +60,14 @@ def phase_summary(
             # The programs of the run (a rerun of a finished phase keeps the first run's).
             "compiles": trained.get("compiles", []),
             "compile_s": trained.get("compile_s"), "compile_wall_s": trained.get("compile_wall_s"),
+            "wall_time_s": trained.get("wall_time_s"),
+            **throughput(config, trained),
         }
         if log_path.is_file() and jax.process_index() == 0:
+            losses = plot.curves(plot.read_log(log_path), phase.name).train_loss
+            out["train"]["train_loss"] = {  # [step, loss] of the first and last logged step
+                "first": list(losses[0]) if losses else None,
+                "last": list(losses[-1]) if losses else None}
             out["train"]["loss_plot"] = str(plot.write_run_figure(log_path, label=phase.name))
     tested = test_results_path(config.workdir)
     results = json.loads(tested.read_text(encoding="utf-8"))["results"] if tested.is_file() else []
@@ -91,6 +97,20 @@ def phase_summary(
     return out
 
 
+def throughput(config, trained: dict) -> dict[str, Any]:
+    """The run's steady step time and model FLOP/s (its summary's medians), and its MFU over
+    the devices' matmul peak (`training.peak`: measured once per process on CPU)."""
+    from mypt_jax.training import peak
+    from mypt_jax.training.config import PRECISIONS
+
+    rate = trained.get("model_flops_per_s")
+    out = {"step_time_s": trained.get("step_time_s"), "model_flops_per_s": rate, "mfu": None}
+    if rate:
+        flops_per_s, source = peak.device_peak(PRECISIONS[config.precision][1])
+        out.update(peak_flops_per_s=flops_per_s, peak_source=source, mfu=rate / flops_per_s)
+    return out
+
+
 def write_summary(path: Path, payload: Any) -> Path:
     write_json_atomic(path, payload)
     return path
@@ -115,7 +135,14 @@ def format_summary(summaries: Sequence[dict]) -> str:
             first = "?" if t["first_val_loss"] is None else f"{t['first_val_loss']:.4f}"
             final = "?" if t["final_val_loss"] is None else f"{t['final_val_loss']:.4f}"
             lines.append(f"  trained    {t['steps']} steps from {t['init_from'] or 'scratch'}: "
-                         f"val loss {first} -> {final}")
+                         f"val loss {first} -> {final}" + _train_losses(t))
+            if t.get("step_time_s"):
+                mfu = "" if t["mfu"] is None else (
+                    f", MFU {t['mfu']:.0%} of {t['peak_flops_per_s'] / 1e9:.0f} GFLOP/s "
+                    f"({t['peak_source']})")
+                lines.append(f"  speed      {t['step_time_s'] * 1e3:.0f} ms/step, "
+                             f"{t['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu}; "
+                             f"train step {t['wall_time_s']:.1f}s of wall-clock")
             lines.append(f"  checkpoint {t['checkpoint']}  (model: {t['model_dir']})")
             if t.get("compiles"):
                 hits = sum(r["cache_hit"] is True for r in t["compiles"])
@@ -142,6 +169,14 @@ def format_summary(summaries: Sequence[dict]) -> str:
             lines.append(f"  summary    {s['summary_file']}")
         lines.append(f"  wall time  {s['wall_time_s']:.1f}s")
     return "\n".join(lines + forgetting_table(summaries))
+
+
+def _train_losses(t: dict) -> str:
+    losses = t.get("train_loss") or {}
+    if not losses.get("first"):
+        return ""
+    (s0, first), (s1, last) = losses["first"], losses["last"]
+    return f"; train loss {first:.4f} (step {s0}) -> {last:.4f} (step {s1})"
 
 
 def forgetting_table(summaries: Sequence[dict]) -> list[str]:

@@ -14,6 +14,10 @@ class StepWindow:
     def __init__(self) -> None:
         self.infos: list[BatchInfo] = []
         self.t0 = time.perf_counter()
+        self.paused_s = 0.0  # evals and saves inside the window: not step time
+
+    def exclude(self, seconds: float) -> None:
+        self.paused_s += seconds
 
     def add(self, info: BatchInfo) -> None:
         self.infos.append(info)
@@ -26,8 +30,8 @@ class StepWindow:
         episode tokens, `trained_tokens_per_s` the tokens the loss trains on.
         """
         now = time.perf_counter()
-        elapsed = max(now - self.t0, 1e-9)
-        infos, self.infos, self.t0 = self.infos, [], now
+        elapsed = max(now - self.t0 - self.paused_s, 1e-9)
+        infos, self.infos, self.t0, self.paused_s = self.infos, [], now, 0.0
 
         def rate(field: str) -> float:
             return sum(getattr(i, field) for i in infos) / elapsed

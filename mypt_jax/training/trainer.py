@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import statistics
 import sys
 import time
 from typing import Any
@@ -138,6 +139,7 @@ class _Run:
         self.set_positions: dict[str, int] = {}
         self.first_sets: dict[str, float] = {}  # each set's loss at the run's first eval
         self.rates: list[float] = []  # model FLOP/s of each log window (the plan's next cost)
+        self.step_times: list[float] = []  # seconds per step of each log window
 
     def nan_stop(self, what: str, value: float, step: int) -> None:
         self.ckpt.wait()
@@ -173,6 +175,7 @@ class _Run:
         if window["step_time"] > 0 and shapes:
             flops = sum(step_flops(self.r.model_config, s) for s in shapes)
             self.rates.append(flops / (window["step_time"] * len(shapes)))
+            self.step_times.append(window["step_time"])
         record = {
             "iter": step, "train_loss": m["train_loss"], "lr": m["lr"],
             "grad_norm": m["grad_norm"], "loss_tokens": m["loss_tokens"], **window,
@@ -431,10 +434,13 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         do_save = step % c.checkpoint_interval == 0 and step != run.last_saved
         if do_eval or do_save:
             run.flush(force=True)  # a NaN must stop the run before it reaches a checkpoint
+            paused = time.perf_counter()
         if do_eval:
             run.evaluate(step, state, val_fn, mdef, eval_prompts)
         if do_save:
             run.save(step, state, evaluated=do_eval)
+        if do_eval or do_save:
+            run.window.exclude(time.perf_counter() - paused)  # the step time is the steps'
         batch, info = run.feed.next()
         state, metrics = progs.call("train", info.shape, state, batch, step_fn.hyper)
         shapes_seen.add(info.shape)
@@ -469,6 +475,9 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         "compiles": progs.records,
         "compile_s": progs.serial_seconds(),
         "compile_wall_s": progs.ahead_wall_s,
+        # Medians over the log windows (evals and saves excluded): the steady step.
+        "step_time_s": statistics.median(run.step_times) if run.step_times else None,
+        "model_flops_per_s": statistics.median(run.rates) if run.rates else None,
         "shape_plan": planned.summary(),
         "damaged_checkpoints": begin.warnings,
     }
