@@ -11,6 +11,7 @@ weights:
 - padded: the upstream layout (rows of block_size, every position projected);
 - trimmed: rows cut to the batch's length bucket, every position projected;
 - trimmed+head: and only the trained positions projected (the default);
+- trimmed+flat: the trained positions of all rows share the rows' K x rows slots (`flat_head`);
 - packed+head: the step's episodes packed into as few rows as fit (`pack_episodes`);
 - torch_padded (with torch installed): the test suite's PyTorch model, eager, padded rows.
 
@@ -64,20 +65,21 @@ from mypt_jax.training import optim  # noqa: E402
 from mypt_jax.training import step as ts  # noqa: E402
 from mypt_jax.training.shape_plan import step_flops  # noqa: E402
 
-LAYOUTS = {  # name -> (length buckets: default?, loss_positions, pack)
-    "padded": (False, batching.ALL_POSITIONS, False),
-    "trimmed": (True, batching.ALL_POSITIONS, False),
-    "trimmed+head": (True, 0, False),
-    "packed+head": (True, 0, True),
+LAYOUTS = {  # name -> (length buckets: default?, loss_positions, pack, flat head)
+    "padded": (False, batching.ALL_POSITIONS, False, False),
+    "trimmed": (True, batching.ALL_POSITIONS, False, False),
+    "trimmed+head": (True, 0, False, False),
+    "trimmed+flat": (True, 0, False, True),
+    "packed+head": (True, 0, True, False),
 }
 
 
 def layouts(block_size: int, names=tuple(LAYOUTS)) -> dict[str, batching.Layout]:
     out = {}
     for name in names:
-        trim, positions, pack = LAYOUTS[name]
+        trim, positions, pack, flat = LAYOUTS[name]
         buckets = batching.default_length_buckets(block_size) if trim else (block_size,)
-        out[name] = batching.Layout(block_size, buckets, positions, pack)
+        out[name] = batching.Layout(block_size, buckets, positions, pack, flat_groups=int(flat))
     return out
 
 
@@ -221,6 +223,7 @@ def run_aot(args, c, mc) -> dict[str, Any]:
         lc.length_buckets = layout.length_buckets
         lc.loss_positions = layout.loss_positions
         lc.pack_episodes = layout.pack
+        lc.flat_head = layout.flat_groups > 0
         entry: dict[str, Any] = {"phase_shapes": phase_shapes(c, args.dataset, layout),
                                  "compiled": {}}
         for shape in batching.step_shapes(lc):

@@ -15,6 +15,7 @@ Never asserts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -59,7 +60,8 @@ def main(argv=None) -> None:
     from mypt_jax.curriculum import pipeline
 
     t0 = time.perf_counter()
-    summaries = pipeline.run("all", root=root, preset="cpu")
+    with contextlib.redirect_stdout(sys.stderr):  # the pipeline's progress; stdout is the JSON
+        summaries = pipeline.run("all", root=root, preset="cpu")
     wall = time.perf_counter() - t0
     phases = {s["phase"]: phase_row(s) for s in summaries}
     report = {

@@ -63,6 +63,9 @@ def get_config() -> config_dict.ConfigDict:
     # Vocabulary projection: 0 = only each batch's trained positions (K in powers of two from
     # 8), K > 0 = K unless a batch needs more, -1 = every position (the upstream).
     c.loss_positions = 0
+    # True: a data shard's rows share their K x rows projection slots, so K follows the
+    # shard's mean trained count per row, not its busiest row (same loss; grad_accum_steps=1).
+    c.flat_head = False
     c.seed = 0  # model init (fresh runs) and the dropout stream (fold_in(seed, step))
     # Upstream layer freezing: frozen parameters take no update and hold no optimizer state.
     c.freeze_layers = 0  # the first N transformer blocks are frozen (0 = none)

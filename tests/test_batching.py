@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")  # sharded cases
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +54,9 @@ def setup(tmp_path_factory):
     return block, batches
 
 
-def _layout(block, pack=False, positions=0, buckets=None, row_multiple=1):
-    return batching.Layout(block, buckets or (8, 16, 32, 48, block), positions, pack, row_multiple)
+def _layout(block, pack=False, positions=0, buckets=None, row_multiple=1, flat_groups=0):
+    return batching.Layout(block, buckets or (8, 16, 32, 48, block), positions, pack, row_multiple,
+                           flat_groups)
 
 
 def test_loader_row_stats_describe_the_padded_rows(setup):
@@ -122,11 +126,13 @@ def test_first_fit():
     assert batching.first_fit([20, 20, 10, 5, 30], 32) == [[0, 2], [1, 3], [4]]
 
 
-def _loss_and_grads(cfg, params, batch):
+def _loss_and_grads(cfg, params, batch, mesh=None):
     mdef = ts.model_def(cfg)
+    if mesh is not None:
+        batch = data.global_batch(batch, mesh)
 
     def f(p):
-        s, c = ts._loss_sums(mdef, p, jax.tree.map(jnp.asarray, batch), None, 0)
+        s, c = ts._loss_sums(mdef, p, jax.tree.map(jnp.asarray, batch), None, 0, mesh)
         return s / c
 
     return jax.jit(jax.value_and_grad(f))(params)
@@ -146,7 +152,10 @@ def test_padded_trimmed_packed_give_one_loss_and_gradient(setup, generation):
     layouts = {"trimmed": _layout(block, positions=batching.ALL_POSITIONS),
                "trimmed+head": _layout(block),
                # one long bucket: the cheapest packing then puts two episodes in a row
-               "packed+head": _layout(block, pack=True, buckets=(8, 16, 32, block))}
+               "packed+head": _layout(block, pack=True, buckets=(8, 16, 32, block)),
+               "trimmed+flat": _layout(block, flat_groups=1),
+               "packed+flat": _layout(block, pack=True, buckets=(8, 16, 32, block),
+                                      flat_groups=1)}
     for loader_batch in batches:
         ref_loss, ref_grads = _loss_and_grads(
             cfg, params, batching.shape_batch(loader_batch, padded)[0])
@@ -158,3 +167,71 @@ def test_padded_trimmed_packed_give_one_loss_and_gradient(setup, generation):
                 a, b, rtol=1e-5, atol=1e-6, err_msg=n), grads, ref_grads)
     packed, _ = batching.shape_batch(batches[0], layouts["packed+head"])
     assert packed["segment_ids"].max() > 1  # a row really holds two episodes
+
+
+def test_flat_head_slots_follow_the_shards_mean_not_the_busiest_row(setup):
+    block, batches = setup
+    b = batches[1]
+    trained = b["global_trained"]
+    per_row = batching.shape_batch(b, _layout(block))[0]
+    flat, info = batching.shape_batch(b, _layout(block, flat_groups=2), pad_id=50256)
+    assert info.shape.flat and str(info.shape).endswith("/flat")
+    k = info.shape.positions
+    need = max(-(-int(trained[:2].sum()) // 2), -(-int(trained[2:].sum()) // 2))
+    assert k == min(x for x in batching.position_buckets(info.shape.length) if x >= need)
+    one = batching.shape_batch(b, _layout(block, flat_groups=1))[1].shape  # one shard: the mean
+    assert one.positions == 8 < per_row["loss_index"].shape[1] == 16, trained  # 32/4 vs 13
+    assert set(flat) == set(per_row) - {"loss_index"} | {"flat_index"}
+    assert flat["targets"].shape == flat["flat_index"].shape == (4, k)
+    length = info.shape.length
+    for g in range(2):  # each shard's slots hold its own trained targets, in order
+        rows = slice(2 * g, 2 * g + 2)
+        want = per_row["targets"][rows][per_row["loss_mask"][rows] > 0]
+        got = flat["targets"][rows].reshape(-1)[flat["loss_mask"][rows].reshape(-1) > 0]
+        np.testing.assert_array_equal(got, want)
+        at = flat["flat_index"][rows].reshape(-1)[flat["loss_mask"][rows].reshape(-1) > 0]
+        assert at.max() < 2 * length
+        inputs = flat["inputs"][rows]
+        np.testing.assert_array_equal(  # the slot's position predicts its target
+            b["targets"][rows, :length].reshape(-1)[at], got)
+        assert inputs.shape == (2, length)
+    assert batching.shape_of(flat) == info.shape
+    assert batching.BatchShape(4, 64, 16, False, flat=True).covers(
+        batching.BatchShape(4, 32, 8, False, flat=True))
+    assert not batching.BatchShape(4, 64, 16, False).covers(
+        batching.BatchShape(4, 32, 8, False, flat=True))
+
+
+def test_flat_head_on_a_sharded_batch_gives_the_padded_loss(setup):
+    block, batches = setup
+    shards = 2  # two rows a shard: each shard's slots gather across its rows
+    cfg = ModelConfig(block_size=block, vocab_size=50304, n_embd=32, n_head=4, n_layer=2,
+                      dropout=0.0)
+    mesh = sharding.make_mesh((shards, 1, 1), devices=jax.devices()[:shards])
+    _, params = ts.init_model(cfg, mesh, seed=1)
+    padded = batching.Layout(block, (block,), batching.ALL_POSITIONS, False)
+    assert ts.batch_shards(mesh) == shards
+    for loader_batch in batches:
+        ref_loss, ref_grads = _loss_and_grads(cfg, params,
+                                              batching.shape_batch(loader_batch, padded)[0])
+        batch, _ = batching.shape_batch(loader_batch, _layout(block, flat_groups=shards))
+        loss, grads = _loss_and_grads(cfg, params, batch, mesh)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        jax.tree.map(lambda a, r: np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6),
+                     grads, ref_grads)
+
+
+def test_flat_head_refuses_microbatches_and_split_shards():
+    from configs import base
+    from mypt_jax.training import config as cfg_lib
+
+    c = base.get_config()
+    c.flat_head, c.grad_accum_steps = True, 2
+    with pytest.raises(cfg_lib.ConfigError, match="flat_head: needs grad_accum_steps=1"):
+        cfg_lib.resolve(c, num_devices=1, process_count=1, read_files=False)
+    c.grad_accum_steps = 1
+    assert batching.layout_from_config(c, data_shards=4, process_count=2).flat_groups == 2
+    assert batching.layout_from_config(c, data_shards=4).per_row.flat_groups == 0
+    with pytest.raises(ValueError, match="whole data shards per process"):
+        batching.layout_from_config(c, data_shards=1, process_count=2)
+

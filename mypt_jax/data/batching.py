@@ -13,6 +13,9 @@ same loss and gradients (up to float summation order):
   the loss.
 - **pack** (opt-in): put the step's episodes into as few rows as fit, with `segment_ids`
   (attention stays inside an episode) and `positions` restarting at 0 per episode.
+- **flat head** (opt-in, `flat_head`): the trained positions of all the rows of a data shard
+  share the shard's K x rows projection slots (`flat_index`, into the shard's rows laid end
+  to end), so K follows the shard's mean trained count per row instead of its busiest row.
 
 Every process computes the bucket from the global batch's row statistics (which the loader
 reads from the episode index), so all processes pick the same shapes without talking.
@@ -44,8 +47,18 @@ class Layout:
     loss_positions: int  # 0 automatic K; >0 this K unless a batch needs more; -1 all positions
     pack: bool  # pack the step's episodes into as few rows as fit
     row_multiple: int = 1  # packed local rows are a multiple of this (data shards x microbatches)
+    flat_groups: int = 0  # >0: flat head over this many groups of local rows (its data shards)
     # The compiled shapes a batch may be padded up to (a run's shape plan); () = exact shapes.
     programs: tuple[BatchShape, ...] = ()
+
+    def flat(self, k: int) -> bool:
+        """Whether a batch projecting K = `k` positions per row uses the flat head."""
+        return k > 0 and self.flat_groups > 0
+
+    @property
+    def per_row(self) -> Layout:
+        """This layout with each row's own projection slots (evals sum their loss per row)."""
+        return dataclasses.replace(self, flat_groups=0)
 
     @property
     def padded(self) -> bool:
@@ -62,10 +75,12 @@ class BatchShape:
     length: int  # T, positions per row
     positions: int  # K, projected positions per row; 0 = all T (no loss_index)
     packed: bool  # rows carry segment_ids and positions (ours, or packed at prepare time)
+    flat: bool = False  # the K x rows slots index each data shard's rows end to end (flat_index)
 
     def __str__(self) -> str:
         k = f"k{self.positions}" if self.positions else "kall"
-        return f"{self.rows}x{self.length}/{k}" + ("/packed" if self.packed else "")
+        return (f"{self.rows}x{self.length}/{k}" + ("/packed" if self.packed else "")
+                + ("/flat" if self.flat else ""))
 
     @property
     def projected(self) -> int:
@@ -77,8 +92,8 @@ class BatchShape:
         longer rows only add padding (causal attention, mask 0), more projected positions
         only add untrained ones, and more packed rows only empty ones."""
         rows_ok = self.rows >= other.rows if self.packed else self.rows == other.rows
-        return (self.packed == other.packed and rows_ok and self.length >= other.length
-                and self.projected >= other.projected)
+        return (self.packed == other.packed and self.flat == other.flat and rows_ok
+                and self.length >= other.length and self.projected >= other.projected)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +173,13 @@ def layout_from_config(config, *, data_shards: int = 1, process_count: int = 1) 
     buckets = (check_length_buckets(config.length_buckets, block_size)
                if config.length_buckets else default_length_buckets(block_size))
     local_shards = max(data_shards // process_count, 1)
+    flat = bool(config.flat_head) and config.loss_positions != ALL_POSITIONS
+    if flat and local_shards * process_count != data_shards:  # (grad_accum: config.py)
+        raise ValueError(f"flat_head: needs whole data shards per process; got {data_shards} "
+                         f"shards over {process_count} processes")
     return Layout(block_size, buckets, int(config.loss_positions), bool(config.pack_episodes),
-                  row_multiple=local_shards * int(config.grad_accum_steps))
+                  row_multiple=local_shards * int(config.grad_accum_steps),
+                  flat_groups=local_shards if flat else 0)
 
 
 def step_shapes(config, data_shards: int = 1, process_count: int = 1) -> list[BatchShape]:
@@ -174,7 +194,7 @@ def step_shapes(config, data_shards: int = 1, process_count: int = 1) -> list[Ba
     shapes = []
     for length in layout.length_buckets:
         k = _positions_for(layout, length, need=length)
-        shapes.append(BatchShape(rows, length, k, layout.pack))
+        shapes.append(BatchShape(rows, length, k, layout.pack, flat=layout.flat(k)))
     return shapes
 
 
@@ -189,7 +209,7 @@ def abstract_batch(shape: BatchShape):
     out = {"inputs": sds(shape.length, np.int32), "targets": sds(k, np.int32),
            "loss_mask": sds(k, np.float32)}
     if shape.positions:
-        out["loss_index"] = sds(k, np.int32)
+        out["flat_index" if shape.flat else "loss_index"] = sds(k, np.int32)
     if shape.packed:
         out["positions"] = sds(shape.length, np.int32)
         out["segment_ids"] = sds(shape.length, np.int32)
@@ -222,11 +242,26 @@ def _shape_and_packing(real_G, trained_G, layout: Layout, b: int, process_count:
                        prepacked: bool) -> tuple[BatchShape, list | None]:
     """The exact shape, and every process's bins when the layout packs (else None)."""
     if layout.pack and not prepacked:
-        length, rows, k, plans = _pack_plan(real_G, trained_G, layout, b, process_count)
-        return BatchShape(rows * process_count, length, k, True), plans
+        length, rows, plans = _pack_plan(real_G, layout, b, process_count)
+        # Each process's rows: its bins' trained counts, then empty rows up to the bucket.
+        row_trained_G = np.concatenate([
+            [int(trained_G[p * b + np.asarray(m)].sum()) for m in plan] + [0] * (rows - len(plan))
+            for p, plan in enumerate(plans)])
+        k = _head_positions(layout, length, row_trained_G, process_count)
+        return BatchShape(rows * process_count, length, k, True, flat=layout.flat(k)), plans
     length = _smallest_fitting(layout.length_buckets, int(real_G.max(initial=0)))
-    k = _positions_for(layout, length, int(trained_G.max(initial=0)))
-    return BatchShape(b * process_count, length, k, prepacked), None
+    k = _head_positions(layout, length, trained_G, process_count)
+    return BatchShape(b * process_count, length, k, prepacked, flat=layout.flat(k)), None
+
+
+def _head_positions(layout: Layout, length: int, row_trained_G, process_count: int) -> int:
+    """K for rows that train `row_trained_G` targets each: the busiest row's count, or with a
+    flat head the most any data shard needs per row (its trained total over its rows)."""
+    need = int(np.max(row_trained_G, initial=0))
+    if layout.flat_groups:
+        per_group = np.asarray(row_trained_G).reshape(layout.flat_groups * process_count, -1)
+        need = int((-(-per_group.sum(axis=1) // per_group.shape[1])).max(initial=0))
+    return _positions_for(layout, length, need)
 
 
 def fit_program(shape: BatchShape, programs: Sequence[BatchShape]) -> BatchShape:
@@ -268,7 +303,9 @@ def shape_batch(local: Batch, layout: Layout, *, pad_id: int = 0, process_index:
     else:
         # Trimming keeps every segment id and position of the columns it keeps.
         out = {name: x[:, :shape.length] for name, x in rows.items()}
-    if shape.positions:
+    if shape.positions and shape.flat:
+        out = gather_flat(out, shape.positions, layout.flat_groups)
+    elif shape.positions:
         out = gather_trained(out, shape.positions)
     return out, BatchInfo(shape, **stats)
 
@@ -276,8 +313,9 @@ def shape_batch(local: Batch, layout: Layout, *, pad_id: int = 0, process_index:
 def shape_of(batch: Batch) -> BatchShape:
     """The BatchShape of a shaped batch (host or device arrays)."""
     rows, length = batch["inputs"].shape
-    k = batch["loss_index"].shape[1] if "loss_index" in batch else 0
-    return BatchShape(rows, length, k, "segment_ids" in batch)
+    index = batch.get("loss_index", batch.get("flat_index"))
+    return BatchShape(rows, length, 0 if index is None else index.shape[1], "segment_ids" in batch,
+                      flat="flat_index" in batch)
 
 
 def trained_index(mask_BxT: np.ndarray, k: int) -> np.ndarray:
@@ -299,6 +337,25 @@ def gather_trained(batch: Batch, k: int) -> Batch:
     return out
 
 
+def gather_flat(batch: Batch, k: int, groups: int) -> Batch:
+    """The flat head's batch: each of `groups` blocks of rows (a data shard's) lays its rows end
+    to end and fills its rows x k slots with its trained positions in order (`flat_index`, into
+    those laid-out positions), then untrained ones; targets and mask follow."""
+    rows, length = batch["loss_mask"].shape
+    g = rows // groups
+    mask_GxM = batch["loss_mask"].reshape(groups, g * length)
+    most = int((mask_GxM > 0).sum(axis=1).max(initial=0))
+    if most > g * k:
+        raise ValueError(f"a shard trains on {most} targets, more than its {g} x {k} slots")
+    index_GxN = trained_index(mask_GxM, g * k)
+    out = dict(batch)
+    for name in ("targets", "loss_mask"):
+        flat_GxM = batch[name].reshape(groups, g * length)
+        out[name] = np.take_along_axis(flat_GxM, index_GxN, axis=1).reshape(rows, k)
+    out["flat_index"] = index_GxN.reshape(rows, k)
+    return out
+
+
 def first_fit(sizes: Sequence[int], capacity: int) -> list[list[int]]:
     """Items (by index, in order) into bins of `capacity`: each goes into the first that fits."""
     bins: list[list[int]] = []
@@ -315,8 +372,8 @@ def first_fit(sizes: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def _pack_plan(real_G, trained_G, layout: Layout, b: int, process_count: int):
-    """(row length, local rows, K, every process's bins) of the cheapest packing.
+def _pack_plan(real_G, layout: Layout, b: int, process_count: int):
+    """(row length, local rows, every process's bins) of the cheapest packing.
 
     Rows may be as long as any length bucket that holds the longest episode; a longer row
     needs fewer rows but costs more attention per row. We take the length whose bucketed
@@ -335,9 +392,7 @@ def _pack_plan(real_G, trained_G, layout: Layout, b: int, process_count: int):
         if best is None or rows * length < best[0] * best[1]:
             best = (rows, length, plans)
     rows, length, plans = best
-    need_k = max(int(trained[members].sum()) for trained, plan in
-                 zip(per_process(trained_G), plans, strict=True) for members in plan)
-    return length, rows, _positions_for(layout, length, need_k), plans
+    return length, rows, plans
 
 
 def place(plan: list[list[int]], sizes: Sequence[int], items: Batch, rows: int, length: int,

@@ -160,3 +160,13 @@ def gather_positions(x_BxT_or_BxTxC: jax.Array, idx_BxK: jax.Array) -> jax.Array
     if x_BxT_or_BxTxC.ndim == 3:
         return jnp.take_along_axis(x_BxT_or_BxTxC, idx_BxK[..., None], axis=1)
     return jnp.take_along_axis(x_BxT_or_BxTxC, idx_BxK, axis=1)
+
+
+def gather_flat(x_BxTxC: jax.Array, idx_BxK: jax.Array, groups: int) -> jax.Array:
+    """[B, K, C] rows of `x` picked by a flat head's index: each of `groups` blocks of rows (a
+    data shard's, so the gather stays on its device) is laid end to end and indexed as one."""
+    B, T, C = x_BxTxC.shape
+    K = idx_BxK.shape[1]
+    x_GxMxC = x_BxTxC.reshape(groups, B // groups * T, C)
+    idx_GxN = idx_BxK.reshape(groups, B // groups * K)
+    return jnp.take_along_axis(x_GxMxC, idx_GxN[..., None], axis=1).reshape(B, K, C)

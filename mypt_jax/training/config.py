@@ -162,6 +162,9 @@ def _check_fields(config: config_dict.ConfigDict) -> None:
                           f"{config.loss_positions}")
     if config.loss_positions > config.block_size:
         raise ConfigError(f"loss_positions: {config.loss_positions} exceeds block_size {config.block_size}")
+    if config.flat_head and config.grad_accum_steps > 1:
+        raise ConfigError("flat_head: needs grad_accum_steps=1 (a microbatch takes every k-th "
+                          f"row, not a data shard's rows); got {config.grad_accum_steps}")
     if config.loss_chunk_size and config.block_size % config.loss_chunk_size:
         raise ConfigError(
             f"loss_chunk_size: {config.loss_chunk_size} does not divide block_size {config.block_size}")

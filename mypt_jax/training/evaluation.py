@@ -59,6 +59,8 @@ def make_row_loss_step(mdef, mesh, *, loss_chunk_size: int = 0):
         h = model.hidden(batch["inputs"], positions_BxT=batch.get("positions"),
                          segment_ids_BxT=batch.get("segment_ids"), deterministic=True,
                          rngs=None, mesh=mesh)
+        if "flat_index" in batch:
+            raise ValueError("a flat-head batch has no per-row sums; shape evals by layout.per_row")
         if "loss_index" in batch:
             h = loss_lib.gather_positions(h, batch["loss_index"])
         n = h.shape[1]

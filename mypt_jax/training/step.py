@@ -9,6 +9,7 @@ Shardings come from the model's logical axes and `sharding.LOGICAL_AXIS_RULES` o
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -57,6 +58,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return sharding.named_sharding(mesh, ("batch", "seq"))
+
+
+def batch_shards(mesh: Mesh | None) -> int:
+    """How many blocks of rows the batch is split into over the mesh (its data x fsdp axes)."""
+    if mesh is None:
+        return 1
+    axes = batch_sharding(mesh).spec[0] or ()
+    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
 
 
 def init_model(config: ModelConfig, mesh: Mesh, seed: int) -> tuple[ModelDef, Params]:
@@ -136,7 +145,8 @@ def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_siz
     """(masked CE sum, mask count) of a batch: padded rows, or shaped by `batching.shape_batch`.
 
     Optional keys: `positions`/`segment_ids` (packed rows), and `loss_index` [B, K] (project
-    only those positions onto the vocabulary; `targets`/`loss_mask` are then [B, K]).
+    only those positions onto the vocabulary; `targets`/`loss_mask` are then [B, K]) or
+    `flat_index` [B, K] (the same, into each data shard's rows laid end to end).
     """
     model = mdef.merge(params)
     h = model.hidden(batch["inputs"], positions_BxT=batch.get("positions"),
@@ -144,6 +154,8 @@ def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_siz
                      mesh=mesh)
     if "loss_index" in batch:
         h = loss_lib.gather_positions(h, batch["loss_index"])
+    elif "flat_index" in batch:
+        h = loss_lib.gather_flat(h, batch["flat_index"], batch_shards(mesh))
     # Chunking bounds the [B, chunk, V] logits; a batch projecting fewer positions needs none.
     n = h.shape[1]
     chunk = loss_chunk_size if loss_chunk_size and loss_chunk_size < n and n % loss_chunk_size == 0 else 0

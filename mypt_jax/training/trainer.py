@@ -388,13 +388,13 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     def eval_row_fn(params, batch):
         return progs.call("eval", batching.shape_of(batch), params, batch)
 
-    val_fn = evaluation.ValLoss(val_source, eval_row_fn, mesh, layout, c.eval_iters)
+    val_fn = evaluation.ValLoss(val_source, eval_row_fn, mesh, layout.per_row, c.eval_iters)
     run.val_position = int(val_state["next_index"])
     positions = meta.get("data_position", {})
     for name, path in sets_spec.items():
         run.sets[name] = evaluation.ValLoss(
-            data.make_source(path, "val", **stream), eval_row_fn, mesh, layout, c.eval_iters,
-            name=name)
+            data.make_source(path, "val", **stream), eval_row_fn, mesh, layout.per_row,
+            c.eval_iters, name=name)
         run.set_positions[name] = int(positions.get(f"val/{name}", 0))
     run.first_sets = dict(meta.get("first_eval_sets") or {})
 
