@@ -5,7 +5,7 @@ there once; re-exported here for the benchmark scripts).
 
 MFU = model FLOPs per second / the device's peak. On CPU the peak is measured in the same run:
 the best rate of a large float32 matmul chain in JAX (`calibrated_matmul_runner`, over
-`mypt_jax.training.peak.matmul_runner`). On GPU/TPU it is the published
+`mypt_jax.preflight.peak.matmul_runner`). On GPU/TPU it is the published
 dense bf16 peak of the device kind (`published_bf16_peak`).
 """
 
@@ -26,8 +26,8 @@ from mypt_jax.preflight.chips import (  # noqa: F401 - re-exported for the bench
     published_bf16_peak,
     train_step_flops,
 )
+from mypt_jax.preflight.peak import matmul_runner  # noqa: F401 - re-exported for the benchmark scripts
 from mypt_jax.preflight.report import rounded  # noqa: F401 - re-exported for the benchmark scripts
-from mypt_jax.training.peak import matmul_runner  # noqa: F401 - re-exported for the benchmark scripts
 
 # Every benchmark runs with the host allocator settings of our entry points (torch, in the
 # same process, gets them too).

@@ -57,13 +57,21 @@ def test_bench_phase_layouts_train_the_same_losses(tmp_path):
     report = _run("bench_phase.py", "--dataset", str(dataset), "--config", "configs/cpu_tiny.py",
                   "--shape", "tiny", "--steps", "2", "--repeats", "1", "--no_torch")
     layouts = report["layouts"]
-    assert set(layouts) == {"padded", "trimmed", "trimmed+head", "packed+head"}
+    assert set(layouts) == {"padded", "trimmed", "trimmed+head", "trimmed+flat", "packed+head"}
     assert layouts["padded"]["buckets"] == ["8x64/kall"]
+    assert all(b.endswith("/flat") for b in layouts["trimmed+flat"]["buckets"])
+    peak = report["matmul_peak_flops_per_s"]
     for name, entry in layouts.items():
         assert entry["max_loss_diff"] < 1e-5, name  # the same function in every layout
         assert entry["computed_positions_per_step"] <= 8 * 64
         assert entry["projected_phase_s"] == pytest.approx(entry["step_s"] * 40, rel=1e-3)
+        # MFU: the FLOPs of the shapes run over the peak of the same rounds; the useful work
+        # (real tokens, trained positions) is at most what the shapes run compute.
+        assert entry["mfu"] == pytest.approx(entry["model_flops_per_step"] / entry["step_s"] / peak)
+        assert 0 < entry["useful_mfu"] <= entry["mfu"]
     assert layouts["packed+head"]["computed_positions_per_step"] < 8 * 64
+    flops = {name: entry["model_flops_per_step"] for name, entry in layouts.items()}
+    assert flops["trimmed+flat"] <= flops["trimmed+head"] < flops["trimmed"] < flops["padded"]
 
 
 @pytest.mark.slow

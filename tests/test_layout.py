@@ -20,7 +20,7 @@ BELOW = {
     "interop": {"parallel", "data", "model"},
     "training": {"parallel", "data", "model", "decoding", "interop"},
     "preflight": {"parallel", "data", "model", "decoding", "interop", "training"},
-    "curriculum": {"parallel", "data", "model", "decoding", "interop", "training"},
+    "curriculum": {"parallel", "data", "model", "decoding", "interop", "training", "preflight"},
 }
 
 

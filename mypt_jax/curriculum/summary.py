@@ -99,8 +99,8 @@ def phase_summary(
 
 def throughput(config, trained: dict) -> dict[str, Any]:
     """The run's steady step time and model FLOP/s (its summary's medians), and its MFU over
-    the devices' matmul peak (`training.peak`: measured once per process on CPU)."""
-    from mypt_jax.training import peak
+    the devices' matmul peak (`preflight.peak`: measured once per process on CPU)."""
+    from mypt_jax.preflight import peak
     from mypt_jax.training.config import PRECISIONS
 
     rate = trained.get("model_flops_per_s")

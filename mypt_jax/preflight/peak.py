@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mypt_jax.preflight.chips import published_bf16_peak
+
 
 def matmul_runner(n: int = 2048, reps: int = 1, dtype: str = "float32") -> tuple[Callable[[], Any], float]:
     """(runner, flops): `reps` chained n x n x n matmuls in one jitted call.
@@ -54,8 +56,6 @@ def device_peak(dtype: str = "float32") -> tuple[float, str]:
     per device x `jax.device_count()`; an unknown kind falls back to measuring one device.
     """
     import jax
-
-    from mypt_jax.preflight.chips import published_bf16_peak
 
     kind = jax.devices()[0].device_kind
     published = None if jax.default_backend() == "cpu" else published_bf16_peak(kind)
