@@ -153,9 +153,7 @@ def test_padded_trimmed_packed_give_one_loss_and_gradient(setup, generation):
                "trimmed+head": _layout(block),
                # one long bucket: the cheapest packing then puts two episodes in a row
                "packed+head": _layout(block, pack=True, buckets=(8, 16, 32, block)),
-               "trimmed+flat": _layout(block, flat_groups=1),
-               "packed+flat": _layout(block, pack=True, buckets=(8, 16, 32, block),
-                                      flat_groups=1)}
+               "trimmed+flat": _layout(block, flat_groups=1)}
     for loader_batch in batches:
         ref_loss, ref_grads = _loss_and_grads(
             cfg, params, batching.shape_batch(loader_batch, padded)[0])

@@ -145,7 +145,8 @@ def test_tiny_model_on_v5e_4(tmp_path):
     kinds = [p["kind"] for p in report["programs"]]
     assert kinds == ["train", "eval", "decode"]
     train = report["programs"][0]
-    assert train["shape"] == {"rows": 8, "length": 64, "positions": 0, "packed": False}
+    assert train["shape"] == {"rows": 8, "length": 64, "positions": 0, "packed": False,
+                              "flat": False}
     m = train["memory"]
     assert m["required"] == (m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"]
                              + m["code"])

@@ -140,9 +140,9 @@ def format_summary(summaries: Sequence[dict]) -> str:
                 mfu = "" if t["mfu"] is None else (
                     f", MFU {t['mfu']:.0%} of {t['peak_flops_per_s'] / 1e9:.0f} GFLOP/s "
                     f"({t['peak_source']})")
+                took = "" if t["wall_time_s"] is None else f"; training took {t['wall_time_s']:.1f}s"
                 lines.append(f"  speed      {t['step_time_s'] * 1e3:.0f} ms/step, "
-                             f"{t['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu}; "
-                             f"train step {t['wall_time_s']:.1f}s of wall-clock")
+                             f"{t['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu}{took}")
             lines.append(f"  checkpoint {t['checkpoint']}  (model: {t['model_dir']})")
             if t.get("compiles"):
                 hits = sum(r["cache_hit"] is True for r in t["compiles"])
