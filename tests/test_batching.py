@@ -194,6 +194,15 @@ def test_flat_head_slots_follow_the_shards_mean_not_the_busiest_row(setup):
             b["targets"][rows, :length].reshape(-1)[at], got)
         assert inputs.shape == (2, length)
     assert batching.shape_of(flat) == info.shape
+    # Packed rows share slots too: the same trained targets, K from the packed rows' mean.
+    packed, pinfo = batching.shape_batch(b, _layout(block, pack=True, buckets=(8, 16, 32, block),
+                                                    flat_groups=1), pad_id=50256)
+    assert pinfo.shape.packed and pinfo.shape.flat
+    got = np.sort(packed["targets"][packed["loss_mask"] > 0])
+    np.testing.assert_array_equal(got, np.sort(per_row["targets"][per_row["loss_mask"] > 0]))
+    need = -(-int(trained.sum()) // pinfo.shape.rows)
+    assert pinfo.shape.positions == min(
+        x for x in batching.position_buckets(pinfo.shape.length) if x >= need)
     assert batching.BatchShape(4, 64, 16, False, flat=True).covers(
         batching.BatchShape(4, 32, 8, False, flat=True))
     assert not batching.BatchShape(4, 64, 16, False).covers(
