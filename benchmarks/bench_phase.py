@@ -47,9 +47,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# glibc left as it is (mypt_jax/parallel/hostmem.py): the layouts' many differently sized buffers
-# fragment a heap that is never trimmed, and an 8-step gamma run grew past 20 GB with it.
-os.environ.setdefault("MYPT_MALLOC_TUNING", "0")
+# The trainer's allocator settings (mypt_jax/parallel/hostmem.py: freed memory kept), so that a
+# layout's step time is the one training sees (gamma trimmed+head 0.40 s tuned, 0.52 s not), except
+# beside the padded layout: its buffers and the others' differently sized ones fragment a heap
+# that is never trimmed (an 8-step gamma run grew past 20 GB). machine.malloc_tuned says which.
+_pre = argparse.ArgumentParser(add_help=False)
+_pre.add_argument("--layouts", default="padded")
+if "padded" in _pre.parse_known_args()[0].layouts.split(","):
+    os.environ.setdefault("MYPT_MALLOC_TUNING", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -7,9 +7,9 @@ unless `--root`), with a fresh XLA compilation cache (as on a fresh clone) unles
 `--warm_cache`. Prints one JSON object: the wall-clock of the whole command, and per phase
 the val and train loss at start and end, the test prompts with their answers, the steady step
 time, MFU (model FLOPs of the shapes run over the matmul peak measured in the same process),
-compile seconds and the phase's wall-clock; `passes` says whether every alpha, beta and gamma
-prompt and at least 3 of the 4 3a-2 prompts were answered exactly (the preset's target).
-Never asserts.
+compile seconds, the phase's wall-clock and its red lines (failed prompts, forgetting);
+`passes` says whether every alpha, beta and gamma prompt and at least 3 of the 4 3a-2 prompts
+were answered exactly with no red line in any phase (the preset's target). Never asserts.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def phase_row(s: dict) -> dict:
         "train_loss": [t["train_loss"]["first"], t["train_loss"]["last"]],
         "answers": {r["name"]: [r["completion"], r["expected"], r["exact"]] for r in test["results"]},
         "exact": f"{test['exact']}/{test['scored']}",
-        "passes": test["exact"] >= (test["scored"] if need == "all" else need),
+        "red_lines": s["red_lines"],
+        "passes": test["exact"] >= (test["scored"] if need == "all" else need) and not s["red_lines"],
+        "eval_sets": t["eval_sets"],
         "step_time_s": t["step_time_s"], "mfu": t["mfu"], "peak_flops_per_s": t.get("peak_flops_per_s"),
         "compile_s": t["compile_s"], "compile_wall_s": t["compile_wall_s"],
         "train_wall_s": t["wall_time_s"], "phase_wall_s": s["wall_time_s"],

@@ -8,21 +8,38 @@ same learned position table: beta and gamma echo episodes run up to ~80 tokens, 
 an episode longer than block_size + 1 keeps only its last block_size + 1 tokens (the
 loader's rule; about 1% of gamma). The pipeline sets dataset_dir, workdir and init_from.
 
-Later phases train 32 episodes a step at alpha's rate (2e-3, cosine to 1e-4 over the phase).
+Later phases train 32 episodes a step at alpha's rate (2e-3, cosine to 1e-4 over the phase),
+and replay earlier phases' train splits in place of the seed's whole files (REPLAY below,
+`mypt_jax/curriculum/replay.py`): the tiny model overwrites what it no longer sees, and the
+seed's whole files would train on the val splits that later phases watch for forgetting.
 Sized by runs on two cores (AMD EPYC, 192 GFLOP/s float32 matmul):
-- beta: 300 steps alone do not answer "Hello world" (val 1.60), 400 did or did not by float
-  rounding (val 0.97 / 1.00); with 700 both prompts pass from step 400 on (val 0.47 -> 0.15);
-- gamma copies both gibberish words from step 150 of 300 on (val 0.54 -> 0.10);
-- 3a-2's four facts are single episodes among 13,434, mostly arithmetic. With 2400 steps one
-  chain of earlier phases gave 4/4 and another 2/4 (the capitals first, 5 + 7 and 9 x 3 late);
-  3000 steps (7 epochs) gave 4/4. A 4-layer or a 256-wide model learned beta more slowly in
-  the same steps, and 2400 steps of 16 episodes at 3e-3 gave 0/4.
+- beta: 300 steps alone do not answer "Hello world" (val 1.60); on the seed's mix 400 did or
+  did not by float rounding (val 0.97 / 1.00); with alpha's train split in place of its whole
+  file, 600 steps missed it (val 0.29) and 800 answer both (val 0.17);
+- gamma copies both gibberish words from step 150 of 300 on. Beta's train split x1 let beta's
+  val loss rise x1.65 (a forgetting red line); x2 ends it below its start (0.18 -> 0.11);
+- 3a-2's four facts are single episodes among ~13,000, mostly arithmetic. On the seed's mix,
+  2400 steps gave 4/4 on one chain of earlier phases and 2/4 on another (the capitals first,
+  5 + 7 and 9 x 3 late); 3000 steps (7 epochs) gave 4/4. Without gamma replayed, gamma's val
+  loss rose x42 during 3a-2. With the replayed train splits (the mix grows from 14,926 to
+  18,021 records) 3000 steps give 3/4 (5 + 7 missed, in all four replay mixes tried) and
+  3400 gave 4/4, but the whole curriculum then took 15 min 10 s; halving beta's share left
+  beta's val loss at x1.50 of its start. 48 episodes a step cost as much per episode. A
+  4-layer or a 256-wide model learned beta more slowly in the same steps, and 2400 steps of
+  16 episodes at 3e-3 gave 0/4.
 """
 
 from configs import cpu_alpha
 
 PHASES = ("3a1_alpha", "3a1_beta", "3a1_gamma", "3a2")
-LATER = {"3a1_beta": (600, 150), "3a1_gamma": (300, 150), "3a2": (3000, 750)}  # steps, eval every
+LATER = {"3a1_beta": (800, 200), "3a1_gamma": (300, 150), "3a2": (3000, 750)}  # steps, eval every
+# Replayed earlier train splits, in place of the seed's whole-file replays (mypt_jax/curriculum/
+# replay.py): {phase: {earlier phase: ratio}}.
+REPLAY = {
+    "3a1_beta": {"3a1_alpha": 1.0},
+    "3a1_gamma": {"3a1_beta": 2.0, "3a1_alpha": 1.0},
+    "3a2": {"3a1_beta": 1.0, "3a1_gamma": 0.25, "3a1_alpha": 1.0},
+}
 
 
 def get_config(phase: str = "3a1_alpha"):

@@ -58,6 +58,7 @@ def test_bench_phase_layouts_train_the_same_losses(tmp_path):
                   "--shape", "tiny", "--steps", "2", "--repeats", "1", "--no_torch")
     layouts = report["layouts"]
     assert set(layouts) == {"padded", "trimmed", "trimmed+head", "trimmed+flat", "packed+head"}
+    assert report["machine"]["malloc_tuned"] is False  # beside the padded layout, glibc as it is
     assert layouts["padded"]["buckets"] == ["8x64/kall"]
     assert all(b.endswith("/flat") for b in layouts["trimmed+flat"]["buckets"])
     peak = report["matmul_peak_flops_per_s"]

@@ -4,7 +4,7 @@
 test prompts), in a fresh root and a process of its own with one CPU device (the suite's
 process simulates eight). Alpha's run is made once per module and every later phase starts
 from the one before, as the real recipe does. The seed's Step 4 prompts of each phase
-must be answered exactly. 3a-2 is left to `benchmarks/cpu_curriculum.py` (the whole
+must be answered exactly, with no red line (forgetting included). 3a-2 is left to `benchmarks/cpu_curriculum.py` (the whole
 curriculum, timed), which CI's budget cannot hold.
 """
 
@@ -73,4 +73,8 @@ def test_beta_and_gamma_learn_to_copy_from_the_alpha_run(alpha):
         assert s["train"]["init_from"] == str(previous)
         assert s["train"]["final_val_loss"] < 0.6 * s["train"]["first_val_loss"]
         assert _answers(s) == _expected(phase), phase
+        # No red line, forgetting included: each earlier phase's train split is replayed
+        # (configs/pipeline_cpu.py REPLAY), and its val split, watched here, never trained on.
+        assert s["verdict"] == "ok", (phase, s["red_lines"])
+        assert s["data"]["replayed"] and all(s["data"]["replayed"].values())
         previous = root / "runs" / "cpu" / f"phase{phase}"

@@ -102,6 +102,54 @@ def test_data_steps_skip_when_complete_and_redo_when_not(tmp_path):
     assert meta["num_conversations"] == shared["records"] + 1
 
 
+def test_cpu_preset_replays_earlier_train_splits_not_their_val(tmp_path, monkeypatch):
+    from mypt_jax.curriculum import replay
+    from mypt_jax.data.prepare import prepare
+
+    alpha, beta = pipeline.PHASES["3a1_alpha"], pipeline.PHASES["3a1_beta"]
+    with pytest.raises(pipeline.PipelineError, match="dataset_metadata.json is missing; prepare"):
+        pipeline.replay_step(tmp_path, "3a1_alpha")
+    with pytest.raises(pipeline.PipelineError, match="3a1_beta replays 3a1_alpha's train split"):
+        pipeline.run("3a1_beta", root=tmp_path, preset="cpu", steps=["mix"])  # before any work
+    pipeline.generate_step(tmp_path, "format_lock_alpha")
+    pipeline.generate_step(tmp_path, "echo_beta")
+    pipeline.prepare_step(tmp_path, alpha)
+
+    replays = replay.plan("cpu", beta)
+    assert replays == [("3a1_alpha", 1.0)] and replay.plan("real", beta) == []
+    first = pipeline.replay_step(tmp_path, "3a1_alpha")
+    assert first["status"] == "done"
+    assert pipeline.replay_step(tmp_path, "3a1_alpha")["status"] == pipeline.SKIPPED
+    # The replayed records are alpha's train split exactly, in order: prepared alone, they give
+    # alpha's train/ files byte for byte (and none of its val episodes).
+    again = prepare(first["path"], tmp_path / "replayed", val_split=0.0, progress=False)
+    assert again["num_train_episodes"] == first["records"] == _lines(first["path"])
+    for name in ("tokens.bin", "mask.bin", "episodes.idx"):
+        assert ((tmp_path / "replayed" / "train" / name).read_bytes()
+                == (tmp_path / alpha.prepared / "train" / name).read_bytes()), name
+
+    # Beta mixes its own echo data and alpha's train split (not the whole alpha file).
+    mixed = pipeline.mix_step(tmp_path, beta, None, replays)
+    n_echo = _lines(tmp_path / pipeline.GENERATED["echo_beta"].path)
+    assert mixed["records"] == n_echo + first["records"] == _lines(mixed["path"])
+    assert pipeline.mix_step(tmp_path, beta, None, replays)["status"] == pipeline.SKIPPED
+    assert pipeline.mix_step(tmp_path, beta, None)["status"] == "done"  # the seed's mix: redone
+    assert pipeline.mix_step(tmp_path, beta, None, [("3a1_alpha", 0.5)])["records"] == (
+        n_echo + first["records"] // 2)
+
+    source = tmp_path / pipeline.GENERATED["format_lock_alpha"].path
+    source.write_text(source.read_text() + source.read_text().splitlines()[0] + "\n")
+    with pytest.raises(pipeline.PipelineError, match="no longer describes .* prepare 3a1_alpha again"):
+        pipeline.replay_step(tmp_path, "3a1_alpha")
+    for table, match in [({"3a1_gamma": 1.0}, "'3a1_gamma' is not an earlier phase"),
+                         ({"3a1_alpha": 0}, "expected a ratio > 0, got 0")]:
+        monkeypatch.setattr(replay, "preset_replay", lambda preset, name, t=table: t)
+        with pytest.raises(pipeline.PipelineError, match=r"configs/pipeline_cpu.py REPLAY\['3a1_beta'\]"):
+            replay.plan("cpu", beta)
+        with pytest.raises(pipeline.PipelineError, match=match):
+            replay.plan("cpu", beta)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -128,11 +176,14 @@ def _check_summary_is_true(s: dict, root: Path) -> None:
     from mypt_jax.training.run_meta import latest_run_meta
 
     phase = pipeline.PHASES[s["phase"]]
-    for path, n in s["data"]["generated"].items():
+    d = s["data"]
+    for path, n in {**d["generated"], **d["replayed"]}.items():
         assert n == _lines(path)
-    if phase.mix_output:
-        assert s["data"]["mixed"]["records"] == _lines(root / phase.mix_output) == sum(
-            s["data"]["generated"].values())  # the seed mixes: whole files
+    if phase.mix_output:  # the CPU preset: its own data whole, earlier train splits at ratios
+        assert d["mixed"]["records"] == _lines(root / phase.mix_output) == sum(
+            d["mixed"]["sources"].values())
+        assert d["mixed"]["sources"].keys() == {**d["generated"], **d["replayed"]}.keys()
+        assert all(d["mixed"]["sources"][path] == n for path, n in d["generated"].items())
     p = s["data"]["prepared"]
     counted = {}
     for split in episodes.SPLITS:
@@ -223,7 +274,7 @@ def test_all_phases_on_cpu_chain_and_report_truly(tmp_path, monkeypatch):
     for s in summaries:
         for step, v in s["steps"].items():
             assert v["status"] == (pipeline.SKIPPED if step in seen else "done"), (s["phase"], step)
-            if step.startswith("generate "):
+            if step.startswith(("generate ", "replay ")):
                 seen.add(step)
 
     again = pipeline.run("all", preset="cpu", overrides={**TINY, **cache})

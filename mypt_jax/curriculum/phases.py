@@ -90,6 +90,14 @@ def _configs(module: str):
     return importlib.import_module(f"configs.{module}")
 
 
+def preset_replay(preset: str, name: str) -> dict[str, float]:
+    """{earlier phase: ratio} whose train split the preset replays in this phase's mix
+    (`curriculum.replay`); the real preset keeps the seed's mixes."""
+    if preset != "cpu":
+        return {}
+    return dict(getattr(_configs("pipeline_cpu"), "REPLAY", {}).get(name, {}))
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """`field=value` strings -> dict; values are Python literals, else strings."""
     out = {}

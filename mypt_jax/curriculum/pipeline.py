@@ -15,6 +15,8 @@ seed document's layout (`data/sft_format_lock_alpha/...`, `data/sft_ready/phase3
 
 Mixes: the seed commands concatenate their inputs whole (100% + 100%) and shuffle, and so
 do we by default; `--replay_share 0.15` makes the replayed inputs 15% of the mix instead.
+The CPU preset replays earlier phases' train splits in place of the seed's whole files, so
+that no val split watched for forgetting is trained on (`curriculum/replay.py`).
 
 Presets: `real` is `configs/phase3a1_*.py` / `configs/phase3a2.py` (750M model); alpha starts
 from `checkpoints/domain_v5_sft_ready` under the root, which you create from the upstream
@@ -39,6 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mypt_jax.curriculum import replay
 from mypt_jax.curriculum.phases import (
     BASE_CHECKPOINT,
     GENERATED,
@@ -95,25 +98,33 @@ def generate_step(root: Path, key: str) -> dict[str, Any]:
     return {"status": "done", "path": str(path), "records": len(records)}
 
 
-def mix_step(root: Path, phase: Phase, replay_share: float | None) -> dict[str, Any]:
-    """The seed doc's `mix_sft_jsonl.py --inputs ... --shuffle`, skipped when already done."""
+def mix_step(root: Path, phase: Phase, replay_share: float | None,
+             replays: Sequence[tuple[str, float]] = ()) -> dict[str, Any]:
+    """The seed doc's `mix_sft_jsonl.py --inputs ... --shuffle` (and the preset's replayed train
+    splits, `curriculum.replay`), skipped when already done."""
     from datagen import mix
 
-    inputs = [root / GENERATED[k].path for k in phase.datasets]
+    datasets = replay.mixed_datasets(phase, replays)
+    inputs = [root / GENERATED[k].path for k in datasets] + [
+        replay.train_split_path(root, name) for name, _ in replays]
+    ratios = [1.0] * len(datasets) + [ratio for _, ratio in replays]
+    if replay_share is not None:  # the share sizes every replay input; the sidecar has no ratio
+        ratios = [1.0] + [None] * (len(inputs) - 1)
     output = root / phase.mix_output
     meta_file = mix.meta_path(output)
     if output.is_file() and meta_file.is_file() and _newer_or_same(output, inputs):
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         same = (
-            [s["path"] for s in meta.get("sources", [])] == [str(p) for p in inputs]
+            [(s["path"], s["ratio"]) for s in meta.get("sources", [])]
+            == [(str(p), r) for p, r in zip(inputs, ratios, strict=True)]
             and meta.get("replay_share") == replay_share and meta.get("seed") == MIX_SEED
             and meta.get("shuffled") is True
             and meta.get("total_episodes") == count_records(output)
         )
         if same:
             return {"status": SKIPPED, "path": str(output), "records": meta["total_episodes"]}
-    argv = ["--inputs", *map(str, inputs), "--output", str(output), "--shuffle",
-            "--seed", str(MIX_SEED)]
+    specs = [str(p) if r in (1.0, None) else f"{p}:{r:g}" for p, r in zip(inputs, ratios, strict=True)]
+    argv = ["--inputs", *specs, "--output", str(output), "--shuffle", "--seed", str(MIX_SEED)]
     if replay_share is not None:
         argv += ["--replay_share", str(replay_share)]
     mixed = mix.run(mix.build_parser().parse_args(argv))
@@ -208,8 +219,15 @@ def default_eval_sets(root: Path, phase: Phase, names: Sequence[str]) -> str:
         if name in names or (root / PHASES[name].prepared).is_dir()})
 
 
+def replay_step(root: Path, name: str) -> dict[str, Any]:
+    """An earlier phase's train split for a later mix (`curriculum.replay`), rewritten only
+    when its records changed."""
+    path, records, changed = replay.write_train_split(root, name)
+    return {"status": "done" if changed else SKIPPED, "path": str(path), "records": records}
+
+
 def run_phase(root: Path, phase: Phase, config, steps: Sequence[str],
-              replay_share: float | None) -> dict[str, Any]:
+              replay_share: float | None, replays: Sequence[tuple[str, float]]) -> dict[str, Any]:
     t0 = time.perf_counter()
     status: dict[str, dict] = {}
 
@@ -222,14 +240,19 @@ def run_phase(root: Path, phase: Phase, config, steps: Sequence[str],
         _log(f"[{phase.name}] {name}: {result['status']} ({result['seconds']}s)")
         return result
 
-    for key in phase.datasets:
+    for key in replay.mixed_datasets(phase, replays):
         if "generate" in steps:
             result = _timed(lambda key=key: generate_step(root, key))
             status[f"generate {key}"] = result
             _log(f"[{phase.name}] generate {GENERATED[key].path}: {result['status']} "
                  f"({result['records']} records)")
+    for name, ratio in replays if "mix" in steps else ():
+        result = _timed(lambda name=name: replay_step(root, name))
+        status[f"replay {name}"] = result
+        _log(f"[{phase.name}] replay {name}'s train split x{ratio:g}: {result['path']}: "
+             f"{result['status']} ({result['records']} records)")
     if phase.mix_output:
-        step("mix", lambda: mix_step(root, phase, replay_share))
+        step("mix", lambda: mix_step(root, phase, replay_share, replays))
     step("prepare", lambda: prepare_step(root, phase))
     step("train", lambda: train_step(config))
     prompts_file = repo_file(root, phase.test_prompts)
@@ -240,7 +263,7 @@ def run_phase(root: Path, phase: Phase, config, steps: Sequence[str],
             verdict = "ok" if r["exact"] else ("ok (normalized)" if r["normalized"] else "WRONG")
             expected = "" if r["expected"] is None else f"   expected {r['expected']!r}: {verdict}"
             _log(f"  {_question(r['prompt'])!r} -> {r['completion']!r}{expected}")
-    summary = phase_summary(root, phase, config, prompts_file, status)
+    summary = phase_summary(root, phase, config, prompts_file, status, replays)
     summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
     if "train" in summary and _is_main():
         log_path = Path(config.log_file)
@@ -281,7 +304,13 @@ def run(
             "the pipeline's data and test steps run on one host; with several processes pass "
             "--steps train (prepare the data first, on every host's disk or a shared one)")
 
-    configs = {}
+    configs, replays = {}, {name: replay.plan(preset, PHASES[name]) for name in names}
+    for name in names if "mix" in steps else ():
+        for earlier, _ in replays[name]:
+            prepared = replay.metadata_path(root, earlier)
+            if earlier not in names and not prepared.is_file():
+                raise PipelineError(f"{name} replays {earlier}'s train split, but {prepared} is "
+                                    f"missing; run `--phase {earlier}` first (or `--phase all`)")
     for i, name in enumerate(names):
         p = PHASES[name]
         c = phase_config(root, p, preset, init_from if i == 0 else None, overrides)
@@ -311,7 +340,8 @@ def run(
 
     summaries = []
     for name in names:
-        summaries.append(run_phase(root, PHASES[name], configs[name], steps, replay_share))
+        summaries.append(run_phase(root, PHASES[name], configs[name], steps, replay_share,
+                                   replays[name]))
     return summaries
 
 

@@ -7,28 +7,39 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mypt_jax.curriculum import replay
 from mypt_jax.curriculum.phases import GENERATED, Phase, count_records, test_results_path
 from mypt_jax.data.paths import write_json_atomic
 from mypt_jax.training.run_meta import CHECKPOINTS_DIR, finished_run
 
 
 def phase_summary(
-    root: Path, phase: Phase, config, prompts_file: str, step_status: dict[str, dict]
+    root: Path, phase: Phase, config, prompts_file: str, step_status: dict[str, dict],
+    replays: Sequence[tuple[str, float]] = (),
 ) -> dict[str, Any]:
     """Everything reported for a phase, read back from what the steps wrote."""
     import jax
 
+    from datagen import mix
     from mypt_jax.data.dataset import read_metadata
     from mypt_jax.interop import model_io
     from mypt_jax.training import eval_sets, health, plot
 
-    data = {"generated": {}, "mixed": None, "prepared": None}
-    for key in phase.datasets:
+    data = {"generated": {}, "replayed": {}, "mixed": None, "prepared": None}
+    for key in replay.mixed_datasets(phase, replays):
         path = root / GENERATED[key].path
         data["generated"][str(path)] = count_records(path) if path.is_file() else None
+    for name, _ in replays:
+        path = replay.train_split_path(root, name)
+        data["replayed"][str(path)] = count_records(path) if path.is_file() else None
     if phase.mix_output:
         path = root / phase.mix_output
         data["mixed"] = {"path": str(path), "records": count_records(path) if path.is_file() else None}
+        meta_file = mix.meta_path(path)
+        if meta_file.is_file():  # what each input gave the mix, from its sidecar
+            data["mixed"]["sources"] = {
+                s["path"]: s["sampled"]
+                for s in json.loads(meta_file.read_text(encoding="utf-8"))["sources"]}
     prepared = root / phase.prepared
     meta = read_metadata(prepared) if prepared.is_dir() else {}
     if meta:
@@ -124,6 +135,8 @@ def format_summary(summaries: Sequence[dict]) -> str:
         d = s["data"]
         for path, n in d["generated"].items():
             lines.append(f"  generated  {path}: {n} records")
+        for path, n in d.get("replayed", {}).items():
+            lines.append(f"  replayed   {path}: {n} records (an earlier phase's train split)")
         if d["mixed"]:
             lines.append(f"  mixed      {d['mixed']['path']}: {d['mixed']['records']} records")
         if d["prepared"]:

@@ -127,13 +127,13 @@ def compile_run(run: RunPrograms, r, mesh, tx, step_fn: ts.TrainStep, row_fn, *,
     progs.compile_ahead(jobs + ([generate] if generate else []), threads)
 
 
-def remember(run: RunPrograms, timings: compile_cache.Timings, rates: list[float]) -> None:
-    """Keeps this run's measured compile seconds (misses only) and step FLOP rate."""
+def remember(run: RunPrograms, timings: compile_cache.Timings, flops_per_s: float | None) -> None:
+    """Keeps this run's measured compile seconds (misses only) and steady step FLOP rate."""
     misses = [x["seconds"] for x in run.programs.records if x["cache_hit"] is not True]
     values = {}
     if misses:
         values["compile_s"] = statistics.median(misses)
-    if rates:
-        values["flops_per_s"] = statistics.median(rates)
+    if flops_per_s:
+        values["flops_per_s"] = flops_per_s
     if values:
         timings.update(**values)

@@ -456,8 +456,11 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
     # ----- final eval, checkpoint, exports -----
     record = run.evaluate(c.max_iters, state, val_fn, mdef, eval_prompts, final=True)
     _warn_late(progs, writer, c.max_iters)
+    # Medians over the log windows (evals and saves excluded): the steady step.
+    step_time_s = statistics.median(run.step_times) if run.step_times else None
+    flops_per_s = statistics.median(run.rates) if run.rates else None
     if is_main:
-        compile_plan.remember(planned, timings, run.rates)
+        compile_plan.remember(planned, timings, flops_per_s)
     summary = {
         "workdir": c.workdir,
         "steps": c.max_iters,
@@ -475,9 +478,8 @@ def _train(r: cfg_lib.Resolved, ckpt: ckpt_lib.Checkpointer, stack: contextlib.E
         "compiles": progs.records,
         "compile_s": progs.serial_seconds(),
         "compile_wall_s": progs.ahead_wall_s,
-        # Medians over the log windows (evals and saves excluded): the steady step.
-        "step_time_s": statistics.median(run.step_times) if run.step_times else None,
-        "model_flops_per_s": statistics.median(run.rates) if run.rates else None,
+        "step_time_s": step_time_s,
+        "model_flops_per_s": flops_per_s,
         "shape_plan": planned.summary(),
         "damaged_checkpoints": begin.warnings,
     }
