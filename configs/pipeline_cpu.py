@@ -24,9 +24,9 @@ Sized by runs on two cores (AMD EPYC, 192 GFLOP/s float32 matmul):
   loss rose x42 during 3a-2. With the replayed train splits (the mix grows from 14,926 to
   18,021 records) 3000 steps give 3/4 (5 + 7 missed, in all four replay mixes tried) and
   3400 gave 4/4, but the whole curriculum then took 15 min 10 s; halving beta's share left
-  beta's val loss at x1.50 of its start. 48 episodes a step cost as much per episode. A
-  4-layer or a 256-wide model learned beta more slowly in the same steps, and 2400 steps of
-  16 episodes at 3e-3 gave 0/4.
+  beta's val loss at x1.50 of its start. 48 episodes a step cost about as much per episode
+  (5.2 against 5.5 ms). A 4-layer or a 256-wide model learned beta more slowly in the same
+  steps, and 2400 steps of 16 episodes at 3e-3 gave 0/4.
 """
 
 from configs import cpu_alpha

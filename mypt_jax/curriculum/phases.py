@@ -90,6 +90,15 @@ def _configs(module: str):
     return importlib.import_module(f"configs.{module}")
 
 
+def earlier_phases(phase: Phase) -> list[str]:
+    """The phases before this one, first to last (each initialised the next)."""
+    earlier, prev = [], phase.previous
+    while prev is not None:
+        earlier.insert(0, prev)
+        prev = PHASES[prev].previous
+    return earlier
+
+
 def preset_replay(preset: str, name: str) -> dict[str, float]:
     """{earlier phase: ratio} whose train split the preset replays in this phase's mix
     (`curriculum.replay`); the real preset keeps the seed's mixes."""

@@ -53,6 +53,7 @@ from mypt_jax.curriculum.phases import (
     PipelineError,
     count_records,
     datagen_module,
+    earlier_phases,
     parse_overrides,
     phase_config,
     repo_file,
@@ -209,13 +210,8 @@ def default_eval_sets(root: Path, phase: Phase, names: Sequence[str]) -> str:
     beta, 3a-2 all three. A phase counts when it runs now or its data is prepared already."""
     from mypt_jax.training import eval_sets
 
-    earlier = []
-    prev = phase.previous
-    while prev is not None:
-        earlier.insert(0, prev)
-        prev = PHASES[prev].previous
     return eval_sets.format_spec({
-        name: str(root / PHASES[name].prepared) for name in earlier
+        name: str(root / PHASES[name].prepared) for name in earlier_phases(phase)
         if name in names or (root / PHASES[name].prepared).is_dir()})
 
 

@@ -23,18 +23,20 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from mypt_jax.curriculum.phases import PHASES, Phase, PipelineError, preset_replay
+from mypt_jax.curriculum.phases import (
+    PHASES,
+    Phase,
+    PipelineError,
+    earlier_phases,
+    preset_replay,
+)
 
 REPLAY_DIR = "data/sft_replay"
 
 
 def plan(preset: str, phase: Phase) -> list[tuple[str, float]]:
     """The (earlier phase, ratio) pairs the preset replays in this phase's mix, checked."""
-    table = preset_replay(preset, phase.name)
-    earlier, prev = [], phase.previous
-    while prev is not None:
-        earlier.append(prev)
-        prev = PHASES[prev].previous
+    table, earlier = preset_replay(preset, phase.name), earlier_phases(phase)
     where = f"configs/pipeline_{preset}.py REPLAY[{phase.name!r}]"
     if table and not phase.mix_output:
         raise PipelineError(f"{where}: {phase.name} has no mix to replay into")
