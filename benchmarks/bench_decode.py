@@ -180,7 +180,7 @@ def measure(runners: dict[str, dict], new_tokens: int, repeats: int) -> dict:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--new_tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=4)
@@ -188,7 +188,11 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--scan_layers", action="store_true",
                         help="also time the scanned layer loop (jax_scanned) beside jax")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.torch_threads and common.have_torch():
         import torch
 

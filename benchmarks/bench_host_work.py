@@ -111,7 +111,7 @@ def bench_prefetch(args) -> dict:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="what", required=True)
     e = sub.add_parser("eval")
@@ -124,7 +124,11 @@ def main() -> None:
     f.add_argument("--dataset", required=True)
     f.add_argument("--delay_ms", type=float, default=40.0)
     f.add_argument("--steps", type=int, default=30)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.what == "prefetch":  # before jax starts
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_force_host_platform_device_count=8")

@@ -243,7 +243,8 @@ def run_aot(args, c, mc) -> dict[str, Any]:
     return out
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The flags; `--config.field=value` overrides are left for `load_config`."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="data/sft_ready/phase3a1_gamma")
     p.add_argument("--config", default="configs/phase3a1_gamma.py",
@@ -261,6 +262,11 @@ def parse_args(argv=None):
     p.add_argument("--no_torch", dest="torch", action="store_false")
     p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--aot_only", action="store_true")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args, overrides = p.parse_known_args(argv)
     unknown = sorted(set(args.layouts) - set(LAYOUTS))
     if unknown:

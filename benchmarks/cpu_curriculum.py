@@ -49,12 +49,16 @@ def phase_row(s: dict) -> dict:
     }
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default=None, help="default: a fresh temporary directory")
     p.add_argument("--warm_cache", action="store_true",
                    help="keep the user's XLA compilation cache (default: a fresh one)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     root = Path(args.root or tempfile.mkdtemp(prefix="mypt_cpu_curriculum_"))
     if not args.warm_cache:
         os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mypt_xdg_")

@@ -31,12 +31,16 @@ from mypt_jax.preflight import report as preflight  # noqa: E402
 PHASES = {name: f"configs/{p.config}.py" for name, p in CURRICULUM.items()}
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--report", required=True, help="a preflight --json report")
     p.add_argument("--root", required=True, help="the pipeline root holding data/sft_ready/")
     p.add_argument("--batches", type=int, default=500, help="train batches read per phase")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     report = json.loads(Path(args.report).read_text())
     t = report["target"]
     target = preflight.Target(t["name"], [None] * t["devices"], t["hosts"],

@@ -134,7 +134,7 @@ def generate(
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m datagen.echo",
         description=f"Write <output_dir>/{OUTPUT_NAME} (relative paths are relative to the CWD).",
@@ -143,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output_dir", type=str, default="data/sft_echo")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--gibberish", type=str, choices=GIBBERISH_MODES, default="exclude")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_examples is not None and args.max_examples < 0:
         parser.error(f"--max_examples must be >= 0 (0 means no cap), got {args.max_examples}")

@@ -183,7 +183,7 @@ def generate(mode: str = "full", math: str = "include", seed: int = 42) -> list[
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m datagen.format_lock",
         description=f"Write <output_dir>/{OUTPUT_NAME} (relative paths are relative to the CWD).",
@@ -192,7 +192,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--math", type=str, choices=MATH_MODES, default="include")
     parser.add_argument("--mode", type=str, choices=MODES, default="full")
     parser.add_argument("--seed", type=int, default=42, help="shuffle seed (upstream: fixed 42)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     records = generate(args.mode, args.math, args.seed)
     write_generator_output(args.output_dir, OUTPUT_NAME, records)

@@ -85,8 +85,24 @@ def unknown_override(argv: list[str]) -> str | None:
     return None
 
 
+_HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+
+
+def usage() -> str:
+    """This command's help: both forms, our flags and the upstream's (absl's own --help exits 1)."""
+    ours = "\n".join(f"  --{name}: {flags.FLAGS[name].help}"
+                      for name in ("config", "workdir", "distributed"))
+    upstream = upstream_cli.build_parser().format_help().split("options:\n", 1)[-1]
+    return (f"{__doc__.strip()}\n\nflags:\n{ours}\n  --config.FIELD=VALUE: any field of "
+            f"configs/base.py (or of the --config preset)\n\nthe upstream train.py flags:\n"
+            f"{upstream.rstrip()}\n")
+
+
 def cli(argv: list[str]) -> None:
     """Takes the upstream train.py flags off the command line; absl parses the rest."""
+    if any(a in _HELP_FLAGS for a in argv[1:]):
+        print(usage())
+        sys.exit(0)
     upstream_args, rest = upstream_cli.split_argv(argv[1:])
     translation = None
     if upstream_cli.given(upstream_args):

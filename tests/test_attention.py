@@ -83,7 +83,7 @@ def test_splash_matches_einsum_forward_and_gradients(dtype, packed):
             assert _max_err(got, want) <= 2 * _max_err(bf16, want) + 1e-3 * _scale(want)
 
 
-@pytest.mark.parametrize("T", [64, 200])
+@pytest.mark.parametrize("T", [64, pytest.param(200, marks=pytest.mark.slow)])
 def test_splash_pads_sequences_that_are_not_a_multiple_of_128(T):
     # 64: the shortest sequence bucket, below the kernel's 128-lane minimum; 200: ragged.
     assert attention.splash_tiling(T) == ((128, 128) if T == 64 else (256, 256))
@@ -99,6 +99,7 @@ def test_splash_tiling_of_the_sequence_buckets():
         (128, 128), (128, 128), (256, 256), (512, 512), (1024, 512)]
 
 
+@pytest.mark.slow
 def test_training_dropout_policy_is_the_same_for_every_kernel():
     """attention_prob_dropout=False: the residual sites keep their masks (same keys), so a
     training forward through splash equals the einsum's with the same key."""

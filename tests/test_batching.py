@@ -209,6 +209,7 @@ def test_flat_head_slots_follow_the_shards_mean_not_the_busiest_row(setup):
         batching.BatchShape(4, 32, 8, False, flat=True))
 
 
+@pytest.mark.slow
 def test_flat_head_on_a_sharded_batch_gives_the_padded_loss(setup):
     block, batches = setup
     shards = 2  # two rows a shard: each shard's slots gather across its rows

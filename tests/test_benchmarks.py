@@ -101,3 +101,18 @@ def test_preflight_table_rows_follow_the_reports(tmp_path):
     saved = json.loads((tmp_path / "v5e-4_remat-full_mesh_data-1_mesh_fsdp--1.json").read_text())
     assert saved["table"]["max_rss_bytes"] > 0 and saved["model"]["remat"] == "full"
     assert report["markdown"].count("\n| v5e-4") == 2
+
+
+def test_interleaved_rounds_give_every_runner_the_same_load():
+    """benchmarks/common.interleaved, which every speed ratio we quote comes from: warm-up calls
+    first, then rounds in which each runner runs once in turn; best <= median per runner."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import common
+
+    calls = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in ("jax", "torch")}
+    report = common.interleaved(runners, repeats=3, warmup=2)
+    assert calls == ["jax", "jax", "torch", "torch"] + ["jax", "torch"] * 3
+    for times in report.values():
+        assert set(times) == {"first_s", "best_s", "median_s"}
+        assert 0 <= times["best_s"] <= times["median_s"]

@@ -93,6 +93,7 @@ def test_params_only_restore(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(state.params))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_step_and_last_good_checkpoint(dataset, tmp_path):
     from mypt_jax.training import trainer
 

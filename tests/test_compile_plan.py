@@ -51,6 +51,7 @@ def _config(dataset, workdir, **overrides):
         length_buckets=(28, 30, 32), dropout=0.0, **overrides)  # shapes 8x30/k8, 8x28/k8
 
 
+@pytest.mark.slow
 def test_padded_up_shapes_train_exactly_as_the_exact_buckets(dataset, tmp_path, monkeypatch):
     """A run whose rare shapes are forced up to compiled ones logs the same losses."""
     cache = str(tmp_path / "xla")
@@ -72,6 +73,7 @@ def test_padded_up_shapes_train_exactly_as_the_exact_buckets(dataset, tmp_path, 
     assert merged["final_val_loss"] == pytest.approx(exact["final_val_loss"], rel=2e-6)
 
 
+@pytest.mark.slow
 def test_planned_programs_compile_concurrently_and_a_resume_compiles_nothing(dataset, tmp_path):
     cache = str(tmp_path / "xla")
     first = trainer.train(_config(dataset, tmp_path / "run", compile_threads=2,

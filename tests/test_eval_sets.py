@@ -43,6 +43,7 @@ def test_a_set_s_loss_is_the_val_loss_of_a_run_on_that_dataset(tmp_path):
     assert len({r["val_loss/other"] for r in a}) > 1  # the stream moved on between evals
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_each_set_s_stream(tmp_path):
     main, other = train_helpers.make_dataset(tmp_path), _other_dataset(tmp_path)
     common = dict(eval_interval=2, eval_iters=2, warmup_iters=0, eval_prompts_file="",

@@ -76,7 +76,7 @@ def test_the_prefetched_stream_is_the_loop_stream_batch_for_batch(mixed_dataset)
     feed.close()
 
 
-@pytest.mark.parametrize("eval_iters", [2, 30])  # 30 x 4 rows > the split: resident, wrapping
+@pytest.mark.parametrize("eval_iters", [2, pytest.param(30, marks=pytest.mark.slow)])  # 30 x 4 rows > the split: resident, wrapping
 def test_rebuilt_val_loss_equals_the_batchwise_one(mixed_dataset, eval_iters):
     source = _source(mixed_dataset, block_size=64)
     from mypt_jax.model import ModelConfig
@@ -254,6 +254,7 @@ print("COUNTS " + json.dumps([loop_collectives(params),
 """
 
 
+@pytest.mark.slow
 def test_eval_prompt_decode_gathers_the_weights_once_not_per_token():
     out = train_helpers.run_module(["-c", _DECODE_HLO], devices=8, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -85,6 +85,7 @@ def test_init_statistics():
     assert float(jnp.min(p["blocks"]["ln1_scale"])) == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["seed", "head"])
 def test_decode_with_cache_matches_full_forward(arch):
     _, model, cfg = torch_and_jax(arch, seed=3)
@@ -115,6 +116,7 @@ def test_decode_with_cache_matches_full_forward(arch):
             np.testing.assert_allclose(np.asarray(got[b]), want, atol=2e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_segment_ids_isolate_packed_episodes():
     _, model, _ = torch_and_jax("seed", seed=5)
     a, b = PROMPT_IDS[:7], PROMPT_IDS[7:12]
@@ -139,6 +141,7 @@ def test_dropout_only_when_not_deterministic():
     assert float(jnp.abs(s1 - s2).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_remat_policies_and_unrolled_layers_give_same_loss_and_grads():
     base = M.ModelConfig(**{**TINY, "n_embd": 32, "vocab_size": 512, "block_size": 16})
     x = jnp.asarray([[1, 2, 3, 4, 5, 6]])

@@ -167,6 +167,7 @@ def test_single_process_does_not_join_and_late_join_is_refused(monkeypatch):
                                      process_id=0)
 
 
+@pytest.mark.slow
 def test_a_process_left_alone_prints_the_hang_hint(tmp_path):
     """jax#22436: one of two processes started; it must say why before jax aborts it."""
     code = ("from mypt_jax.parallel import distributed\n"

@@ -4,6 +4,7 @@ continues bit-identically. With two processes a signal to one of them stops both
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import train_helpers
 
+from mypt_jax.training import exit_codes, preemption
 from mypt_jax.training.preemption import PREEMPTED_EXIT_CODE
 
 OVERRIDES = {
@@ -125,3 +127,21 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
     assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:]
     jax.tree.map(np.testing.assert_array_equal, train_helpers.final_params(ref),
                  train_helpers.final_params(run))
+
+
+def test_a_signal_stops_the_run_at_the_next_step_and_the_handlers_come_back():
+    """The one-process watcher in-process: SIGTERM and SIGINT become a stop request, a second
+    Ctrl-C is Python's own, and leaving the run restores what was installed before."""
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with preemption.Watcher() as watcher:
+        assert not watcher.requested(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert watcher.requested(1) and watcher.signal_name == "SIGTERM"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    with preemption.Watcher() as watcher:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert watcher.requested(3) and watcher.signal_name == "SIGINT"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    stop = preemption.Preempted(7, "SIGTERM", "runs/x/checkpoints/7")
+    assert exit_codes.user_error(stop) == (
+        preemption.PREEMPTED_EXIT_CODE, f"preempted: {stop}") and "step 7" in str(stop)

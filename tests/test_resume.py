@@ -55,3 +55,27 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     # A finished run rerun only reports.
     out = train_helpers.run_module(_cli(dataset, killed))
     assert out.returncode == 0 and "nothing to do" in out.stdout, out.stdout[-2000:]
+
+
+
+def test_a_resumed_run_takes_the_uninterrupted_runs_next_batches(tmp_path):
+    """In-process and short, the fast tier's resume check: 4 steps, then a rerun of the same
+    config to 6, against 6 steps in one go; the resumed steps' losses are the same numbers."""
+    from mypt_jax.training import trainer
+
+    dataset = train_helpers.make_dataset(tmp_path, n=20)
+
+    def config(workdir, steps):
+        return train_helpers.tiny_config(dataset, workdir, max_iters=steps, eval_interval=100,
+                                         checkpoint_interval=2, warmup_iters=1, log_interval=1,
+                                         eval_prompts_file="", dropout=0.1)
+
+    trainer.train(config(tmp_path / "ref", 6))
+    assert trainer.train(config(tmp_path / "run", 4))["resumed_from"] is None
+    assert trainer.train(config(tmp_path / "run", 6))["resumed_from"] == 4
+    losses = {}
+    for name in ("ref", "run"):
+        log = train_helpers.read_log(tmp_path / name / "log.jsonl")
+        losses[name] = {r["iter"]: r["train_loss"] for r in log if "train_loss" in r}
+    assert sorted(losses["run"]) == list(range(6))
+    assert [losses["run"][i] for i in (4, 5)] == [losses["ref"][i] for i in (4, 5)]

@@ -186,3 +186,28 @@ def test_processes_with_different_datasets_or_workdirs_stop_instead_of_hanging(t
     for _, text in results:
         (line,) = [x for x in text.splitlines() if x.startswith("error: ")]
         assert line.startswith("error: workdir ") and "process(es) [1] do not see the marker" in line
+
+
+def test_the_fingerprint_names_the_changed_file_and_the_stream_field(tmp_path):
+    """In-process, the check the resume tests above run end to end: a changed byte of a
+    dataset file or a changed stream field refuses the resume naming it, unless allowed."""
+    from mypt_jax.training import identity
+
+    dataset = train_helpers.make_dataset(tmp_path, n=20)
+    config = train_helpers.tiny_config(dataset, tmp_path / "run")
+    saved = identity.data_identity(config)
+    assert {"train/tokens.bin", "train/episodes.idx", "val/tokens.bin"} <= set(saved["dataset"])
+    assert identity.check_resume(saved, identity.data_identity(config), dataset_dir=str(dataset),
+                                 step=5, allow=False) == []
+    tokens = dataset / "train" / "tokens.bin"
+    data = bytearray(tokens.read_bytes())
+    data[len(data) // 2] ^= 1
+    tokens.write_bytes(bytes(data))
+    config.batch_size = 4
+    now = identity.data_identity(config)
+    with pytest.raises(identity.DataChangedError, match=r"^resume from step 5 refused: config "
+                                                        r"field batch_size: checkpoint 8, now 4 "
+                                                        r"\(and 1 more\)"):
+        identity.check_resume(saved, now, dataset_dir=str(dataset), step=5, allow=False)
+    notes = identity.check_resume(saved, now, dataset_dir=str(dataset), step=5, allow=True)
+    assert len(notes) == 2 and f"dataset file {tokens}" in notes[1]

@@ -56,3 +56,19 @@ def test_one_device_equals_eight(tmp_path):
     p1 = train_helpers.final_params(tmp_path / "one")
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=1e-6),
                  p1, state.params)
+
+
+def test_the_eight_device_mesh_and_what_it_asks_of_the_batch(tmp_path):
+    """In-process, the fast tier's part: the slow test's mesh resolves, and a batch that cannot
+    be split over it, or a mesh bigger than the devices, is refused naming the fields."""
+    dataset = train_helpers.make_dataset(tmp_path, n=20)
+    c = train_helpers.tiny_config(dataset, tmp_path / "w", **{**OVERRIDES, "warmup_iters": 1},
+                                  mesh_data=2, mesh_fsdp=2, mesh_tensor=2)
+    assert config.resolve(c, num_devices=8, process_count=1).mesh_shape == (2, 2, 2)
+    c.batch_size = 12  # microbatches of 6 rows over data x fsdp = 4 shards
+    with pytest.raises(config.ConfigError, match=r"^batch_size: the microbatch of 6 rows .* not "
+                                                 r"divisible by mesh_data \* mesh_fsdp = 4"):
+        config.resolve(c, num_devices=8, process_count=1)
+    c.batch_size, c.mesh_tensor = 8, 3
+    with pytest.raises(config.ConfigError, match=r"use 12 devices, but 8 are available"):
+        config.resolve(c, num_devices=8, process_count=1)

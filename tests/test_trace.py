@@ -104,3 +104,16 @@ def test_twenty_steps_match_pytorch_adamw_on_padded_batches(alpha, tmp_path):
     assert "kall" not in str(buckets) and {b.split("/")[0] for b in buckets} == {"8x64"}
     theirs = _torch_trace(ref, alpha, c, 20)
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_the_first_steps_of_both_layouts_agree(alpha, tmp_path):
+    """The fast tier's piece of the trace: 3 steps, padded rows against trimmed rows with the
+    trained-position head, on the trace's batches."""
+    trainer.train(_config(alpha, tmp_path / "padded", 3, length_buckets=(BLOCK,),
+                          loss_positions=-1, n_embd=32, n_head=2))
+    trainer.train(_config(alpha, tmp_path / "fast", 3, n_embd=32, n_head=2))
+    padded, padded_buckets = _train_losses(tmp_path / "padded")
+    fast, fast_buckets = _train_losses(tmp_path / "fast")
+    assert set(padded_buckets) == {f"8x{BLOCK}/kall"}
+    assert {b.split("/")[0] for b in fast_buckets} == {"8x64"} and "kall" not in str(fast_buckets)
+    np.testing.assert_allclose(fast, padded, atol=1e-5, rtol=0)

@@ -47,6 +47,7 @@ def _run(cfg=CFG, steps=2, seed=0, sparse=False, **kw):
     return state, out
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_one_big_batch():
     s1, m1 = _run(grad_accum_steps=1)
     s4, m4 = _run(grad_accum_steps=4)
@@ -79,6 +80,7 @@ def test_chunked_loss_equals_full():
                  s1.params, s2.params)
 
 
+@pytest.mark.slow
 def test_loss_positions_equal_all_positions_when_rows_fit():
     s1, m1 = _run(sparse=True)
     s2, m2 = _run(sparse=True, loss_positions=4)
@@ -90,6 +92,7 @@ def test_loss_positions_equal_all_positions_when_rows_fit():
                      s1.params, s.params)
 
 
+@pytest.mark.slow
 def test_dropout_changes_with_the_seed():
     cfg = CFG.replace(dropout=0.2)
     a, ma = _run(cfg, seed=1)
@@ -99,6 +102,7 @@ def test_dropout_changes_with_the_seed():
     assert int(a.step) == 2
 
 
+@pytest.mark.slow
 def test_bf16_pure_keeps_bf16_weights_and_moments():
     cfg = CFG.replace(param_dtype="bfloat16", dtype="bfloat16")
     state, metrics = _run(cfg)

@@ -151,7 +151,8 @@ def inspect(
     return stats
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """`inspect` and its flags; `--config.field=value` overrides are left for `main`."""
     parser = argparse.ArgumentParser(
         prog="python -m mypt_jax.data", description=__doc__.split("\n")[0]
     )
@@ -164,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--out", help="write inputs/targets/loss_mask of the batches, stacked, to this .npz"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:

@@ -360,7 +360,7 @@ def prepare(
 # ----- CLI -----
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mypt_jax.prepare",
         description="Prepare an episode-indexed SFT dataset (train/, val/) from chat JSONL.",
@@ -379,6 +379,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip_invalid", action="store_true", help="skip and count bad records")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each skipped record")
+    return parser
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.tokenization != "gpt2":
         parser.error(f"--tokenization {args.tokenization!r} is not supported; only 'gpt2' is")

@@ -25,6 +25,7 @@ grad_accum_steps, tried in that order), 2 for a config error.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -298,13 +299,8 @@ def rounded(tree: Any, digits: int = 4) -> Any:
 # ----------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-    import sys
-
-    from mypt_jax.data import inspect as data_inspect
-
+def build_parser() -> argparse.ArgumentParser:
+    """The preflight's flags; `--config.field=value` overrides are left for `main`."""
     p = argparse.ArgumentParser(prog="python -m mypt_jax.preflight", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, action="append",
                    help="preset file (configs/*.py[:arg]); given more than once, the phases of "
@@ -327,6 +323,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="compile the train step for the largest batch shape only")
     p.add_argument("--no_suggest", action="store_true",
                    help="do not search for a change that fits when something does not")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+    import sys
+
+    from mypt_jax.data import inspect as data_inspect
+
+    p = build_parser()
     args, rest = p.parse_known_args(argv)
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from mypt_jax.parallel import platforms
 from mypt_jax.preflight.chips import CHIPS, Chip
 
 
@@ -150,6 +151,12 @@ def prepare_environment(topo: Topology) -> None:
 
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if topo.platform == "tpu" and not platforms.has_tpu_chip():
+        # Without these libtpu prints five lines of errors about the host it cannot find; the
+        # compile-only client takes its topology from the arguments, not from them.
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", topo.name)
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        os.environ.setdefault("TPU_WORKER_ID", "0")
     if not os.environ.get("JAX_PLATFORMS"):
         jax.config.update("jax_platforms", "cpu")
     if topo.platform == "cuda" and "xla_gpu" not in os.environ.get("XLA_FLAGS", ""):

@@ -230,14 +230,18 @@ def _label(run: str) -> str:
     return path.name.removesuffix(".jsonl") if path.suffix == ".jsonl" else path.resolve().name
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mypt_jax.plot", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN", help="run workdir or JSONL log")
     p.add_argument("--out", default=None,
                    help=f"PNG to write (one run: <log>.loss.png; several: {DEFAULT_MANY_OUT})")
     p.add_argument("--chain", action="store_true",
                    help="place each run after the previous one on the step axis")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         logs = [find_log(run) for run in args.runs]
         runs = [curves(read_log(log), _label(run)) for log, run in zip(logs, args.runs, strict=True)]
