@@ -35,6 +35,7 @@ def test_scanned_greedy_equals_unrolled_and_upstream(arch):
     assert scanned[0][1] != scanned[1][1] and all(len(set(ids)) > 1 for _, ids, _ in scanned)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("generation", ["seed", "head"])
 def test_scanned_sampling_equals_unrolled_for_a_fixed_key(generation):
     model = random_model(generation)

@@ -104,6 +104,7 @@ def test_rebuilt_val_loss_equals_the_batchwise_one(mixed_dataset, eval_iters):
             np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_nan_stops_at_its_step_with_metrics_fetched_once_per_window(tmp_path, monkeypatch):
     """NaN in update 6: the fetch forced before the step-8 save finds it; checkpoint 4 is named
     and no checkpoint is written after it."""

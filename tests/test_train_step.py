@@ -72,6 +72,7 @@ def test_loss_matches_a_direct_computation():
     np.testing.assert_allclose(metrics[0]["train_loss"], expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_chunked_loss_equals_full():
     s1, m1 = _run(loss_chunk_size=0)
     s2, m2 = _run(loss_chunk_size=4)
