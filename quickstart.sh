@@ -2,7 +2,7 @@
 # The README's first command. On a fresh clone (CPU only, no base checkpoint): install into
 # .venv, then run Phase 3a-1 alpha end to end on a tiny model trained from scratch (generate,
 # prepare, train, test prompts), print the seed's alpha test prompts with the answers, then
-# the README's Step 4 commands pointed at the model just trained, ready to paste.
+# the Step 4 commands (docs/pipeline.md) pointed at the model just trained, ready to paste.
 # Extra arguments go to the pipeline (e.g. --root /tmp/qs). Rerunning skips finished steps.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -44,7 +44,7 @@ def get_config() -> config_dict.ConfigDict:
     # Rows are cut to the batch's longest episode, rounded up to one of these lengths (one
     # compile each). () = powers of two from 64, and block_size; (block_size,) = upstream rows.
     c.length_buckets = ()
-    c.pack_episodes = False  # pack each step's episodes into as few rows as fit (README)
+    c.pack_episodes = False  # pack each step's episodes into as few rows as fit (docs/performance.md)
 
     # ----- optimisation -----
     c.learning_rate = 3e-4  # peak learning rate

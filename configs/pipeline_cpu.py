@@ -52,7 +52,7 @@ def get_config(phase: str = "3a1_alpha"):
     c.tensorboard = False
     # Same function, less work: rows cut to 32/48 tokens where they fit (alpha and 3a-2
     # episodes are ~30), and each step's trained positions share its projection slots
-    # (2.3x faster gamma steps; README "Padding-free steps").
+    # (2.3x faster gamma steps; docs/performance.md "Padding-free steps").
     c.length_buckets = (32, 48, 64)
     c.flat_head = True
     c.workdir = f"runs/cpu/phase{phase}"

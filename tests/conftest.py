@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from train_helpers import xla_flags
+
 # An xdist worker inherits the controller's environment, so it finds the controller's folder.
 _SHARED = "MYPT_JAX_TEST_CACHE"
 _OWNER = _SHARED not in os.environ
@@ -19,6 +21,9 @@ if _OWNER:
     os.environ[_SHARED] = tempfile.mkdtemp(prefix="mypt_jax_test_cache_")
 _SESSION_CACHE = os.environ[_SHARED]
 os.environ["XDG_CACHE_HOME"] = _SESSION_CACHE
+# The suite's process simulates 8 CPU devices (the sharded cases), and compiles as the processes
+# it starts do (train_helpers.FAST_COMPILE_FLAGS).
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 # Several test processes load libtpu at once (compile-only TPU clients); without this the second
 # one fails on libtpu's lock file.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")

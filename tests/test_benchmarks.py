@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import train_helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *args: str) -> dict:
-    # One CPU device, as a user's shell has: other test modules set XLA_FLAGS for 8 at import.
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # One CPU device, as a user's shell has (the suite's process simulates 8).
+    env = {**os.environ, "XLA_FLAGS": train_helpers.xla_flags(None)}
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -35,7 +35,7 @@ def _expected(phase: str) -> dict[str, str]:
 def run_phase(root, phase: str) -> dict:
     """The pipeline's command for one phase; its summary as written next to the run's log."""
     done = run_module(["-m", "mypt_jax.pipeline", "--phase", phase, "--preset", "cpu",
-                       "--root", str(root)], timeout=1200)
+                       "--root", str(root)], timeout=1200, fast_compile=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((root / "runs" / "cpu" / f"phase{phase}" / "log.summary.json").read_text())
 

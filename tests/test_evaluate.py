@@ -178,7 +178,7 @@ def test_cli_errors_name_the_prompts_file(tmp_path, capsys):
 
 
 def test_cli_default_max_new_tokens_fits_a_short_block(tmp_path, capsys):
-    """The README's Step 4 evaluate command on a block-64 model (the quickstart's) answers."""
+    """The Step 4 evaluate command (docs/pipeline.md) on a block-64 model (the quickstart's) answers."""
     from mypt_jax.interop import model_io
 
     tok = Tokenizer()

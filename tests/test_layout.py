@@ -1,5 +1,5 @@
 """The floor plan holds: wings import only the wings below them, nothing imports in a circle,
-no wing imports an entry point, and no module grows past 500 lines (README "Architecture")."""
+no wing imports an entry point, and no module grows past 500 lines (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mypt_jax"
 MAX_LINES = 500
-# wing -> the wings it may import (the README's order, bottom up)
+# wing -> the wings it may import (docs/architecture.md's order, bottom up)
 BELOW = {
     "parallel": set(),
     "data": {"parallel"},
@@ -63,7 +63,7 @@ def _wing(module: str) -> str | None:
 def test_every_module_sits_in_a_known_wing_or_at_the_top():
     strays = [m for m, p in _modules().items()
               if p.parent != PACKAGE and _wing(m) is None]
-    assert not strays, f"modules outside the wings the README names: {strays}"
+    assert not strays, f"modules outside the wings docs/architecture.md names: {strays}"
 
 
 def test_wings_import_only_the_wings_below_them_and_no_entry_point():

@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 def _start(args: list[str], devices: int, out: Path) -> tuple[subprocess.Popen, Path]:
     env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env.update(XLA_FLAGS=train_helpers.xla_flags(devices), JAX_PLATFORMS="cpu")
     f = out.open("w")
     proc = subprocess.Popen([sys.executable, str(WORKER), *args], cwd=train_helpers.REPO, env=env,
                             stdout=f, stderr=subprocess.STDOUT, text=True)

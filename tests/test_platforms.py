@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from train_helpers import REPO, make_dataset
+from train_helpers import REPO, make_dataset, xla_flags
 
 from mypt_jax.parallel import platforms
 
@@ -50,7 +50,7 @@ def test_a_gpu_host_keeps_its_gpu(monkeypatch):
 
 def _quiet_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["XLA_FLAGS"] = xla_flags(1)
     # A libtpu that finds its lock file taken (another JAX process here) fails without a word:
     # this makes it speak whatever else runs, so that the test sees the noise when there is some.
     env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"

@@ -85,7 +85,7 @@ def run_processes(argv_of, n: int, devices: int, timeout: float = 300) -> list:
     for i in range(n):
         env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                    JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i),
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+                   XLA_FLAGS=train_helpers.xla_flags(devices))
         procs.append(subprocess.Popen([sys.executable, *argv_of(i)], cwd=train_helpers.REPO,
                                       env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))

@@ -166,7 +166,7 @@ def _tiny_json(path: Path, **fields) -> None:
 
 def _train(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=train_helpers.xla_flags(1))
     return subprocess.run([sys.executable, "-m", "mypt_jax.train", *argv], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 

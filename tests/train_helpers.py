@@ -12,6 +12,17 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+# XLA:CPU spends most of a tiny program's compile in LLVM's optimization passes. The suite's
+# programs are tiny and run a few steps, so they compile without them: about 45% less CPU time
+# on tests/test_train_step.py and test_model.py. The CPU curriculum, which trains for minutes,
+# keeps them (`fast_compile=False`).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def xla_flags(devices: int | None, fast_compile: bool = True) -> str:
+    """XLA_FLAGS for a test process: `devices` simulated CPU devices (None: XLA's default)."""
+    flags = [f"--xla_force_host_platform_device_count={devices}"] if devices else []
+    return " ".join([*flags, *([FAST_COMPILE_FLAGS] if fast_compile else [])])
 
 WORDS = ["apple", "blue", "cat", "door", "egg", "fish", "green", "house", "ice", "jam",
          "kite", "lamp", "moon", "nest", "owl", "pear", "queen", "red", "sun", "tree"]
@@ -53,9 +64,10 @@ def tiny_config(dataset_dir: Path | str, workdir: Path | str, **overrides):
     return c
 
 
-def run_module(args: list[str], *, devices: int = 1, timeout: float = 600, env=None):
+def run_module(args: list[str], *, devices: int = 1, timeout: float = 600, env=None,
+               fast_compile: bool = True):
     full_env = dict(os.environ, **(env or {}))
-    full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    full_env["XLA_FLAGS"] = xla_flags(devices, fast_compile)
     full_env["JAX_PLATFORMS"] = "cpu"
     return subprocess.run(
         [PYTHON, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout

@@ -1,6 +1,6 @@
 """The errors of a run that the user can act on: each is one line and a documented exit code.
 
-README "Resume" lists them: 2 the config, data or hosts were refused, 3 a NaN loss, 4 a
+docs/resume-and-faults.md lists them: 2 the config, data or hosts were refused, 3 a NaN loss, 4 a
 checkpoint could not be written or read, 75 preempted (the checkpoint is saved: rerun the
 same command). Anything else is a bug and keeps its traceback. `MYPT_JAX_DEBUG=1` shows the
 traceback of these too.
