@@ -29,7 +29,7 @@ os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 # The files that take longest, started first: with `-n 2 --dist loadfile` a long file begun last
-# would leave the other worker idle at the end (tests/test_cpu_curriculum.py alone is ~4 min).
+# would leave the other worker idle at the end (tests/test_cpu_curriculum.py takes 4-6 min).
 LONGEST_FIRST = ("test_cpu_curriculum.py", "test_host_work.py", "test_multihost.py",
                  "test_preemption.py", "test_benchmarks.py", "test_preflight.py", "test_trace.py",
                  "test_freeze.py", "test_pipeline.py", "test_upstream_cli.py")

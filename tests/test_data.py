@@ -1,9 +1,5 @@
 """The loader against an independent numpy version of the upstream GPTEpisodeDataLoader."""
 
-import os
-
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
 import logging
 import pickle
 import re

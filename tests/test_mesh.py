@@ -4,10 +4,6 @@ Expected layouts are computed here from the devices' own coords and process indi
 from the code under test.
 """
 
-import os
-
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
 import itertools
 import logging
 

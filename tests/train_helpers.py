@@ -24,6 +24,7 @@ def xla_flags(devices: int | None, fast_compile: bool = True) -> str:
     flags = [f"--xla_force_host_platform_device_count={devices}"] if devices else []
     return " ".join([*flags, *([FAST_COMPILE_FLAGS] if fast_compile else [])])
 
+
 WORDS = ["apple", "blue", "cat", "door", "egg", "fish", "green", "house", "ice", "jam",
          "kite", "lamp", "moon", "nest", "owl", "pear", "queen", "red", "sun", "tree"]
 
