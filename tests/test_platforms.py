@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from train_helpers import REPO, make_dataset, xla_flags
+from train_helpers import REPO, make_dataset, train_cli, xla_flags
 
 from mypt_jax.parallel import platforms
 
@@ -31,6 +31,7 @@ def test_a_tpu_vm_and_a_users_choice_are_left_alone(tmp_path, monkeypatch):
     assert platforms.skip_tpu_probe_without_tpu() is None
 
     monkeypatch.setattr(platforms, "PCI_DEVICES", _fake_pci(tmp_path / "cpu", "0x8086"))
+    monkeypatch.setattr(platforms.os.path, "exists", lambda path: False)  # no GPU device either
     assert not platforms.has_tpu_chip()
     assert platforms.platforms_without_tpu() == "cpu"
     monkeypatch.setattr(platforms, "_user_chose", lambda: True)
@@ -64,10 +65,9 @@ def test_a_cpu_training_run_prints_no_libtpu_line(tmp_path):
     overrides = {"dataset_dir": make_dataset(tmp_path, n=20), "block_size": 32, "n_embd": 32,
                  "batch_size": 8, "max_iters": 2, "warmup_iters": 1, "eval_interval": 2,
                  "eval_iters": 1, "log_interval": 1, "tensorboard": False}
-    args = [f"--config.{k}={v}" for k, v in overrides.items()]
+    # Not run_module: it sets JAX_PLATFORMS, the choice this test leaves to the run.
     done = subprocess.run(
-        [sys.executable, "-m", "mypt_jax.train", "--config=configs/cpu_tiny.py",
-         f"--workdir={tmp_path / 'run'}", *args],
+        [sys.executable, *train_cli("configs/cpu_tiny.py", tmp_path / "run", overrides)],
         cwd=REPO, env=_quiet_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     noise = [line for line in done.stderr.splitlines() if any(n in line for n in LIBTPU_NOISE)]
