@@ -39,9 +39,9 @@ def bench_eval(args) -> dict:
     from mypt_jax.data import batching
     from mypt_jax.data import loader as data
     from mypt_jax.parallel import sharding
-    from mypt_jax.training import config as cfg_lib
-    from mypt_jax.training import evaluation
-    from mypt_jax.training import step as ts
+    from mypt_jax.training.evals import val_loss as evaluation
+    from mypt_jax.training.setup import config as cfg_lib
+    from mypt_jax.training.step import train_step as ts
 
     c = pipeline_cpu.get_config(args.phase)
     c.dataset_dir, c.workdir, c.eval_prompts_file = args.dataset, tempfile.mkdtemp(), ""

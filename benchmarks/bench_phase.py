@@ -65,10 +65,10 @@ from mypt_jax.data import loader as data  # noqa: E402
 from mypt_jax.data.inspect import load_config  # noqa: E402
 from mypt_jax.model import flops as flops_lib  # noqa: E402
 from mypt_jax.parallel import sharding  # noqa: E402
-from mypt_jax.training import config as cfg_lib  # noqa: E402
-from mypt_jax.training import optim  # noqa: E402
-from mypt_jax.training import step as ts  # noqa: E402
-from mypt_jax.training.shape_plan import step_flops  # noqa: E402
+from mypt_jax.training.compilation.shape_plan import step_flops  # noqa: E402
+from mypt_jax.training.setup import config as cfg_lib  # noqa: E402
+from mypt_jax.training.step import optim  # noqa: E402
+from mypt_jax.training.step import train_step as ts  # noqa: E402
 
 LAYOUTS = {  # name -> (length buckets: default?, loss_positions, pack, flat head)
     "padded": (False, batching.ALL_POSITIONS, False, False),

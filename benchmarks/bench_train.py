@@ -42,9 +42,9 @@ from mypt_jax.data import batching  # noqa: E402
 from mypt_jax.data import loader as data  # noqa: E402
 from mypt_jax.model import ModelConfig  # noqa: E402
 from mypt_jax.parallel import sharding  # noqa: E402
-from mypt_jax.training import config as cfg_lib  # noqa: E402
-from mypt_jax.training import optim  # noqa: E402
-from mypt_jax.training import step as ts  # noqa: E402
+from mypt_jax.training.setup import config as cfg_lib  # noqa: E402
+from mypt_jax.training.step import optim  # noqa: E402
+from mypt_jax.training.step import train_step as ts  # noqa: E402
 
 SHAPES: dict[str, dict[str, int]] = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=4, block_size=64, batch_size=4),  # smoke tests

@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 from mypt_jax.data import inspect as data_inspect
 from mypt_jax.data import loader as data  # noqa: E402
 from mypt_jax.parallel import sharding
-from mypt_jax.training import config as cfg_lib  # noqa: E402
-from mypt_jax.training import optim
-from mypt_jax.training import step as ts  # noqa: E402
+from mypt_jax.training.setup import config as cfg_lib  # noqa: E402
+from mypt_jax.training.step import optim
+from mypt_jax.training.step import train_step as ts  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -26,8 +26,8 @@ from mypt_jax.curriculum.phases import PHASES as CURRICULUM  # noqa: E402
 from mypt_jax.data import batching  # noqa: E402
 from mypt_jax.data import inspect as data_inspect  # noqa: E402
 from mypt_jax.data import loader as data  # noqa: E402
-from mypt_jax.training import compile_cache, compile_plan, shape_plan  # noqa: E402
-from mypt_jax.training import config as cfg_lib  # noqa: E402
+from mypt_jax.training.compilation import compile_cache, compile_plan, shape_plan  # noqa: E402
+from mypt_jax.training.setup import config as cfg_lib  # noqa: E402
 
 # Each phase's preset file, from the curriculum's one table.
 PHASES = {name: f"configs/{p.config}.py" for name, p in CURRICULUM.items()}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 JAX_VERSION = "0.10.2"  # the jax pin in pyproject.toml; tests/test_launch.py keeps them equal
 # The trainer's "preempted, checkpoint saved: rerun to resume" exit status (EX_TEMPFAIL). It
-# mirrors mypt_jax/training/preemption.py, which this stdlib-only script cannot import; a test
+# mirrors mypt_jax/training/checkpoint/preemption.py, which this stdlib-only script cannot import; a test
 # keeps the two equal.
 PREEMPTED_EXIT_CODE = 75
 DEFAULT_MAX_RESTARTS = 100  # reruns after exit 75 on one worker before the loop gives up

@@ -188,8 +188,8 @@ def test_packed_rows_through_sharded_splash_equal_unpacked_einsum_loss():
 def test_auto_compiles_the_splash_kernel_for_a_tpu_topology(monkeypatch):
     from jax.experimental import topologies
 
-    from mypt_jax.training import optim
-    from mypt_jax.training import step as ts
+    from mypt_jax.training.step import optim
+    from mypt_jax.training.step import train_step as ts
 
     monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")  # no GCE metadata server here
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # another process may hold libtpu
@@ -311,7 +311,7 @@ def test_configs_written_before_the_attention_fields_still_load():
 
 def test_training_config_fields_reach_the_model_config():
     from configs import base
-    from mypt_jax.training import config as cfg_lib
+    from mypt_jax.training.setup import config as cfg_lib
 
     c = base.get_config()
     assert (c.attention, c.attention_prob_dropout) == ("auto", True)

@@ -14,7 +14,7 @@ from mypt_jax.data import loader as data
 from mypt_jax.data.prepare import prepare
 from mypt_jax.model import ModelConfig
 from mypt_jax.parallel import sharding
-from mypt_jax.training import step as ts
+from mypt_jax.training.step import train_step as ts
 
 BLOCK = 32
 WORDS = "apple blue cat door egg fish green house ice jam kite lamp moon nest owl pear".split()
@@ -228,7 +228,7 @@ def test_flat_head_on_a_sharded_batch_gives_the_padded_loss(setup):
 
 def test_flat_head_refuses_microbatches_and_split_shards():
     from configs import base
-    from mypt_jax.training import config as cfg_lib
+    from mypt_jax.training.setup import config as cfg_lib
 
     c = base.get_config()
     c.flat_head, c.grad_accum_steps = True, 2

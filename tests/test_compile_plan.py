@@ -10,7 +10,9 @@ import pytest
 import train_helpers
 
 from mypt_jax.data import batching
-from mypt_jax.training import programs, shape_plan, trainer
+from mypt_jax.training import trainer
+from mypt_jax.training.compilation import program_set as programs
+from mypt_jax.training.compilation import shape_plan
 
 S = batching.BatchShape
 

@@ -9,8 +9,9 @@ import train_helpers
 from configs import cpu_tiny, phase3a1_alpha, phase3a1_beta, phase3a1_gamma, phase3a2
 from mypt_jax.data.tokenizer import Tokenizer
 from mypt_jax.model import ModelConfig
-from mypt_jax.training import config as cfg_lib
 from mypt_jax.training import trainer
+from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.step import train_step
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,9 @@ def test_tiny_config_resolves(dataset, tmp_path):
     r = _resolve(train_helpers.tiny_config(dataset, tmp_path / "run"))
     assert r.mesh_shape == (1, 1, 1)
     assert r.config.log_file == str(tmp_path / "run" / "log.jsonl")
-    assert r.config.checkpoint_interval == r.config.eval_interval
+    # The native default saves on time and at the end; nothing at evals or step intervals.
+    assert (r.config.checkpoint_minutes, r.config.checkpoint_interval,
+            r.config.checkpoint_at_eval) == (15.0, 0, False)
     assert r.model_config.param_dtype == "float32"
 
 
@@ -138,8 +141,8 @@ def test_train_fails_before_compiling(dataset, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("compiled")
 
-    monkeypatch.setattr(trainer.ts, "make_train_step", boom)
-    monkeypatch.setattr(trainer.ts, "init_model", boom)
+    monkeypatch.setattr(train_step, "make_train_step", boom)
+    monkeypatch.setattr(train_step, "init_model", boom)
     c = train_helpers.tiny_config(dataset, tmp_path / "run", mesh_data=7)
     with pytest.raises(cfg_lib.ConfigError, match="^mesh_data"):
         trainer.train(c)

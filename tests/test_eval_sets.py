@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import train_helpers
 
-from mypt_jax.training import config as cfg_lib
-from mypt_jax.training import eval_sets, trainer
+from mypt_jax.training import trainer
+from mypt_jax.training.evals import eval_sets
+from mypt_jax.training.setup import config as cfg_lib
 
 
 def _evals(workdir) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Frozen parameters (training/freeze.py), the upstream's freeze_layers / freeze_embeddings.
+"""Frozen parameters (training/step/freeze.py), the upstream's freeze_layers / freeze_embeddings.
 
 Shapes of the optimizer state and the optax protocol on small trees, the config checks, then
 20 training steps of a tiny model against the test suite's PyTorch model with the same
@@ -22,9 +22,11 @@ import train_helpers
 from configs import cpu_tiny
 from mypt_jax.interop import upstream
 from mypt_jax.model import ModelConfig, param_shapes
-from mypt_jax.training import checkpoint, optim, trainer
-from mypt_jax.training import config as cfg_lib
-from mypt_jax.training.freeze import Freeze, resume_problem
+from mypt_jax.training import trainer
+from mypt_jax.training.checkpoint import manager as checkpoint
+from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.step import optim
+from mypt_jax.training.step.freeze import Freeze, resume_problem
 
 # The trace test's model, data and upstream loop (its AdamW skips requires_grad=False params).
 from tests.test_trace import ARCH, _torch_trace, alpha  # noqa: F401

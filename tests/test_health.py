@@ -1,5 +1,5 @@
 from mypt_jax.data.tokenizer import Tokenizer
-from mypt_jax.training import health
+from mypt_jax.training.evals import health
 
 TAGS = list(Tokenizer().id_by_string)
 

@@ -15,11 +15,11 @@ import pytest
 import train_helpers
 from test_preemption import run_processes
 
-from mypt_jax.data import batching
+from mypt_jax.data import batching, prefetch
 from mypt_jax.data import loader as data
 from mypt_jax.parallel import sharding
-from mypt_jax.training import evaluation, prefetch
-from mypt_jax.training import step as ts
+from mypt_jax.training.evals import val_loss as evaluation
+from mypt_jax.training.step import train_step as ts
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,8 @@ def test_rebuilt_val_loss_equals_the_batchwise_one(mixed_dataset, eval_iters):
 def test_nan_stops_at_its_step_with_metrics_fetched_once_per_window(tmp_path, monkeypatch):
     """NaN in update 6: the fetch forced before the step-8 save finds it; checkpoint 4 is named
     and no checkpoint is written after it."""
-    from mypt_jax.training import programs, trainer
+    from mypt_jax.training import trainer
+    from mypt_jax.training.compilation import program_set as programs
 
     call, calls = programs.Programs.call, [0]
 
@@ -125,7 +126,7 @@ def test_nan_stops_at_its_step_with_metrics_fetched_once_per_window(tmp_path, mo
     monkeypatch.setattr(programs.Programs, "call", nan_at_6)
     dataset = train_helpers.make_dataset(tmp_path)
     c = train_helpers.tiny_config(dataset, tmp_path / "run", max_iters=20, eval_interval=4,
-                                  checkpoint_interval=4, log_interval=5, eval_prompts_file="",
+                                  checkpoint_at_eval=True, log_interval=5, eval_prompts_file="",
                                   warmup_iters=0)
     with pytest.raises(FloatingPointError) as err:
         trainer.train(c)
@@ -142,7 +143,7 @@ def test_nan_stops_at_its_step_with_metrics_fetched_once_per_window(tmp_path, mo
 # ----------------------------------------------------------------------------- processes
 
 OVERRIDES = {
-    "max_iters": 8, "eval_interval": 4, "checkpoint_interval": 4, "log_interval": 1,
+    "max_iters": 8, "eval_interval": 4, "checkpoint_at_eval": True, "log_interval": 1,
     "eval_iters": 2, "dropout": 0.1, "n_embd": 32, "block_size": 32, "batch_size": 8,
     "tensorboard": False, "eval_prompts_file": "", "warmup_iters": 0, "length_buckets": (28, 32),
 }
@@ -217,8 +218,8 @@ from flax import nnx
 from mypt_jax.decoding import decode
 from mypt_jax.model import ModelConfig
 from mypt_jax.parallel import sharding
-from mypt_jax.training import evaluation
-from mypt_jax.training import step as ts
+from mypt_jax.training.evals import val_loss as evaluation
+from mypt_jax.training.step import train_step as ts
 
 mc = ModelConfig(block_size=64, vocab_size=50304, n_embd=64, n_head=4, n_layer=2, dropout=0.0)
 mesh = sharding.make_mesh((1, 8, 1))

@@ -77,7 +77,7 @@ def status_of(checkout: Path) -> str:
 
 
 def test_preempted_exit_code_matches_the_trainer():
-    from mypt_jax.training.preemption import PREEMPTED_EXIT_CODE
+    from mypt_jax.training.checkpoint.preemption import PREEMPTED_EXIT_CODE
 
     assert launchlib.PREEMPTED_EXIT_CODE == PREEMPTED_EXIT_CODE == 75
 

@@ -126,3 +126,50 @@ def test_the_checks_see_an_upward_import_and_a_circle(tmp_path, monkeypatch):
     with pytest.raises(AssertionError,
                        match="mypt_jax.data.a -> mypt_jax.training.b -> mypt_jax.data.a"):
         test_no_import_circles()
+
+
+# ----------------------------------------------------------------------------- training's parts
+
+# training/ is its parts plus the loop at its top (docs/architecture.md)
+TRAINING_PARTS = {"setup", "step", "compilation", "checkpoint", "evals", "observe"}
+TRAINING_TOP = {"trainer", "hooks", "startup", "exit_codes"}
+MAX_FUNCTION_LINES = 80
+
+
+def test_training_modules_sit_in_its_parts_or_are_the_loop():
+    strays = []
+    for module in _modules():
+        parts = module.split(".")
+        if parts[:2] != ["mypt_jax", "training"] or len(parts) == 2:
+            continue
+        if parts[2] not in TRAINING_PARTS and parts[2] not in TRAINING_TOP:
+            strays.append(module)
+        if parts[2] in TRAINING_TOP and len(parts) > 3:
+            strays.append(module)
+    assert not strays, f"training modules outside {sorted(TRAINING_PARTS)}: {strays}"
+    for part in TRAINING_PARTS:
+        assert (PACKAGE / "training" / part / "__init__.py").is_file(), part
+
+
+def _functions(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node, node.end_lineno - node.lineno + 1
+
+
+def test_no_function_over_80_lines():
+    long = {f"{m}.{node.name}": n for m, p in _modules().items()
+            for node, n in _functions(p) if n > MAX_FUNCTION_LINES}
+    assert not long, f"over {MAX_FUNCTION_LINES} lines (name a concern of its own): {long}"
+
+
+def test_the_loop_fits_on_a_screen():
+    """train() is setup, loop, finish: the loop statement at most 40 lines, the others 60."""
+    spans = {node.name: (node, n) for node, n in _functions(PACKAGE / "training" / "trainer.py")}
+    assert spans["_setup"][1] <= 60 and spans["_finish"][1] <= 60, {
+        k: spans[k][1] for k in ("_setup", "_finish")}
+    loops = [n for n in ast.walk(spans["_loop"][0]) if isinstance(n, ast.While | ast.For)]
+    assert len(loops) == 1 and loops[0].end_lineno - loops[0].lineno + 1 <= 40
+    calls = {n.func.id for n in ast.walk(spans["train"][0])
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert {"_setup", "register_hooks", "_loop", "_finish"} <= calls, calls

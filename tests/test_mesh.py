@@ -15,7 +15,7 @@ from jax.experimental import mesh_utils
 from mypt_jax.parallel import device_mesh, sharding
 from mypt_jax.preflight import report as preflight
 from mypt_jax.preflight import topology
-from mypt_jax.training import config as cfg_lib
+from mypt_jax.training.setup import config as cfg_lib
 
 DCN = "^mesh_dcn_data/mesh_dcn_fsdp/mesh_dcn_tensor: "
 

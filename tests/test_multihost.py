@@ -77,13 +77,19 @@ def test_two_processes_equal_one(tmp_path):
     common = ["--dataset", str(dataset), "--eval_prompts_file", str(PROMPTS)]
     runs = [
         _start([*common, "--workdir", str(multi), "--port", str(port), "--process_id", str(i),
-                "--num_processes", "2"], 4, tmp_path / f"proc{i}.out")
+                "--num_processes", "2", *(["--stop_clock"] if i else [])], 4,
+               tmp_path / f"proc{i}.out")
         for i in range(2)
     ]
     reports = _wait(runs)
     assert [(r["process_index"], r["process_count"], r["devices"], r["local_devices"])
             for r in reports] == [(0, 2, 8, 4), (1, 2, 8, 4)]
     assert [r["resumed_from"] for r in reports] == [2, 2]
+    # Time saves: process 0's clock decides (process 1's never moves) and both save the same
+    # steps; a process that saved alone would wait for the other forever.
+    assert reports[0]["saves"] == reports[1]["saves"]
+    triggers = [s["trigger"] for run in reports[0]["saves"] for s in run]
+    assert "time" in triggers and triggers.count("final") == 2, reports[0]["saves"]
     (one,) = _wait([_start([*common, "--workdir", str(single)], 8, tmp_path / "single.out")])
     assert (one["process_count"], one["devices"]) == (1, 8)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mypt_jax.model import ModelConfig, param_shapes
-from mypt_jax.training import optim
+from mypt_jax.training.step import optim
 
 
 def _flat(tree, prefix=""):
@@ -108,7 +108,7 @@ def test_clip_formula_is_torch_not_optax():
 def test_frozen_rows_are_outside_clip_decay_and_adam(clip):
     """Layer 0 of a stacked pair frozen, and the embedding: torch sees the trainable layer as
     its own tensor in the decay group and nothing else of the stack (requires_grad=False)."""
-    from mypt_jax.training.freeze import Freeze, FrozenTransformation
+    from mypt_jax.training.step.freeze import Freeze, FrozenTransformation
 
     rng = np.random.default_rng(1)
     params = {"blocks": {"qkv_kernel": rng.normal(size=(2, 4, 6)).astype(np.float32),

@@ -23,7 +23,10 @@ from mypt_jax.data import paths
 from mypt_jax.data.tokenizer import Tokenizer
 from mypt_jax.interop import model_io, upstream
 from mypt_jax.model import ModelConfig, param_shapes
-from mypt_jax.training import checkpoint, config, metrics
+from mypt_jax.training.checkpoint import manager as checkpoint
+from mypt_jax.training.checkpoint import run_meta
+from mypt_jax.training.observe import metrics
+from mypt_jax.training.setup import config
 
 TINY = ModelConfig(block_size=16, vocab_size=50304, n_embd=16, n_head=2, n_layer=2,
                    param_dtype="bfloat16")
@@ -148,7 +151,7 @@ def test_latest_run_meta_on_a_bucket_needs_the_commit_marker(bucket):
         (ckpts / str(step) / "meta" / "metadata").write_text(json.dumps({"step": step}))
         if committed:
             (ckpts / str(step) / paths.COMMIT_MARKER).write_text("")
-    assert config.latest_run_meta("gs://bucket/run") == {"step": 2}
+    assert run_meta.latest_run_meta("gs://bucket/run") == {"step": 2}
 
 
 def _uploaded(log, iters: list[int], timeout_s: float = 10.0) -> bool:

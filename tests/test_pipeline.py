@@ -173,7 +173,7 @@ def _check_programs_compile_once(summaries: list[dict]) -> None:
 
 def _check_summary_is_true(s: dict, root: Path) -> None:
     import mypt_jax
-    from mypt_jax.training.run_meta import latest_run_meta
+    from mypt_jax.training.checkpoint.run_meta import latest_run_meta
 
     phase = pipeline.PHASES[s["phase"]]
     d = s["data"]
@@ -226,7 +226,7 @@ def _check_summary_is_true(s: dict, root: Path) -> None:
 @pytest.mark.slow
 def test_all_phases_on_cpu_chain_and_report_truly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default root "." (relative paths must work end to end)
-    from mypt_jax.training import evaluation
+    from mypt_jax.training.evals import val_loss as evaluation
 
     # The test hook: alpha's val split, watched as an eval set by the later phases, reads 3x
     # its loss from a run's second eval on: the forgetting red line must fire there.
@@ -262,7 +262,7 @@ def test_all_phases_on_cpu_chain_and_report_truly(tmp_path, monkeypatch):
     assert rows["3a1_alpha"][0] == f"{summaries[0]['train']['final_val_loss']:.4f}"
     assert rows["3a1_alpha"][3] == f"{summaries[3]['train']['eval_sets']['3a1_alpha']['final']:.4f}"
     assert rows["3a2"] == ["-", "-", "-", f"{summaries[3]['train']['final_val_loss']:.4f}"]
-    from mypt_jax.training.run_meta import latest_run_meta
+    from mypt_jax.training.checkpoint.run_meta import latest_run_meta
 
     previous_workdir = ""
     for s in summaries:

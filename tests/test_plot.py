@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mypt_jax.training import plot
+from mypt_jax import plot as plot_cli
+from mypt_jax.training.observe import plot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -65,7 +66,7 @@ def test_cli_overlays_runs_and_chains_them(tmp_path, capsys):
     first = _write_log(tmp_path / "a" / "log.jsonl")  # a run workdir without checkpoints
     second = _write_log(tmp_path / "b.jsonl", scale=0.5)
     out = tmp_path / "both.png"
-    assert plot.main([str(first.parent), str(second), "--out", str(out), "--chain"]) == 0
+    assert plot_cli.main([str(first.parent), str(second), "--out", str(out), "--chain"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     assert out.read_bytes()[:8] == PNG_SIGNATURE
     fig = plot.figure([plot.curves(plot.read_log(first), "a"),
@@ -82,6 +83,6 @@ def test_cli_names_a_run_without_a_usable_log(tmp_path, capsys, content):
     run.mkdir()
     if content:
         (run / "log.jsonl").write_text(content)
-    assert plot.main([str(run)]) == 2
+    assert plot_cli.main([str(run)]) == 2
     err = capsys.readouterr().err
     assert (f"looked for {run / 'log.jsonl'}" if content is None else "no train or val loss") in err

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import train_helpers
 
-from mypt_jax.training import exit_codes, preemption
-from mypt_jax.training.preemption import PREEMPTED_EXIT_CODE
+from mypt_jax.training import exit_codes
+from mypt_jax.training.checkpoint import preemption
+from mypt_jax.training.checkpoint.preemption import PREEMPTED_EXIT_CODE
 
 OVERRIDES = {
     "max_iters": 16, "eval_interval": 5, "checkpoint_interval": 5, "log_interval": 1,

@@ -12,8 +12,9 @@ import pytest
 
 from mypt_jax.parallel import sharding
 from mypt_jax.preflight import report as preflight
-from mypt_jax.training import config as cfg_lib
-from mypt_jax.training import optim
+from mypt_jax.training.compilation import fit_check
+from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.step import optim
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -69,18 +70,18 @@ def test_run_start_check_decides_from_the_compiled_step():
     tx, _ = optim.optimizer_from_config(r.config)
     # CPU reports no allocator limit: nothing is compiled, nothing to say.
     cpu = _FakeStep(_fake_compiled(100 * GIB))
-    assert preflight.check_train_step(cpu, r, tx, mesh) is None and cpu.lowered == 0
-    assert preflight.check_train_step(_FakeStep(_fake_compiled(GIB)), r, tx, mesh,
+    assert fit_check.check_train_step(cpu, r, tx, mesh) is None and cpu.lowered == 0
+    assert fit_check.check_train_step(_FakeStep(_fake_compiled(GIB)), r, tx, mesh,
                                       capacity=16 * GIB) is None
-    problem = preflight.check_train_step(_FakeStep(_fake_compiled(20 * GIB)), r, tx, mesh,
+    problem = fit_check.check_train_step(_FakeStep(_fake_compiled(20 * GIB)), r, tx, mesh,
                                          capacity=16 * GIB)
     assert "needs 21.00 GiB" in problem and "16.00 GiB" in problem and "8x64" in problem
     oom = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
                        "for HLO temporaries (41.41G) exceeds available HBM (15.75G).")
-    assert "41.41G" in preflight.check_train_step(_FakeStep(error=oom), r, tx, mesh,
+    assert "41.41G" in fit_check.check_train_step(_FakeStep(error=oom), r, tx, mesh,
                                                    capacity=16 * GIB)
     with pytest.raises(ValueError, match="other"):
-        preflight.check_train_step(_FakeStep(error=ValueError("other")), r, tx, mesh,
+        fit_check.check_train_step(_FakeStep(error=ValueError("other")), r, tx, mesh,
                                    capacity=16 * GIB)
 
 
@@ -289,17 +290,52 @@ def test_phase_times_from_a_report(tmp_path):
     assert gamma["eval_batches_rebuilt"] == 1 and gamma["evals"] == 26
     assert gamma["eval_s_padding_free"] == pytest.approx(
         gamma["padding_free_train_s"] / 2500 / 3, rel=1e-2)
-    # Saves: one per eval (checkpoint_interval 0), 7.76 GiB of 750M weights + AdamW moments
-    # (launch/README.md), at the stated 10 GB/s copy and 1 GB/s write per host, async on TPU.
-    assert gamma["saves"] == 26 and gamma["save_async"]
+    # Saves under the default policy: the phase is shorter than checkpoint_minutes, so the
+    # final save alone, 7.76 GiB of 750M weights + AdamW moments (launch/README.md) at the
+    # stated 10 GB/s copy and 1 GB/s write per host, counted whole: the run waits for it.
+    assert gamma["saves_by_trigger"] == {"final": 1, "time": 0} and gamma["save_async"]
     assert gamma["state_bytes"] / 2**30 == pytest.approx(7.76, abs=0.01)
     copy_s, write_s = gamma["state_bytes"] / 10e9, gamma["state_bytes"] / 1e9
     assert gamma["save_write_s"] == pytest.approx(copy_s + write_s, rel=1e-3)
-    # 100 steps between saves cover ~1 s of an 8 s write: the loop waits for the rest.
-    assert copy_s < gamma["save_blocking_s"] < copy_s + write_s
+    assert gamma["save_total_blocking_s"] == pytest.approx(copy_s + write_s, rel=1e-3)
     assert gamma["total_padding_free_s"] == pytest.approx(
         gamma["padding_free_train_s"] + 26 * gamma["eval_s_padding_free"]
-        + 26 * gamma["save_blocking_s"], rel=1e-3)
+        + gamma["save_total_blocking_s"], rel=1e-3)
+
+
+def _gamma(**fields):
+    from configs import phase3a1_gamma
+
+    c = phase3a1_gamma.get_config()
+    c.update(fields)
+    return cfg_lib.resolve(c, "/tmp/unused", num_devices=4, process_count=1, read_files=False)
+
+
+def test_predicted_saves_follow_the_policy_in_force():
+    from mypt_jax.preflight import phase_estimate
+
+    state_bytes = phase_estimate.save_time(_gamma(), 26, 600.0)["state_bytes"]
+    copy_s, write_s = state_bytes / 10e9, state_bytes / 1e9
+    # The upstream's cadence: a save at each of the 26 evals plus the final one. 600 s of
+    # steps between 27 saves cover ~22 s each, more than an 8 s write: each blocks its copy.
+    upstream = phase_estimate.save_time(
+        _gamma(checkpoint_at_eval=True, checkpoint_minutes=0.0), 26, 600.0)
+    assert upstream["saves_by_trigger"] == {"final": 1, "eval": 26}
+    assert upstream["save_blocking_s"] == pytest.approx(copy_s, rel=1e-3)
+    assert upstream["save_total_blocking_s"] == pytest.approx(26 * copy_s + copy_s + write_s,
+                                                              rel=1e-3)
+    # 60 s of steps between them cover ~2 s of the write: the loop waits for the rest.
+    tight = phase_estimate.save_time(
+        _gamma(checkpoint_at_eval=True, checkpoint_minutes=0.0), 26, 60.0)
+    assert copy_s < tight["save_blocking_s"] < copy_s + write_s
+    # Time saves: 3 hours at 15 minutes = 12; permanent ones every 1000 of 2500 steps = 2.
+    timed = phase_estimate.save_time(_gamma(checkpoint_interval=1000), 26, 3 * 3600.0)
+    assert timed["saves_by_trigger"] == {"final": 1, "interval": 2, "time": 12}
+    assert timed["saves"] == 15
+    # On CPU saves are synchronous: each blocks its whole write.
+    sync = phase_estimate.save_time(_gamma(), 26, 600.0, accelerator=False)
+    assert not sync["save_async"] and sync["save_total_blocking_s"] == pytest.approx(
+        copy_s + write_s, rel=1e-3)
 
 
 def test_compile_wall_clock_is_the_longest_first_makespan():

@@ -16,7 +16,7 @@ import train_helpers
 from test_preemption import run_processes
 
 OVERRIDES = {
-    "eval_interval": 10, "checkpoint_interval": 10, "log_interval": 5, "eval_iters": 1,
+    "eval_interval": 10, "checkpoint_at_eval": True, "log_interval": 5, "eval_iters": 1,
     "dropout": 0.1, "n_embd": 32, "block_size": 32, "batch_size": 8, "tensorboard": False,
     "eval_prompts_file": "", "keep_best": 0,
 }
@@ -191,7 +191,7 @@ def test_processes_with_different_datasets_or_workdirs_stop_instead_of_hanging(t
 def test_the_fingerprint_names_the_changed_file_and_the_stream_field(tmp_path):
     """In-process, the check the resume tests above run end to end: a changed byte of a
     dataset file or a changed stream field refuses the resume naming it, unless allowed."""
-    from mypt_jax.training import identity
+    from mypt_jax.training.setup import identity
 
     dataset = train_helpers.make_dataset(tmp_path, n=20)
     config = train_helpers.tiny_config(dataset, tmp_path / "run")

@@ -7,8 +7,11 @@ import train_helpers
 
 from mypt_jax.model import ModelConfig
 from mypt_jax.parallel import sharding
-from mypt_jax.training import checkpoint, config, optim
-from mypt_jax.training import step as ts
+from mypt_jax.training.checkpoint import manager as checkpoint
+from mypt_jax.training.checkpoint import run_meta
+from mypt_jax.training.setup import config
+from mypt_jax.training.step import optim
+from mypt_jax.training.step import train_step as ts
 
 OVERRIDES = {
     "max_iters": 4, "warmup_iters": 2, "eval_interval": 100, "log_interval": 1, "eval_iters": 1, "dropout": 0.1,
@@ -42,7 +45,7 @@ def test_one_device_equals_eight(tmp_path):
     np.testing.assert_allclose(v1, v8, rtol=2e-5)
 
     # The 8-device checkpoint restores onto this process's single-device mesh, state and all.
-    meta = config.latest_run_meta(tmp_path / "eight")
+    meta = run_meta.latest_run_meta(tmp_path / "eight")
     mc = ModelConfig.from_dict(meta["model_config"])
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     tx, _ = optim.optimizer_from_config(config.resolve(

@@ -8,7 +8,7 @@ import pytest
 
 from mypt_jax.data.batching import BatchInfo, BatchShape
 from mypt_jax.preflight import peak
-from mypt_jax.training.step_stats import StepWindow
+from mypt_jax.training.observe.step_stats import StepWindow
 
 INFO = BatchInfo(BatchShape(4, 64, 8, False), real_tokens=200, trained_tokens=20,
                  padded_positions=4 * 512)

@@ -8,8 +8,8 @@ import pytest
 from mypt_jax.data import batching
 from mypt_jax.model import ModelConfig
 from mypt_jax.parallel import sharding
-from mypt_jax.training import optim
-from mypt_jax.training import step as ts
+from mypt_jax.training.step import optim
+from mypt_jax.training.step import train_step as ts
 
 CFG = ModelConfig(block_size=16, vocab_size=96, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
 

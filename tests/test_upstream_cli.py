@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,8 +51,12 @@ def test_seed_json_configs_train_as_our_phase_presets(tmp_path, monkeypatch):
         # Only where the run lives (the upstream keeps runs by name under checkpoints/) and
         # how it runs: the presets carry the preflight's mesh and remat for the 750M step
         # (launch/README.md), which change neither the batches nor the function trained.
-        assert differ <= {"workdir", "init_from", "mesh_data", "mesh_fsdp", "remat"}, {
+        # And when it saves: the upstream's cadence, a save at every eval and no other.
+        assert differ <= {"workdir", "init_from", "mesh_data", "mesh_fsdp", "remat",
+                          "checkpoint_minutes", "checkpoint_at_eval"}, {
             k: (config[k], ours[k]) for k in differ}
+        assert (config.checkpoint_at_eval, config.checkpoint_minutes,
+                config.checkpoint_interval) == (True, 0.0, 0)
         assert config.workdir == f"checkpoints/{name}" and config.init_from == f"checkpoints/{init}"
         assert Path(ours.init_from).name == init and rest == []
         assert "\n" not in translation.summary
@@ -222,7 +227,10 @@ def test_seed_step3_commands_run_as_written(tmp_path, monkeypatch):
 FIXTURES = REPO / "tests" / "fixtures" / "upstream_configs"  # see its README.md
 SHRUNK = {"block_size": 64, "vocab_size": 50304, "n_embd": 32, "n_head": 2, "n_layer": 4,
           "bias": False, "tie_weights": True}
-NEWER = {**SHRUNK, "pos_encoding": "rope", "mlp_type": "swiglu", "norm_type": "rmsnorm",
+# Every run through the upstream command line saves at every eval, as dc62a0c does (it reads
+# save_every and never uses it: its phase4-6 files say 1000 against eval_interval 300/400).
+CADENCE = {"checkpoint_at_eval": True, "checkpoint_minutes": 0.0, "checkpoint_interval": 0}
+NEWER = {**SHRUNK, **CADENCE, "pos_encoding": "rope", "mlp_type": "swiglu", "norm_type": "rmsnorm",
          "rope_theta": 10000.0, "precision": "mixed", "use_loss_mask": True,
          "batch_sampling_mode": "epoch", "episode_min_tokens": 10, "epoch_shuffle": True,
          "weight_decay": 0.05}
@@ -238,7 +246,7 @@ ACCEPTED = {
                      "retrieval=data/retrieval_eval_tokenized"},
     "phase3_chat_sft.json": {
         **NEWER, "dropout": 0.12, "remat": "full", "rope_scale": 4.0, "learning_rate": 3e-5,
-        "max_iters": 763, "eval_interval": 50, "checkpoint_interval": 50, "warmup_iters": 100,
+        "max_iters": 763, "eval_interval": 50, "warmup_iters": 100,
         "grad_accum_steps": 3, "batch_size": 12, "epoch_seed": 3301,
         "log_file": "logs/train/phase3_chat_sft.jsonl",
         "eval_sets": "phase1_format=data/sft_phase1_format_lock,"
@@ -267,7 +275,7 @@ def test_newer_upstream_configs_map_field_by_field(name, tmp_path):
     from flax import nnx
 
     from mypt_jax.model import GPT
-    from mypt_jax.training import config as cfg_lib
+    from mypt_jax.training.setup import config as cfg_lib
 
     path = FIXTURES / name
     config, translation, _ = _translate(["--config_file", str(path)])
@@ -301,7 +309,8 @@ def test_newer_upstream_config_refused_names_the_field_and_why(tmp_path):
 
 def test_newer_fields_refused_alone_and_save_every(tmp_path):
     _, translation, _ = _translate(["--config_file", str(FIXTURES / "phase3_chat_sft.json")])
-    assert "save_every -> checkpoint_interval (the upstream saved at every eval)" in translation.summary
+    assert re.search(r"ignored here as by the upstream: [^;]*save_every", translation.summary)
+    assert translation.overrides["checkpoint_interval"] == 0
     path = tmp_path / "c.json"
     for field, message in (("token_accuracy_saturation", SATURATION), ("gold_selection", GOLD)):
         path.write_text(json.dumps({"learning_rate": 1e-4, field: {"enabled": True}}))
@@ -337,7 +346,7 @@ def test_newer_upstream_configs_train_from_the_command_line(tmp_path):
         shutil.copytree(tmp_path / "data" / "sft", tmp_path / path)
     for name, micro, fields in (("phase1_format_lock", "2", {"grad_accum_steps": 4, "remat": "full"}),
                                 ("750M_phase3a_operator_packed", "4", {"freeze_layers": 3}),
-                                ("phase3_chat_sft", "2", {"checkpoint_interval": 50,
+                                ("phase3_chat_sft", "2", {"checkpoint_at_eval": True,
                                                           "eval_sets": ",".join(
                                                               f"{k}={v}" for k, v in sets.items())})):
         out = _train(tmp_path, ["--model_name", name, "--dataset_dir", "data/sft", "--config_file",

@@ -19,7 +19,7 @@ from mypt_jax.data.episodes import DatasetError
 from mypt_jax.data.tokenizer import Tokenizer
 from mypt_jax.interop import upstream
 from mypt_jax.model import ModelConfig
-from mypt_jax.training import step as ts
+from mypt_jax.training.step import train_step as ts
 from tests.torch_reference import (
     Cfg,
     TorchGPT,
@@ -257,7 +257,7 @@ def test_all_zero_weights_train_on_no_token(tmp_path, caplog):
 @pytest.mark.slow
 def test_trainer_runs_a_packed_weighted_dataset(tmp_path):
     from mypt_jax.training import trainer
-    from mypt_jax.training.config import ConfigError
+    from mypt_jax.training.setup.config import ConfigError
 
     root = _dataset(tmp_path / "ds", _pack(_episodes(), BLOCK), weights=True)
     c = train_helpers.tiny_config(root, tmp_path / "run", block_size=BLOCK, log_interval=1,

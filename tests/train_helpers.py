@@ -97,10 +97,11 @@ def final_params(workdir: Path, step: int | None = None) -> dict:
     import jax
 
     from mypt_jax.parallel import sharding
-    from mypt_jax.training import checkpoint, config
-    from mypt_jax.training import step as train_step
+    from mypt_jax.training.checkpoint import manager as checkpoint
+    from mypt_jax.training.checkpoint import run_meta
+    from mypt_jax.training.step import train_step
 
-    meta = config.latest_run_meta(workdir)
+    meta = run_meta.latest_run_meta(workdir)
     from mypt_jax.model import ModelConfig
 
     mc = ModelConfig.from_dict(meta["model_config"])
@@ -115,7 +116,7 @@ def final_params(workdir: Path, step: int | None = None) -> dict:
 # a watcher polling the log would race the run. SIGKILL flushes nothing, as `kill -9`.
 _SIGNAL_AT = """
 import os, runpy, signal, sys
-from mypt_jax.training import programs
+from mypt_jax.training.compilation import program_set as programs
 call = programs.Programs.call
 calls = [0]
 def call_then_signal(self, kind, *args):

@@ -61,7 +61,7 @@ from mypt_jax.curriculum.phases import (
 )
 from mypt_jax.curriculum.summary import format_summary, phase_summary, write_summary
 from mypt_jax.data.paths import write_json_atomic
-from mypt_jax.training.run_meta import finished_run
+from mypt_jax.training.checkpoint.run_meta import finished_run
 
 STEPS = ("generate", "mix", "prepare", "train", "test")
 SKIPPED = "skipped (complete)"
@@ -208,7 +208,7 @@ def _timed(fn: Callable[[], dict]) -> dict:
 def default_eval_sets(root: Path, phase: Phase, names: Sequence[str]) -> str:
     """Every earlier phase's val split, to watch forgetting: beta watches alpha, gamma alpha and
     beta, 3a-2 all three. A phase counts when it runs now or its data is prepared already."""
-    from mypt_jax.training import eval_sets
+    from mypt_jax.training.evals import eval_sets
 
     return eval_sets.format_spec({
         name: str(root / PHASES[name].prepared) for name in earlier_phases(phase)
@@ -392,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(args.root).absolute() / "logs" / f"pipeline_{args.phase}_{args.preset}.summary.json"
         write_summary(path, summaries)
         print(f"all phases: {path}")
-        from mypt_jax.training import plot
+        from mypt_jax.training.observe import plot
 
         runs = [plot.curves(plot.read_log(s["train"]["log"]), s["phase"])
                 for s in summaries if "loss_plot" in s.get("train", {})]

@@ -10,7 +10,8 @@ from typing import Any
 from mypt_jax.curriculum import replay
 from mypt_jax.curriculum.phases import GENERATED, Phase, count_records, test_results_path
 from mypt_jax.data.paths import write_json_atomic
-from mypt_jax.training.run_meta import CHECKPOINTS_DIR, finished_run
+from mypt_jax.training.checkpoint.run_meta import CHECKPOINTS_DIR, finished_run
+from mypt_jax.training.checkpoint.run_state import RunState
 
 
 def phase_summary(
@@ -18,101 +19,162 @@ def phase_summary(
     replays: Sequence[tuple[str, float]] = (),
 ) -> dict[str, Any]:
     """Everything reported for a phase, read back from what the steps wrote."""
-    import jax
-
-    from datagen import mix
-    from mypt_jax.data.dataset import read_metadata
-    from mypt_jax.interop import model_io
-    from mypt_jax.training import eval_sets, health, plot
-
-    data = {"generated": {}, "replayed": {}, "mixed": None, "prepared": None}
-    for key in replay.mixed_datasets(phase, replays):
-        path = root / GENERATED[key].path
-        data["generated"][str(path)] = count_records(path) if path.is_file() else None
-    for name, _ in replays:
-        path = replay.train_split_path(root, name)
-        data["replayed"][str(path)] = count_records(path) if path.is_file() else None
-    if phase.mix_output:
-        path = root / phase.mix_output
-        data["mixed"] = {"path": str(path), "records": count_records(path) if path.is_file() else None}
-        meta_file = mix.meta_path(path)
-        if meta_file.is_file():  # what each input gave the mix, from its sidecar
-            data["mixed"]["sources"] = {
-                s["path"]: s["sampled"]
-                for s in json.loads(meta_file.read_text(encoding="utf-8"))["sources"]}
-    prepared = root / phase.prepared
-    meta = read_metadata(prepared) if prepared.is_dir() else {}
-    if meta:
-        data["prepared"] = {
-            "dir": str(prepared), "source": meta.get("source_file"),
-            "records": meta["num_conversations"],
-            "train_episodes": meta["num_train_episodes"], "val_episodes": meta["num_val_episodes"],
-            "train_tokens": meta["num_train_tokens"], "val_tokens": meta["num_val_tokens"],
-        }
-
-    out: dict[str, Any] = {"phase": phase.name, "steps": step_status, "data": data}
+    out: dict[str, Any] = {
+        "phase": phase.name, "steps": step_status, "data": _data_summary(root, phase, replays)}
     run = finished_run(config.workdir, config.max_iters)
-    log_path = Path(config.log_file)
     if run is not None:
-        ckpt = Path(config.workdir) / CHECKPOINTS_DIR / str(run["step"])
-        metrics = run.get("metrics") or {}
-        trained = run.get("summary") or {}
-        out["train"] = {
-            "workdir": config.workdir, "init_from": config.init_from or None,
-            "steps": run["step"], "first_val_loss": run.get("first_val_loss"),
-            "final_val_loss": metrics.get("val_loss"), "checkpoint": str(ckpt),
-            "model_dir": str(Path(config.workdir) / model_io.RUN_MODEL_DIR), "log": str(log_path),
-            "training_eval_scores": metrics.get("gen_scores", {}),
-            "eval_sets": {
-                k.removeprefix(plot.SET_PREFIX): {
-                    "first": (run.get("first_eval_sets") or {}).get(k.removeprefix(plot.SET_PREFIX)),
-                    "final": v}
-                for k, v in metrics.items() if k.startswith(plot.SET_PREFIX)},
-            # The programs of the run (a rerun of a finished phase keeps the first run's).
-            "compiles": trained.get("compiles", []),
-            "compile_s": trained.get("compile_s"), "compile_wall_s": trained.get("compile_wall_s"),
-            "wall_time_s": trained.get("wall_time_s"),
-            **throughput(config, trained),
-        }
-        if log_path.is_file() and jax.process_index() == 0:
-            losses = plot.curves(plot.read_log(log_path), phase.name).train_loss
-            out["train"]["train_loss"] = {  # [step, loss] of the first and last logged step
-                "first": list(losses[0]) if losses else None,
-                "last": list(losses[-1]) if losses else None}
-            out["train"]["loss_plot"] = str(plot.write_run_figure(log_path, label=phase.name))
-    tested = test_results_path(config.workdir)
-    results = json.loads(tested.read_text(encoding="utf-8"))["results"] if tested.is_file() else []
+        out["train"] = _train_summary(config, phase, run)
+    results = _read_test_results(config.workdir)
     if results:
-        out["test"] = {
-            "prompts_file": prompts_file,
-            "results": [{k: r[k] for k in ("name", "completion", "expected", "exact", "normalized")}
-                        for r in results],
-            "exact": sum(bool(r["exact"]) for r in results),
-            "normalized": sum(bool(r["normalized"]) for r in results),
-            "scored": sum(r["expected"] is not None for r in results),
-        }
+        out["test"] = _test_summary(prompts_file, results)
     if run is not None:
-        from mypt_jax.data.tokenizer import Tokenizer
-
-        tags = list(Tokenizer.from_state(run["tokenizer"]).id_by_string) if run.get("tokenizer") else []
-        red = health.check([tuple(x) for x in run.get("val_history", [])], results,
-                           step=run["step"], tag_strings=tags,
-                           simple_prompts_after=config.simple_prompts_after)
-        sets = out["train"]["eval_sets"]
-        forgot = eval_sets.forgetting({n: v["first"] for n, v in sets.items() if v["first"]},
-                                      {n: v["final"] for n, v in sets.items()},
-                                      config.forgetting_factor)
-        red += [forgot] if forgot else []
+        red = _red_lines(config, run, results, out["train"]["eval_sets"])
         out["red_lines"] = red
         out["verdict"] = "RED LINE" if red else "ok"
     return out
+
+
+def _record_count(path: Path) -> int | None:
+    """A JSONL file's records, None where the file is not there."""
+    return count_records(path) if path.is_file() else None
+
+
+def _data_summary(root: Path, phase: Phase, replays: Sequence[tuple[str, float]]) -> dict:
+    """The records the data steps wrote: generated, replayed, mixed and prepared."""
+    generated = {}
+    for key in replay.mixed_datasets(phase, replays):
+        path = root / GENERATED[key].path
+        generated[str(path)] = _record_count(path)
+    replayed = {}
+    for name, _ in replays:
+        path = replay.train_split_path(root, name)
+        replayed[str(path)] = _record_count(path)
+    return {"generated": generated, "replayed": replayed,
+            "mixed": _mixed_summary(root, phase), "prepared": _prepared_summary(root, phase)}
+
+
+def _mixed_summary(root: Path, phase: Phase) -> dict[str, Any] | None:
+    """The mixed file's records and what each input gave it; None for a phase without a mix."""
+    from datagen import mix
+
+    if not phase.mix_output:
+        return None
+    path = root / phase.mix_output
+    mixed = {"path": str(path), "records": _record_count(path)}
+    meta_file = mix.meta_path(path)
+    if meta_file.is_file():  # what each input gave the mix, from its sidecar
+        mixed["sources"] = {
+            s["path"]: s["sampled"]
+            for s in json.loads(meta_file.read_text(encoding="utf-8"))["sources"]}
+    return mixed
+
+
+def _prepared_summary(root: Path, phase: Phase) -> dict[str, Any] | None:
+    """The prepared dataset's conversations, episodes and tokens; None before it exists."""
+    from mypt_jax.data.dataset import read_metadata
+
+    prepared = root / phase.prepared
+    meta = read_metadata(prepared) if prepared.is_dir() else {}
+    if not meta:
+        return None
+    return {
+        "dir": str(prepared), "source": meta.get("source_file"),
+        "records": meta["num_conversations"],
+        "train_episodes": meta["num_train_episodes"], "val_episodes": meta["num_val_episodes"],
+        "train_tokens": meta["num_train_tokens"], "val_tokens": meta["num_val_tokens"],
+    }
+
+
+def _train_summary(config, phase: Phase, run: RunState) -> dict[str, Any]:
+    """The finished run's losses, checkpoint, compiles, speed and loss curve."""
+    import jax
+
+    from mypt_jax.interop import model_io
+
+    log_path = Path(config.log_file)
+    ckpt = Path(config.workdir) / CHECKPOINTS_DIR / str(run.step)
+    metrics = run.last_eval
+    trained = run.summary or {}
+    train = {
+        "workdir": config.workdir, "init_from": config.init_from or None,
+        "steps": run.step, "first_val_loss": run.first_val_loss,
+        "final_val_loss": metrics.get("val_loss"), "checkpoint": str(ckpt),
+        "model_dir": str(Path(config.workdir) / model_io.RUN_MODEL_DIR), "log": str(log_path),
+        "training_eval_scores": metrics.get("gen_scores", {}),
+        "eval_sets": _eval_sets_summary(run, metrics),
+        # The programs of the run (a rerun of a finished phase keeps the first run's).
+        "compiles": trained.get("compiles", []),
+        "compile_s": trained.get("compile_s"), "compile_wall_s": trained.get("compile_wall_s"),
+        "wall_time_s": trained.get("wall_time_s"),
+        **throughput(config, trained),
+    }
+    if log_path.is_file() and jax.process_index() == 0:
+        train.update(_loss_curve(log_path, phase.name))
+    return train
+
+
+def _eval_sets_summary(run: RunState, metrics: dict) -> dict[str, dict]:
+    """Each eval set's val loss at the run's first and at its final evaluation."""
+    from mypt_jax.training.observe import plot
+
+    first_by_set = run.first_sets
+    return {
+        k.removeprefix(plot.SET_PREFIX): {
+            "first": first_by_set.get(k.removeprefix(plot.SET_PREFIX)), "final": v}
+        for k, v in metrics.items() if k.startswith(plot.SET_PREFIX)}
+
+
+def _loss_curve(log_path: Path, label: str) -> dict[str, Any]:
+    """The first and last logged train loss, and the loss plot written from the log."""
+    from mypt_jax.training.observe import plot
+
+    losses = plot.curves(plot.read_log(log_path), label).train_loss
+    return {
+        "train_loss": {  # [step, loss] of the first and last logged step
+            "first": list(losses[0]) if losses else None,
+            "last": list(losses[-1]) if losses else None},
+        "loss_plot": str(plot.write_run_figure(log_path, label=label)),
+    }
+
+
+def _read_test_results(workdir: str) -> list[dict]:
+    """The test step's per-prompt results, [] before it has run."""
+    tested = test_results_path(workdir)
+    return json.loads(tested.read_text(encoding="utf-8"))["results"] if tested.is_file() else []
+
+
+def _test_summary(prompts_file: str, results: list[dict]) -> dict[str, Any]:
+    """The test prompts' completions and how many matched their expected answers."""
+    return {
+        "prompts_file": prompts_file,
+        "results": [{k: r[k] for k in ("name", "completion", "expected", "exact", "normalized")}
+                    for r in results],
+        "exact": sum(bool(r["exact"]) for r in results),
+        "normalized": sum(bool(r["normalized"]) for r in results),
+        "scored": sum(r["expected"] is not None for r in results),
+    }
+
+
+def _red_lines(config, run: RunState, results: list[dict], sets: dict[str, dict]) -> list:
+    """The health checks' failures, plus the forgetting of earlier phases' eval sets."""
+    from mypt_jax.data.tokenizer import Tokenizer
+    from mypt_jax.training.evals import eval_sets, health
+
+    tags = list(Tokenizer.from_state(run.tokenizer).id_by_string) if run.tokenizer else []
+    red = health.check(list(run.val_history), results, step=run.step, tag_strings=tags,
+                       simple_prompts_after=config.simple_prompts_after)
+    forgot = eval_sets.forgetting({n: v["first"] for n, v in sets.items() if v["first"]},
+                                  {n: v["final"] for n, v in sets.items()},
+                                  config.forgetting_factor)
+    red += [forgot] if forgot else []
+    return red
 
 
 def throughput(config, trained: dict) -> dict[str, Any]:
     """The run's steady step time and model FLOP/s (its summary's medians), and its MFU over
     the devices' matmul peak (`preflight.peak`: measured once per process on CPU)."""
     from mypt_jax.preflight import peak
-    from mypt_jax.training.config import PRECISIONS
+    from mypt_jax.training.setup.config import PRECISIONS
 
     rate = trained.get("model_flops_per_s")
     out = {"step_time_s": trained.get("step_time_s"), "model_flops_per_s": rate, "mfu": None}

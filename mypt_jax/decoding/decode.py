@@ -212,6 +212,81 @@ def layers_scanned(scan_layers: bool | None, platform: str | None = None) -> boo
     return (platform or jax.default_backend()) != "cpu"
 
 
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (holds tracers)
+class _Loop:
+    """What every step of the generation loop reads: the model, the prompt rows, the settings."""
+    model: Any
+    layers: Any  # unrolled: per-layer weight buffers, cut once outside the loop; scanned: None
+    prompt_width: int  # P; slot P - 1 holds each row's last prompt id
+    prompt_len_B: jax.Array
+    pad_len_B: jax.Array  # row b's prompt starts at slot pad_len_B[b]
+    key_valid_BxS: jax.Array  # the slots that hold a row's ids, not its left padding
+    hist_offset: int  # hist index of slot 0, so look-back windows are plain slices from step 0
+    max_new_tokens: jax.Array
+    sampling: dict[str, jax.Array]
+    stop_ids_K: jax.Array
+    rng_key: jax.Array
+    repeat_guard: jax.Array
+    penalty_window: int
+    greedy: bool
+
+    def decode(self, tokens_BxT, slot_T, cache, cache_index):
+        """The model's decode of tokens fed at cache slots slot_T (left padding not counted)."""
+        positions_BxT = jnp.maximum(slot_T[None, :] - self.pad_len_B[:, None], 0)
+        return self.model.decode(
+            tokens_BxT, positions_BxT, cache, cache_index, self.key_valid_BxS, self.layers)
+
+    def window(self, hist_BxH, end, width):
+        """The `width` ids before slot `end`, and which of them are the row's (not padding)."""
+        ids_BxW = jax.lax.dynamic_slice_in_dim(
+            hist_BxH, self.hist_offset + end - width, width, axis=1)
+        valid_BxW = (end - width + jnp.arange(width))[None, :] >= self.pad_len_B[:, None]
+        return ids_BxW, valid_BxW
+
+    def prefill(self, prompt_BxP, slots_S, cache):
+        """The cache after all prompt ids but the last (the loop's first step feeds that one)."""
+        # Its logits are unused, so XLA drops the lm_head matmul over P-1 positions.
+        _, cache = self.decode(prompt_BxP[:, :-1], slots_S[:self.prompt_width - 1], cache, 0)
+        return cache
+
+    def running(self, carry):
+        n, _, _, _, _, _, _, done_B = carry
+        return (n < self.max_new_tokens) & ~jnp.all(done_B)
+
+    def pick(self, logits_BxTxV, hist_BxH, slot, n):
+        """Every row's next id from the logits of the id fed at `slot`."""
+        recent_ids, recent_valid = self.window(hist_BxH, slot + 1, self.penalty_window)
+        # Greedy is its own program: the sampler was most of the TPU compile time (docstring).
+        return argmax_first(logits_BxTxV[:, 0]) if self.greedy else next_token(
+            logits_BxTxV[:, 0], recent_ids, recent_valid, self.sampling,
+            jax.random.fold_in(self.rng_key, n))
+
+    def guard_hits(self, hist_BxH, slot, num_B, done_B):
+        """Rows the repeat guard stops now (module docstring)."""
+        R = REPEAT_GUARD_SPAN
+        last_Bx2R, _ = self.window(hist_BxH, slot + 1, 2 * R)
+        repeats_B = jnp.all(last_Bx2R[:, :R] == last_Bx2R[:, R:], axis=-1)
+        long_B = self.prompt_len_B + num_B > 2 * R
+        return self.repeat_guard & ~done_B & repeats_B & long_B
+
+    def step(self, carry):
+        """Feeds one id per row, then records the row's next id or why it stopped."""
+        n, feed_B, cache, hist_BxH, out_BxN, num_B, reason_B, done_B = carry
+        slot = self.prompt_width - 1 + n  # where feed_B goes; the id picked now goes to slot + 1
+        logits_BxTxV, cache = self.decode(feed_B[:, None], slot[None], cache, slot)
+        tok_B = self.pick(logits_BxTxV, hist_BxH, slot, n)
+        guard_B = self.guard_hits(hist_BxH, slot, num_B, done_B)
+        active_B = ~done_B & ~guard_B
+        stop_B = active_B & jnp.isin(tok_B, self.stop_ids_K)
+        feed_B = jnp.where(active_B, tok_B, 0)
+        out_BxN = out_BxN.at[:, n].set(jnp.where(active_B, tok_B, PAD_ID))
+        hist_BxH = jax.lax.dynamic_update_slice_in_dim(
+            hist_BxH, feed_B[:, None], self.hist_offset + slot + 1, axis=1)
+        reason_B = jnp.where(guard_B, _REPEAT, jnp.where(stop_B, _STOP_TOKEN, reason_B))
+        return (n + 1, feed_B, cache, hist_BxH, out_BxN, num_B + active_B,
+                reason_B, done_B | guard_B | stop_B)
+
+
 def _generate(
     graphdef,
     state,
@@ -231,63 +306,16 @@ def _generate(
     model = nnx.merge(graphdef, state)
     B, P = prompt_BxP.shape
     S = P + max_new_cap
-    # hist holds prompt + generated ids at slot s -> index OFF + s, so the look-back windows
-    # are plain dynamic slices even in the first steps (rows' ids before pad_len are invalid).
-    OFF = max(penalty_window, 2 * REPEAT_GUARD_SPAN)
+    OFF = max(penalty_window, 2 * REPEAT_GUARD_SPAN)  # _Loop.hist_offset
     pad_len_B = (P - prompt_len_B).astype(jnp.int32)
     slots_S = jnp.arange(S, dtype=jnp.int32)
     key_valid_BxS = slots_S[None, :] >= pad_len_B[:, None]
     hist_BxH = jnp.zeros((B, OFF + S), jnp.int32).at[:, OFF:OFF + P].set(prompt_BxP)
-
-    def positions(slot_T):
-        return jnp.maximum(slot_T[None, :] - pad_len_B[:, None], 0)
-
-    # Prefill all prompt ids but the last; its logits are unused, so XLA drops the lm_head
-    # matmul over P-1 positions. The loop's first step feeds the last prompt id.
     scanned = layers_scanned(scan_layers)
-    # Unrolled: per-layer weight buffers, cut once outside the loop.
-    layers = None if scanned else model.layer_params()
-    cache = model.init_cache(B, S, stacked=scanned)
-    _, cache = model.decode(
-        prompt_BxP[:, :-1], positions(slots_S[:P - 1]), cache, 0, key_valid_BxS, layers
-    )
-
-    def window(hist, end, width):
-        ids_BxW = jax.lax.dynamic_slice_in_dim(hist, OFF + end - width, width, axis=1)
-        valid_BxW = (end - width + jnp.arange(width))[None, :] >= pad_len_B[:, None]
-        return ids_BxW, valid_BxW
-
-    def cond(carry):
-        n, _, _, _, _, _, _, done_B = carry
-        return (n < max_new_tokens) & ~jnp.all(done_B)
-
-    def body(carry):
-        n, feed_B, cache, hist, out_BxN, num_B, reason_B, done_B = carry
-        slot = P - 1 + n  # where feed_B goes; the token picked now goes to slot + 1
-        logits_BxTxV, cache = model.decode(
-            feed_B[:, None], positions(slot[None]), cache, slot, key_valid_BxS, layers
-        )
-        recent_ids, recent_valid = window(hist, slot + 1, penalty_window)
-        # Greedy is its own program: the sampler (top-k, a full-sort fallback, top-p) was
-        # most of the generation program's compile time for a TPU (see the docstring).
-        tok_B = argmax_first(logits_BxTxV[:, 0]) if greedy else next_token(
-            logits_BxTxV[:, 0], recent_ids, recent_valid, sampling, jax.random.fold_in(rng_key, n)
-        )
-        last_Bx2R, _ = window(hist, slot + 1, 2 * REPEAT_GUARD_SPAN)
-        repeats_B = jnp.all(
-            last_Bx2R[:, :REPEAT_GUARD_SPAN] == last_Bx2R[:, REPEAT_GUARD_SPAN:], axis=-1
-        )
-        long_B = prompt_len_B + num_B > 2 * REPEAT_GUARD_SPAN
-        guard_B = repeat_guard & ~done_B & repeats_B & long_B
-        active_B = ~done_B & ~guard_B
-        stop_B = active_B & jnp.isin(tok_B, stop_ids_K)
-        feed_B = jnp.where(active_B, tok_B, 0)
-        out_BxN = out_BxN.at[:, n].set(jnp.where(active_B, tok_B, PAD_ID))
-        hist = jax.lax.dynamic_update_slice_in_dim(hist, feed_B[:, None], OFF + slot + 1, axis=1)
-        reason_B = jnp.where(guard_B, _REPEAT, jnp.where(stop_B, _STOP_TOKEN, reason_B))
-        return (n + 1, feed_B, cache, hist, out_BxN, num_B + active_B,
-                reason_B, done_B | guard_B | stop_B)
-
+    loop = _Loop(model, None if scanned else model.layer_params(), P, prompt_len_B, pad_len_B,
+                 key_valid_BxS, OFF, max_new_tokens, sampling, stop_ids_K, rng_key, repeat_guard,
+                 penalty_window, greedy)
+    cache = loop.prefill(prompt_BxP, slots_S, model.init_cache(B, S, stacked=scanned))
     carry = (
         jnp.int32(0),
         prompt_BxP[:, -1],
@@ -298,7 +326,7 @@ def _generate(
         jnp.full((B,), _LENGTH, jnp.int32),
         jnp.zeros((B,), bool),
     )
-    _, _, _, _, out_BxN, num_B, reason_B, _ = jax.lax.while_loop(cond, body, carry)
+    _, _, _, _, out_BxN, num_B, reason_B, _ = jax.lax.while_loop(loop.running, loop.step, carry)
     return out_BxN, num_B, reason_B
 
 

@@ -41,8 +41,7 @@ JSON_FIELDS = (
     "freeze_embeddings",
 )
 # JSON fields turned into other fields (`_translated`).
-TRANSLATED = ("use_amp", "amp_dtype", "use_checkpoint", "eval_sets", "grad_accum_steps",
-              "save_every")
+TRANSLATED = ("use_amp", "amp_dtype", "use_checkpoint", "eval_sets", "grad_accum_steps")
 # Newer upstream fields with nothing behind them here: a file holding one is refused.
 REFUSED = {
     "token_accuracy_saturation": (
@@ -59,7 +58,13 @@ UPSTREAM_IGNORED = {
     "pad_token_id": "the pad is always <myPT_eot>",
     "epoch_drop_last": "the loader never reads it",
     "save_dtype": "fit() always saves bf16",
+    # Its phase4-6 recipes set 1000 against eval_interval 300/400; dc62a0c drops the key before
+    # the model config is built and saves at every eval, and so do we (UPSTREAM_CADENCE).
+    "save_every": "the upstream saves at every eval (eval_interval), whatever save_every says",
 }
+# The upstream's save cadence, for runs through its command line: a save at every eval (and
+# the final one), none on wall-clock or step intervals, so its runs keep their files.
+UPSTREAM_CADENCE = {"checkpoint_at_eval": True, "checkpoint_minutes": 0.0, "checkpoint_interval": 0}
 # Used by the upstream, with nothing to set here.
 NO_COUNTERPART = {
     "name": "printed only",
@@ -185,7 +190,7 @@ def _precision(use_amp: bool, amp_dtype: str, where: str) -> str:
 
 def _eval_sets(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
     """The file's eval_sets {name: dir} plus --eval_dataset_dir (the upstream named it
-    "general", over the file's), as the config's "name=dir,..." (training/eval_sets.py)."""
+    "general", over the file's), as the config's "name=dir,..." (training/evals/eval_sets.py)."""
     sets = data.get("eval_sets") or {}
     if not isinstance(sets, dict):
         raise UpstreamConfigError(
@@ -225,9 +230,8 @@ def _grad_accum(data: dict[str, Any], flags: dict[str, Any], where: str) -> dict
 
 
 def _translated(data: dict[str, Any], flags: dict[str, Any], where: str) -> dict[str, Any]:
-    """use_amp/amp_dtype -> precision, use_checkpoint -> remat, save_every ->
-    checkpoint_interval, grad_accum_steps -> grad_accum_steps and the batch per update,
-    eval_sets (and --eval_dataset_dir) -> eval_sets."""
+    """use_amp/amp_dtype -> precision, use_checkpoint -> remat, grad_accum_steps ->
+    grad_accum_steps and the batch per update, eval_sets (and --eval_dataset_dir) -> eval_sets."""
     _refuse(data, where)  # first: a refused field is the reason that matters
     out: dict[str, Any] = {}
     if any(k in data or k in flags for k in ("use_amp", "amp_dtype")):
@@ -238,9 +242,6 @@ def _translated(data: dict[str, Any], flags: dict[str, Any], where: str) -> dict
         out["precision"] = _precision(use_amp, amp_dtype, where)
     if data.get("use_checkpoint"):
         out["remat"] = "full"  # the upstream's activation checkpointing, per block
-    if data.get("save_every") is not None:
-        # The upstream read save_every but saved at every eval; its configs set the two equal.
-        out["checkpoint_interval"] = data["save_every"]
     if "grad_accum_steps" in data:
         out.update(_grad_accum(data, flags, where))
     sets = _eval_sets(data, flags, where)
@@ -288,6 +289,8 @@ def translate(args: argparse.Namespace) -> Translation:
     overrides: dict[str, Any] = {k: data[k] for k in JSON_FIELDS if k in data and data[k] is not None}
     overrides.update(_translated(data, flags, where))
     origins = dict.fromkeys(overrides, where)
+    overrides.update(UPSTREAM_CADENCE)
+    origins.update(dict.fromkeys(UPSTREAM_CADENCE, "the upstream's save cadence"))
     from_flags = {k: v for k, v in flags.items() if k in _FLAG_FIELDS}
     if flags.get("bias"):
         from_flags["bias"] = True
@@ -313,8 +316,6 @@ def summary(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
         batch = _grad_accum(data, flags, where)
         parts.append(f"batch_size x grad_accum_steps -> batch_size {batch['batch_size']} in "
                      f"{batch['grad_accum_steps']} microbatches (upstream: per microbatch)")
-    if data.get("save_every") is not None:
-        parts.append("save_every -> checkpoint_interval (the upstream saved at every eval)")
     if data.get("eval_sets"):
         parts.append(f"eval_sets -> eval_sets {_eval_sets(data, flags, where)!r}")
     amp = [k for k in ("use_amp", "amp_dtype") if k in data]

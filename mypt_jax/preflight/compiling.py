@@ -16,7 +16,7 @@ from mypt_jax.parallel import device_memory as dm
 from mypt_jax.preflight import chips, hlo_cost
 from mypt_jax.preflight import programs as tp
 from mypt_jax.preflight import topology as topo_lib
-from mypt_jax.training import config as cfg_lib
+from mypt_jax.training.setup import config as cfg_lib
 
 # ----------------------------------------------------------------------------------------
 # Targets

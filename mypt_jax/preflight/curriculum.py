@@ -28,8 +28,9 @@ from mypt_jax.data import loader as data
 from mypt_jax.preflight import compiling as pre
 from mypt_jax.preflight import phase_estimate
 from mypt_jax.preflight import programs as tp
-from mypt_jax.training import compile_cache, compile_plan, evaluation
-from mypt_jax.training import config as cfg_lib
+from mypt_jax.training.compilation import compile_cache, compile_plan
+from mypt_jax.training.evals import val_loss as evaluation
+from mypt_jax.training.setup import config as cfg_lib
 
 
 def makespan(seconds: list[float], threads: int) -> float:
@@ -88,8 +89,9 @@ def run(configs: list, topology: str | None, *, compile_threads: int = 8,
 
         train_s = sum(seconds(p, n) for p, n in jobs if p.kind == "train")
         eval_s = evals * sum(seconds(p, n) for p, n in jobs if p.kind != "train")
-        saves = phase_estimate.save_time(r, evals, target.hosts, target.chip is not None)
-        save_s = saves["saves"] * saves["save_blocking_s"]
+        saves = phase_estimate.save_time(r, evals, train_s + eval_s, target.hosts,
+                                         target.chip is not None)
+        save_s = saves["save_total_blocking_s"]
         compile_wall = makespan(new, compile_threads)
         phases.append({
             "config": c.dataset_dir, "max_iters": c.max_iters, "evals": evals,

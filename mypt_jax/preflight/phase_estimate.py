@@ -12,8 +12,8 @@ from typing import Any
 
 from mypt_jax.data import batching
 from mypt_jax.preflight import chips
-from mypt_jax.training import config as cfg_lib
-from mypt_jax.training.shape_plan import count_shapes
+from mypt_jax.training.compilation.shape_plan import count_shapes
+from mypt_jax.training.setup import config as cfg_lib
 
 
 def bucket_mix(r: cfg_lib.Resolved, layout: batching.Layout,
@@ -61,7 +61,6 @@ def phase_time(r: cfg_lib.Resolved, chip: chips.Chip | None, devices: int, resul
     out: dict[str, Any] = {
         "max_iters": c.max_iters, "evals": evals, "eval_s": per_eval,
         "padded_train_s": c.max_iters * step_s(largest["roofline"]), "compute_bound_only": bound_only,
-        **save_time(r, evals),
     }
     if mix:
         mean = 0.0
@@ -76,19 +75,17 @@ def phase_time(r: cfg_lib.Resolved, chip: chips.Chip | None, devices: int, resul
             mean += share * step_s(t)
         out["shape_mix"] = {str(k): v for k, v in sorted(mix.items(), key=lambda kv: -kv[1])}
         out["padding_free_train_s"] = c.max_iters * mean
-        # The rebuilt val loss (training/evaluation.py): each distinct episode of the eval's
+        # The rebuilt val loss (training/evals/val_loss.py): each distinct episode of the eval's
         # batches once, at padding-free shapes. Its forward pass is costed as a third of a
         # padding-free train step (forward + backward = 3 forwards), per batch of rows.
         rows = min(val_episodes(r) or c.eval_iters * c.batch_size, c.eval_iters * c.batch_size)
         out["eval_batches_rebuilt"] = -(-rows // c.batch_size)
         out["eval_s_padding_free"] = out["eval_batches_rebuilt"] * mean / 3 + decode_s
-    # Orbax starts a save only once the previous one is written: an async save blocks for its
-    # copy plus whatever of the previous write the steps between them did not cover.
-    train_s = out.get("padding_free_train_s", out["padded_train_s"])
-    gap = train_s / max(out["saves"], 1)
-    if out["save_async"]:
-        out["save_blocking_s"] += max(out["save_write_s"] - out["save_blocking_s"] - gap, 0.0)
-    blocking = out["save_blocking_s"] * out["saves"]
+    padding_free = "padding_free_train_s" in out
+    run_s = (out["padding_free_train_s"] + evals * out["eval_s_padding_free"] if padding_free
+             else out["padded_train_s"] + evals * per_eval)
+    out.update(save_time(r, evals, run_s))
+    blocking = out["save_total_blocking_s"]
     out["total_padded_s"] = out["padded_train_s"] + evals * per_eval + blocking
     if "padding_free_train_s" in out:
         out["total_padding_free_s"] = (out["padding_free_train_s"]
@@ -103,24 +100,36 @@ HOST_COPY_BYTES_PER_S = 10e9
 HOST_WRITE_BYTES_PER_S = 1e9
 
 
-def save_time(r: cfg_lib.Resolved, evals: int, hosts: int = 1,
+def save_time(r: cfg_lib.Resolved, evals: int, run_s: float, hosts: int = 1,
               accelerator: bool = True) -> dict[str, Any]:
-    """Checkpoint saves of the phase: count, state bytes, seconds blocking and writing (one
-    host's bandwidth unless `hosts` says how many share the write)."""
+    """The phase's saves under its checkpoint policy (training/checkpoint/policy.py): count
+    per trigger, state bytes, seconds per save blocking and writing, and the total blocking.
+
+    `run_s` is the phase's training and eval time, which sets the time-triggered saves. The
+    final save counts at its whole write time: the run waits for it. Orbax starts a save
+    only once the previous one is written, so an asynchronous save blocks for its copy plus
+    whatever of the previous write the steps between them did not cover.
+    """
     import numpy as np
 
     from mypt_jax.model.param_table import param_shapes
+    from mypt_jax.training.checkpoint.policy import SavePolicy
 
     c, mc = r.config, r.model_config
     n_params = sum(int(np.prod(s)) for s in _leaves(param_shapes(mc)))
     # Weights in their storage dtype plus AdamW's two float32 moments.
     state_bytes = n_params * (np.dtype(mc.param_dtype).itemsize + 8)
-    saves = evals if c.checkpoint_interval == 0 else c.max_iters // c.checkpoint_interval + 1
+    by_trigger = SavePolicy.from_config(c).saves_in(c.max_iters, evals, run_s)
+    saves = sum(by_trigger.values())
     copy_s = state_bytes / (hosts * HOST_COPY_BYTES_PER_S)
-    write_s = state_bytes / (hosts * HOST_WRITE_BYTES_PER_S)
+    write_s = copy_s + state_bytes / (hosts * HOST_WRITE_BYTES_PER_S)
     is_async = c.async_checkpointing == "on" or (c.async_checkpointing == "auto" and accelerator)
-    return {"saves": saves, "state_bytes": state_bytes, "save_write_s": copy_s + write_s,
-            "save_blocking_s": copy_s if is_async else copy_s + write_s, "save_async": is_async}
+    blocking_s = copy_s if is_async else write_s
+    if is_async:
+        blocking_s += max(write_s - copy_s - run_s / max(saves, 1), 0.0)
+    return {"saves": saves, "saves_by_trigger": by_trigger, "state_bytes": state_bytes,
+            "save_write_s": write_s, "save_blocking_s": blocking_s, "save_async": is_async,
+            "save_total_blocking_s": (saves - 1) * blocking_s + write_s}
 
 
 def _leaves(tree) -> list[tuple[int, ...]]:

@@ -21,11 +21,11 @@ from mypt_jax.data import batching
 from mypt_jax.model.config import ModelConfig
 from mypt_jax.model.param_table import param_shapes
 from mypt_jax.preflight import chips
-from mypt_jax.training import config as cfg_lib
-from mypt_jax.training import optim
-from mypt_jax.training import step as ts
-from mypt_jax.training.fit_check import sharded_batch, train_shapes
-from mypt_jax.training.freeze import Freeze
+from mypt_jax.training.compilation.fit_check import sharded_batch, train_shapes
+from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.step import optim
+from mypt_jax.training.step import train_step as ts
+from mypt_jax.training.step.freeze import Freeze
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,7 @@ def train_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape) -> Prog
 
 def eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, resident: int) -> Program:
     """The per-row val loss pass the run's evals call (`evaluation.make_row_loss_step`)."""
-    from mypt_jax.training import evaluation
+    from mypt_jax.training.evals import val_loss as evaluation
 
     c, mc = r.config, r.model_config
 

@@ -48,10 +48,9 @@ from mypt_jax.preflight.compiling import (  # noqa: F401 - report.X names kept f
     resolve_for,
     target_for,
 )
-from mypt_jax.training import config as cfg_lib
-from mypt_jax.training import optim
-from mypt_jax.training import step as ts
-from mypt_jax.training.fit_check import check_train_step  # noqa: F401  (its old home)
+from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.step import optim
+from mypt_jax.training.step import train_step as ts
 
 # ----------------------------------------------------------------------------------------
 # The report
@@ -268,10 +267,16 @@ def format_report(report: dict[str, Any]) -> str:
         if "eval_s_padding_free" in ph:
             text += (f" ({ph['evals'] * ph['eval_s_padding_free'] / 60:.1f} min rebuilt from "
                      f"{ph['eval_batches_rebuilt']} padding-free batches each)")
-        text += (f"; {ph['saves']} saves of {_gib(ph['state_bytes'])} GiB, "
-                 f"{ph['saves'] * ph['save_blocking_s'] / 60:.1f} min blocking"
-                 f" ({'async' if ph['save_async'] else 'sync'}, "
+        kinds = ", ".join(f"{n} {k}" for k, n in ph["saves_by_trigger"].items() if n)
+        text += (f"; {ph['saves']} saves ({kinds}) of {_gib(ph['state_bytes'])} GiB, "
+                 f"{ph['save_total_blocking_s'] / 60:.1f} min blocking"
+                 f" ({'async' if ph['save_async'] else 'sync'}, the final save whole, "
                  f"{ph['saves'] * ph['save_write_s'] / 60:.1f} min writing)")
+        for form in ("padded", "padding_free"):
+            total = ph.get(f"total_{form}_s")
+            if total:
+                text += (f"; total {form.replace('_', '-')} {total / 60:.1f} min, saves "
+                         f"{ph['save_total_blocking_s'] / total:.0%}")
         lines.append(text)
     if report["fits"]:
         lines.append("fits")

@@ -1,2 +1,2 @@
-"""Training: the run config and what it starts from, the trainer and its jitted step, optimizer,
-checkpoints, metrics, health checks and loss curves."""
+"""Training: the loop at the top (trainer, hooks, startup) over its parts: setup, step,
+compilation, checkpoint, evals, observe (docs/architecture.md)."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 
 from mypt_jax.interop import upstream_cli
-from mypt_jax.training import agreement, checkpoint, identity, preemption
-from mypt_jax.training.config import ConfigError
+from mypt_jax.training.checkpoint import manager as checkpoint
+from mypt_jax.training.checkpoint import preemption
+from mypt_jax.training.setup import agreement, identity
+from mypt_jax.training.setup.config import ConfigError
 
 DEBUG_ENV = "MYPT_JAX_DEBUG"
 

@@ -28,7 +28,7 @@ from mypt_jax.data import batching
 from mypt_jax.data import loader as data
 from mypt_jax.model import loss as loss_lib
 from mypt_jax.model.param_table import param_shardings
-from mypt_jax.training.step import batch_sharding, replicated
+from mypt_jax.training.step.train_step import batch_sharding, replicated
 
 
 def decode_layout(params, mesh):
@@ -164,7 +164,7 @@ def batchwise_val_loss(eval_fn, params, source: data.EpisodeBatchSource, positio
                        eval_iters: int, mesh, layout: batching.Layout) -> tuple[float, float]:
     """The same two numbers computed the upstream's way, batch by batch (`step.make_eval_step`);
     kept as the reference the tests and `benchmarks/bench_eval.py` compare against."""
-    from mypt_jax.training.prefetch import device_batch
+    from mypt_jax.data.prefetch import device_batch
 
     sums = [eval_fn(params, device_batch(source[position + k], mesh, layout, source.pad_id)[0])
             for k in range(eval_iters)]

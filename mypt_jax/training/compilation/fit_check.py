@@ -12,8 +12,8 @@ import jax
 
 from mypt_jax.data import batching
 from mypt_jax.parallel import device_memory as dm
-from mypt_jax.training import config as cfg_lib
-from mypt_jax.training import step as ts
+from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.step import train_step as ts
 
 
 def train_shapes(config, mesh, hosts: int) -> list[batching.BatchShape]:

@@ -23,8 +23,8 @@ from mypt_jax.model.config import ModelConfig
 from mypt_jax.model.param_table import param_shardings
 from mypt_jax.model.transformer import GPT
 from mypt_jax.parallel import sharding
-from mypt_jax.training import freeze as freeze_lib
-from mypt_jax.training import optim
+from mypt_jax.training.step import freeze as freeze_lib
+from mypt_jax.training.step import optim
 
 Params = dict[str, Any]
 Batch = dict[str, jax.Array]

@@ -1,4 +1,8 @@
-"""A run directory's committed checkpoints, read without orbax (plots, summaries, init_from)."""
+"""A run directory's committed checkpoints, read without orbax (plots, summaries, init_from).
+
+`latest_run_meta` reads the newest record's JSON; every reader outside the tests takes it
+through `RunState` (`latest_run_state`, `finished_run`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 from etils import epath
 
 from mypt_jax.data.paths import COMMIT_MARKER, as_path, is_remote
+from mypt_jax.training.checkpoint.run_state import RunState
 
 CHECKPOINTS_DIR = "checkpoints"  # <workdir>/checkpoints/<step>/{state,train_data,val_data,meta}
 
@@ -33,9 +38,15 @@ def latest_run_meta(workdir: str | Path) -> dict | None:
     return None
 
 
-def finished_run(workdir: str, max_iters: int) -> dict | None:
-    """The final checkpoint's record if the run finished at (or past) max_iters, else None."""
+def latest_run_state(workdir: str | Path) -> RunState | None:
+    """The run state of a run's newest committed checkpoint, or None."""
     meta = latest_run_meta(workdir)
-    if meta and meta.get("finished") and meta.get("step", -1) >= max_iters:
-        return meta
+    return None if meta is None else RunState.from_meta(meta)
+
+
+def finished_run(workdir: str, max_iters: int) -> RunState | None:
+    """The final checkpoint's run state if the run finished at (or past) max_iters, else None."""
+    run = latest_run_state(workdir)
+    if run is not None and run.finished and run.step >= max_iters:
+        return run
     return None

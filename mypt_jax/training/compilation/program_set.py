@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mypt_jax.training import compile_cache
+from mypt_jax.training.compilation import compile_cache
 
 
 class CompileError(RuntimeError):

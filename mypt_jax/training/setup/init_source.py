@@ -19,7 +19,7 @@ from mypt_jax.data.paths import as_path
 from mypt_jax.data.tokenizer import Tokenizer, TokenizerError
 from mypt_jax.model.config import ConfigError as ModelConfigError
 from mypt_jax.model.config import ModelConfig
-from mypt_jax.training.run_meta import CHECKPOINTS_DIR, latest_run_meta
+from mypt_jax.training.checkpoint.run_meta import CHECKPOINTS_DIR, latest_run_state
 
 # Fields the upstream took from the init checkpoint instead of the config.
 INHERITED_FIELDS = (
@@ -72,11 +72,11 @@ def describe_init(path: str | Path, field: str = "init_from") -> InitSource:
     path = as_path(path)
     if not path.exists():
         raise InitSourceError(f"{field}: {path} does not exist")
-    meta = latest_run_meta(path)
-    if meta is not None:
-        mc = _model_config_from_json(meta["model_config"], path, field)
-        tok = Tokenizer.from_state(meta["tokenizer"], source=str(path)) if meta.get("tokenizer") else None
-        return InitSource("run", path, mc, tok, dict(meta.get("config", {})))
+    run = latest_run_state(path)
+    if run is not None:
+        mc = _model_config_from_json(run.model_config, path, field)
+        tok = Tokenizer.from_state(run.tokenizer, source=str(path)) if run.tokenizer else None
+        return InitSource("run", path, mc, tok, dict(run.config))
     if (path / CHECKPOINTS_DIR).is_dir():
         raise InitSourceError(f"{field}: {path} is a run directory without a finished checkpoint")
     config_file = path / "config.json"

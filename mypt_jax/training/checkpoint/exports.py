@@ -11,7 +11,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from mypt_jax.data import paths
-from mypt_jax.training import config as cfg_lib
+from mypt_jax.training.setup import config as cfg_lib
 
 
 def export_upstream(r: cfg_lib.Resolved, params, step: int) -> epath.Path:

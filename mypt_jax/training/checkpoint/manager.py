@@ -3,8 +3,8 @@
 Layout: `<workdir>/checkpoints/<step>/{state, meta}`. Orbax writes each step into a
 temporary directory and renames it when complete, so a run killed mid-save leaves the
 previous checkpoints intact. Saves are asynchronous on accelerators, with any number of
-processes (synchronous on CPU, see `Checkpointer`); the last `keep` steps plus the
-`keep_best` lowest val-loss steps survive.
+processes (synchronous on CPU, see `Checkpointer`); which of them survive is
+`policy.Retention`'s decision.
 
 The loaders' positions are global (`{"next_index": k}`, the next global batch), so they
 live in the JSON record (`meta["data_position"]`), written once by process 0: a checkpoint
@@ -43,11 +43,11 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from mypt_jax.data.paths import absolute, as_path
 from mypt_jax.interop.model_io import cause_line
-from mypt_jax.training.run_meta import CHECKPOINTS_DIR
+from mypt_jax.training.checkpoint.policy import Retention, meta_reader
+from mypt_jax.training.checkpoint.run_meta import CHECKPOINTS_DIR
 
 ITEMS = ("state", "train_data", "val_data", "meta")  # the iterator items: older checkpoints
 DAMAGED_SUFFIX = ".damaged"
@@ -150,16 +150,6 @@ class Checkpointer:
         async_save: bool | None = None,
         read_only: bool = False,
     ):
-        policies: list[Any] = [pp.LatestN(n=keep)]
-        if keep_best:
-            policies.append(
-                pp.BestN(
-                    get_metric_fn=lambda m: m["val_loss"],
-                    reverse=True,  # BestN keeps the tail of the sorted list: lowest loss last
-                    n=keep_best,
-                    keep_checkpoints_without_metrics=False,
-                )
-            )
         # On CPU the devices' memory is the host's: an asynchronous save holds a staged copy
         # of the whole state while the next step allocates its own, and a 750M float32 run
         # (9 GB of weights and AdamW moments) was killed at 24 GB that way. CPU runs save
@@ -168,13 +158,14 @@ class Checkpointer:
         if async_save is None:
             async_save = jax.default_backend() != "cpu"
         self.async_save = async_save
+        self.directory = checkpoint_dir(workdir)
+        self.retention = Retention(keep, keep_best, meta_reader(self.directory))
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
-            preservation_policy=pp.AnyPreservationPolicy(policies),
+            preservation_policy=self.retention,
             create=not read_only,
             read_only=read_only,
         )
-        self.directory = checkpoint_dir(workdir)
         quiet_orphaned_io()  # before any I/O: orbax logs a failure before it raises it to us
         self.failed = False  # a save failed: close() must not raise the same error again
         self._saving: int | None = None
@@ -201,42 +192,45 @@ class Checkpointer:
     def path(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
-    def save(self, step: int, state: Any, *, data_position: dict, meta: dict,
-             val_loss: float | None = None) -> None:
-        """Starts a save (asynchronous where enabled); `val_loss` ranks the best checkpoints.
+    def save(self, step: int, state: Any, *, meta: dict) -> None:
+        """Starts a save (asynchronous where enabled) of `state` and its JSON record.
 
-        `data_position` is `{"train": k, "val": j}`, the next global batch of each stream.
-        Orbax first waits for the previous save. A write that fails (now, or in the
-        background for the previous save) raises `CheckpointError` naming the step's path.
+        `meta` is `RunState.to_meta()`: its `triggers` and val loss decide how long the save
+        is kept (policy.Retention). Orbax first waits for the previous save. A write that
+        fails (now, or in the background for the previous save) raises `CheckpointError`
+        naming the step's path.
         """
         self.poll(wait=True)  # orbax would wait for it anyway; this way its timing is kept
         t0 = time.perf_counter()
         self._saving = step
+        val_loss = (meta.get("metrics") or {}).get("val_loss") if meta.get("evaluated") else None
+        self.retention.note(step, meta.get("triggers") or (), val_loss)
         try:
             self.manager.save(
                 step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
-                    meta=ocp.args.JsonSave({**meta, "data_position": dict(data_position)}),
-                ),
-                metrics=None if val_loss is None else {"val_loss": float(val_loss)},
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(meta)),
                 force=True,
             )
         except Exception as e:
             self.failed = True
             raise write_error(self.path(step), e) from e
-        self._timing = {"step": step, "t0": t0, "blocking_s": time.perf_counter() - t0}
+        self._timing = {"step": step, "trigger": meta.get("trigger"),
+                        "triggers": list(meta.get("triggers") or ()), "t0": t0,
+                        "blocking_s": time.perf_counter() - t0}
 
     def poll(self, wait: bool = False) -> None:
-        """Once the last save is committed, appends its timing to `timings`: {step,
-        blocking_s, total_s, overlapped_s (the seconds the loop went on while it wrote)}."""
+        """Once the last save is committed, appends its timing to `timings`: {step, trigger,
+        triggers, blocking_s, total_s, overlapped_s (the seconds the loop went on while it
+        wrote)}."""
         if self._timing is None or (not wait and self.manager.is_saving_in_progress()):
             return
         if wait:
             self.wait()
         t, self._timing = self._timing, None
         total = time.perf_counter() - t["t0"]
-        self.timings.append({"step": t["step"], "blocking_s": t["blocking_s"], "total_s": total,
+        self.timings.append({"step": t["step"], "trigger": t["trigger"], "triggers": t["triggers"],
+                             "blocking_s": t["blocking_s"], "total_s": total,
                              "overlapped_s": max(total - t["blocking_s"], 0.0)})
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict, dict]:
@@ -253,6 +247,8 @@ class Checkpointer:
         self.manager.restore(step, args=ocp.args.Composite(
             train_data=grain.checkpoint.CheckpointRestore(train_sink),
             val_data=grain.checkpoint.CheckpointRestore(val_sink)))
+        meta["data_position"] = {"train": train_sink.state["next_index"],
+                                 "val": val_sink.state["next_index"]}
         return restored.state, train_sink.state, val_sink.state, meta
 
     def restore_meta(self, step: int) -> dict:

@@ -22,10 +22,10 @@ from typing import Any
 import jax
 
 from mypt_jax.data import batching
-from mypt_jax.training import compile_cache, shape_plan
-from mypt_jax.training import step as ts
-from mypt_jax.training.fit_check import sharded_batch
-from mypt_jax.training.programs import Job, Programs
+from mypt_jax.training.compilation import compile_cache, shape_plan
+from mypt_jax.training.compilation.fit_check import sharded_batch
+from mypt_jax.training.compilation.program_set import Job, Programs
+from mypt_jax.training.step import train_step as ts
 
 
 def timings_for(r, mesh, cache_dir: str) -> compile_cache.Timings:

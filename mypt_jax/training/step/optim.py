@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mypt_jax.training.config import warmup_steps
-from mypt_jax.training.freeze import Freeze, trainable_only
+from mypt_jax.training.setup.config import warmup_steps
+from mypt_jax.training.step.freeze import Freeze, trainable_only
 
 
 def lr_schedule(

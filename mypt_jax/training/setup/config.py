@@ -8,7 +8,7 @@ Here the config's values apply; `inherit_init_config=True` reproduces the upstre
 
 Every check raises `ConfigError` whose message starts with the offending field. `resolve`
 checks the fields here and asks each stage to check what it owns: the dataset
-(`data/loader.py`), the init checkpoint (`training/init_source.py`) and the eval prompts
+(`data/loader.py`), the init checkpoint (`training/setup/init_source.py`) and the eval prompts
 (`decoding/eval_prompts.py`); it returns one `Resolved` run description, which the trainer reads.
 
 Paths: `workdir`, `log_file` and `init_from` may be remote URIs (`gs://bucket/run`, any scheme
@@ -33,9 +33,8 @@ from mypt_jax.model.config import ModelConfig
 from mypt_jax.model.param_table import param_logical_axes, param_shapes
 from mypt_jax.parallel import sharding
 from mypt_jax.parallel.device_mesh import DCN_FIELDS
-from mypt_jax.training import eval_sets
-from mypt_jax.training import freeze as freeze_lib
-from mypt_jax.training.init_source import (
+from mypt_jax.training.evals import eval_sets
+from mypt_jax.training.setup.init_source import (
     INHERITED_FIELDS,
     InitSource,
     InitSourceError,
@@ -43,7 +42,7 @@ from mypt_jax.training.init_source import (
     describe_init,
     token_map_diff,
 )
-from mypt_jax.training.run_meta import latest_run_meta  # noqa: F401  (its old home)
+from mypt_jax.training.step import freeze as freeze_lib
 
 MODEL_FIELDS = (
     "block_size", "vocab_size", "n_embd", "n_head", "n_layer", "dropout", "bias", "tie_weights",
@@ -145,9 +144,13 @@ def _check_fields(config: config_dict.ConfigDict) -> None:
     for name in ("learning_rate", "min_lr", "grad_clip", "weight_decay", "warmup_iters",
                  "eval_max_new_tokens",
                  "loss_chunk_size", "checkpoint_interval", "keep_best", "adam_eps",
-                 "prefetch_batches", "forgetting_factor", "compile_threads"):
+                 "prefetch_batches", "forgetting_factor", "compile_threads", "checkpoint_minutes",
+                 "profiler_start_step", "profiler_num_steps"):
         if config[name] < 0:
             raise ConfigError(f"{name}: must be >= 0, got {config[name]}")
+    if not 0 <= config.profiler_port <= 65535:
+        raise ConfigError(f"profiler_port: expected 0 (off) or a port 1..65535, got "
+                          f"{config.profiler_port}")
     for name in ("beta1", "beta2"):
         if not 0.0 <= config[name] < 1.0:
             raise ConfigError(f"{name}: expected 0 <= {name} < 1, got {config[name]}")
@@ -257,7 +260,7 @@ def _check_freeze(config, mc: ModelConfig) -> list[str]:
     if not 0 <= config.freeze_layers <= mc.n_layer:
         raise ConfigError(f"freeze_layers: expected 0 to n_layer ({mc.n_layer}) blocks, got "
                           f"{config.freeze_layers}")
-    # A resume with other freezing is refused where the checkpoint is read (training/resume.py).
+    # A resume with other freezing is refused where the checkpoint is read (training/setup/resume.py).
     freeze = freeze_lib.Freeze(layers=config.freeze_layers, embeddings=config.freeze_embeddings)
     return freeze_lib.notes(freeze, param_shapes(mc), mc.n_layer, mc.tie_weights)
 
@@ -353,8 +356,6 @@ def resolve(
         raise ConfigError("workdir: empty; pass --workdir or set config.workdir")
     if not config.log_file:
         config.log_file = str(as_path(config.workdir) / "log.jsonl")
-    if not config.checkpoint_interval:
-        config.checkpoint_interval = config.eval_interval
     notes: list[str] = []
 
     init = _describe_init(config, notes) if config.init_from and read_files else None
@@ -372,7 +373,7 @@ def resolve(
     mesh_shape, mesh_dcn_shape = _check_mesh(config, mc, num_devices, process_count)
     if read_files:
         tok = _check_dataset(config)
-        try:  # each extra eval set: its val split on disk (training/eval_sets.py)
+        try:  # each extra eval set: its val split on disk (training/evals/eval_sets.py)
             eval_sets.check(config.eval_sets)
         except eval_sets.EvalSetsError as e:
             raise ConfigError(str(e)) from None

@@ -1,8 +1,6 @@
 """Training curves from run logs, drawn with matplotlib (Agg, no display needed).
 
-    python -m mypt_jax.plot RUN [RUN ...] [--out FILE.png] [--chain]
-
-A RUN is a training workdir (its log is the `log_file` its newest checkpoint records, else
+The command line is `python -m mypt_jax.plot` (mypt_jax/plot.py). A run is a training workdir (its log is the `log_file` its newest checkpoint records, else
 `<RUN>/log.jsonl`) or a JSONL log itself. The figure has a loss panel (train and val loss
 against step, log scale), a learning-rate panel and, where a run logged eval-prompt scores,
 a panel with the share of eval prompts answered exactly and after normalising. Several runs
@@ -13,11 +11,9 @@ to its log as `<log>.loss.png` unless `--out` says otherwise.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,7 +41,7 @@ class Curves:
         return max((s for series in (self.train_loss, self.val_loss) for s, _ in series), default=0)
 
 
-SET_PREFIX = "val_loss/"  # an eval set's loss in the log (training/eval_sets.py)
+SET_PREFIX = "val_loss/"  # an eval set's loss in the log (training/evals/eval_sets.py)
 
 
 class PlotError(ValueError):
@@ -103,9 +99,10 @@ def find_log(run: str | Path) -> Path:
         return run
     tried = []
     if run.is_dir():
-        from mypt_jax.training.run_meta import latest_run_meta
+        from mypt_jax.training.checkpoint.run_meta import latest_run_state
 
-        logged = (latest_run_meta(run) or {}).get("config", {}).get("log_file")
+        state = latest_run_state(run)
+        logged = state.config.get("log_file") if state is not None else None
         tried = [Path(logged)] if logged else []
     tried.append(run / "log.jsonl")
     for path in tried:
@@ -220,39 +217,3 @@ def write_run_figure(log_path: str | Path, out: str | Path | None = None,
     log_path = Path(log_path)
     run = curves(read_log(log_path), label or log_path.name.removesuffix(".jsonl"))
     return save(figure([run]), out or png_beside(log_path))
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _label(run: str) -> str:
-    path = Path(run)
-    return path.name.removesuffix(".jsonl") if path.suffix == ".jsonl" else path.resolve().name
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mypt_jax.plot", description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run workdir or JSONL log")
-    p.add_argument("--out", default=None,
-                   help=f"PNG to write (one run: <log>.loss.png; several: {DEFAULT_MANY_OUT})")
-    p.add_argument("--chain", action="store_true",
-                   help="place each run after the previous one on the step axis")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        logs = [find_log(run) for run in args.runs]
-        runs = [curves(read_log(log), _label(run)) for log, run in zip(logs, args.runs, strict=True)]
-    except (PlotError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    empty = [str(log) for log, run in zip(logs, runs, strict=True)
-             if not (run.train_loss or run.val_loss)]
-    if empty:
-        print(f"error: no train or val loss in {', '.join(empty)}", file=sys.stderr)
-        return 2
-    default = png_beside(logs[0]) if len(runs) == 1 else Path(DEFAULT_MANY_OUT)
-    print(save(figure(runs, chain=args.chain), args.out or default))
-    return 0

@@ -14,10 +14,11 @@ from typing import Any
 
 from mypt_jax.data import paths
 from mypt_jax.model.config import ModelConfig
-from mypt_jax.training import agreement, identity
-from mypt_jax.training import config as cfg_lib
-from mypt_jax.training import freeze as freeze_lib
-from mypt_jax.training.checkpoint import Checkpointer, Restored
+from mypt_jax.training.checkpoint.manager import Checkpointer, Restored
+from mypt_jax.training.checkpoint.run_state import RunState
+from mypt_jax.training.setup import agreement, identity
+from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.step import freeze as freeze_lib
 
 
 @dataclass
@@ -30,9 +31,9 @@ class Start:
     finished_summary: dict | None = None  # the run is already done: only report
 
 
-def check_architecture(meta: dict, r: cfg_lib.Resolved, workdir: str) -> list[str]:
+def check_architecture(saved_run: RunState, r: cfg_lib.Resolved, workdir: str) -> list[str]:
     """Raises for a checkpoint of another model; returns the other config changes as notes."""
-    saved = ModelConfig.from_dict(meta["model_config"], source=f"{workdir} checkpoint")
+    saved = ModelConfig.from_dict(saved_run.model_config, source=f"{workdir} checkpoint")
     diff = r.model_config.diff(saved)
     if saved.param_dtype != r.model_config.param_dtype:
         diff.append(f"param_dtype: {r.model_config.param_dtype!r} != {saved.param_dtype!r}")
@@ -41,7 +42,7 @@ def check_architecture(meta: dict, r: cfg_lib.Resolved, workdir: str) -> list[st
             f"workdir: {workdir} holds a run of another architecture (config != checkpoint): "
             + "; ".join(diff) + " (use a new --workdir)"
         )
-    saved_cfg = meta.get("config", {})
+    saved_cfg = saved_run.config
     # Other freezing means another optimizer-state tree: the state restore would fail and the
     # checkpoint would look damaged, so this is the user's choice, named here.
     problem = freeze_lib.resume_problem(
@@ -76,13 +77,15 @@ def find_start(r: cfg_lib.Resolved, ckpt: Checkpointer, data_identity: dict,
     notes: list[str] = []
 
     def check(step: int, meta: dict[str, Any]) -> None:
-        notes[:] = check_architecture(meta, r, c.workdir) + identity.check_resume(
-            meta.get("data_identity"), data_identity, dataset_dir=c.dataset_dir, step=step,
+        saved = RunState.from_meta(meta)
+        notes[:] = check_architecture(saved, r, c.workdir) + identity.check_resume(
+            saved.data_identity, data_identity, dataset_dir=c.dataset_dir, step=step,
             allow=c.allow_data_change)
 
     head = ckpt.restore_newest(None, check)
-    if head is not None and head.meta.get("finished") and head.step >= c.max_iters:
-        return Start(head, notes, head.damaged, dict(head.meta.get("summary") or {}))
+    saved = RunState.from_meta(head.meta) if head is not None else None
+    if saved is not None and saved.finished and head.step >= c.max_iters:
+        return Start(head, notes, head.damaged, dict(saved.summary or {}))
     if head is not None and head.step > c.max_iters:
         raise cfg_lib.ConfigError(
             f"max_iters: {c.max_iters} is below step {head.step} already reached in {c.workdir}")

@@ -1,0 +1,1 @@
+"""Val losses, eval sets and the red-line checks of an eval."""

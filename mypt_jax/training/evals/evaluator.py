@@ -1,0 +1,105 @@
+"""One eval of the run: the val loss, the eval-prompt generations, each eval set's loss, and
+the red-line checks, logged as one record and kept in the run state."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from mypt_jax.training.checkpoint.run_state import RunState
+from mypt_jax.training.evals import eval_sets, health
+from mypt_jax.training.evals.val_loss import ValLoss, decode_layout
+from mypt_jax.training.observe.metrics import MetricsWriter
+
+
+def load_eval_prompts(path: str):
+    if not path:
+        return None
+    from mypt_jax.decoding import eval_prompts
+
+    return eval_prompts.load_eval_prompts(path)
+
+
+def generate(model, tokenizer, eval_prompts, max_new_tokens: int) -> list[dict]:
+    """Greedy completions of the eval prompts, scored."""
+    if eval_prompts is None:
+        return []
+    from mypt_jax.decoding import eval_prompts as eval_lib
+
+    return list(eval_lib.evaluate(model, tokenizer, eval_prompts, max_new_tokens=max_new_tokens))
+
+
+class Evaluator:
+    def __init__(self, r, mdef, mesh, writer: MetricsWriter, val_fn: ValLoss,
+                 sets: dict[str, ValLoss], eval_prompts, schedule,
+                 on_nan: Callable[[str, float, int], None]):
+        self.r, self.c, self.mdef, self.mesh, self.writer = r, r.config, mdef, mesh, writer
+        self.val_fn, self.sets, self.eval_prompts = val_fn, sets, eval_prompts
+        self.schedule, self.on_nan = schedule, on_nan
+
+    def generations(self, params) -> list[dict]:
+        if self.eval_prompts is None:
+            return []
+        return generate(self.mdef.merge(decode_layout(params, self.mesh)), self.r.tokenizer,
+                        self.eval_prompts, self.c.eval_max_new_tokens)
+
+    def run(self, step: int, params, run: RunState, final: bool = False) -> dict[str, Any]:
+        """Evaluates the weights of `step`, advances the val streams, logs the record."""
+        c = self.c
+        t0 = time.perf_counter()
+        v, v_tok = self.val_fn(params, run.val_position)
+        run.val_position += c.eval_iters
+        if not math.isfinite(v):
+            self.on_nan("val loss", v, step)
+        t1 = time.perf_counter()
+        results = self.generations(params)
+        t2 = time.perf_counter()
+        set_losses = {}
+        for name, set_fn in self.sets.items():
+            set_losses[name] = set_fn(params, run.set_positions[name])[0]
+            run.set_positions[name] += c.eval_iters
+        record: dict[str, Any] = {"iter": step, "val_loss": v, "val_loss_token_weighted": v_tok,
+                                  **{f"val_loss/{n}": x for n, x in set_losses.items()}}
+        run.record_eval(record, set_losses)
+        findings = health.check(
+            run.val_history, results, step=step, tag_strings=list(self.r.tokenizer.id_by_string),
+            simple_prompts_after=c.simple_prompts_after,
+        ) + [f for f in [eval_sets.forgetting(run.first_sets, set_losses, c.forgetting_factor)] if f]
+        if results:
+            record["gen"] = {g["name"]: g["completion"] for g in results}
+            record["gen_scores"] = {
+                g["name"]: {"exact": g.get("exact"), "normalized": g.get("normalized")}
+                for g in results
+            }
+        if findings:
+            record["red_lines"] = findings
+        if final:
+            record["final"] = True
+        now = time.perf_counter()
+        record.update(eval_time=now - t0, val_s=t1 - t0, generate_s=t2 - t1, eval_sets_s=now - t2)
+        run.last_eval = {k: x for k, x in record.items() if k != "gen"}
+        self._report(step, record, set_losses, results, findings)
+        return record
+
+    def _report(self, step: int, record: dict, set_losses: dict[str, float], results: list[dict],
+                findings: list[str]) -> None:
+        v, v_tok = record["val_loss"], record["val_loss_token_weighted"]
+        self.writer.write(record)
+        self.writer.scalars(step, {"val_loss": v, "val_loss_token_weighted": v_tok,
+                                   **{f"val_loss/{n}": x for n, x in set_losses.items()}})
+        if results:
+            self.writer.text(step, "gen", "\n\n".join(
+                f"**{g['name']}**: `{g['completion']}`" for g in results))
+        lr = float(jax.device_get(self.schedule(min(step, self.c.max_iters - 1))))
+        sets_text = "".join(f" | {n} {x:.4f}" for n, x in set_losses.items())
+        self.writer.print(f"step {step}: val {v:.4f} (token-weighted {v_tok:.4f}){sets_text} | "
+                          f"lr {lr:.2e}")
+        for g in results:
+            mark = "ok" if g.get("exact") or g.get("normalized") else "--"
+            self.writer.print(f"  [{mark}] {g['name']}: {g['completion']!r}")
+        for f in findings:
+            self.writer.print(f"  RED LINE: {f}")

@@ -1,0 +1,1 @@
+"""What a run reports: the log, step rates, where the time went, the profiler, plots."""

@@ -1,0 +1,87 @@
+"""The train steps' log lines: metrics fetched once per log window, never in between.
+
+The loop dispatches steps without waiting for the devices; `StepLog.flush` fetches the
+window's metrics at its end, or when forced (before an eval, a save or the end, so that a NaN
+stops the run before it reaches a checkpoint), checks them for NaN and writes one line.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from mypt_jax.data.batching import BatchInfo
+from mypt_jax.model.config import ModelConfig
+from mypt_jax.training.compilation.shape_plan import step_flops
+from mypt_jax.training.observe.metrics import MetricsWriter
+from mypt_jax.training.observe.step_stats import StepWindow
+
+
+class StepLog:
+    def __init__(self, writer: MetricsWriter, model_config: ModelConfig, *, log_interval: int,
+                 max_iters: int, on_nan: Callable[[str, float, int], None],
+                 input_wait: Callable[[], float]):
+        self.writer, self.model_config = writer, model_config
+        self.log_interval, self.max_iters = log_interval, max_iters
+        self.on_nan = on_nan  # (what, value, step): stops the run
+        self.input_wait = input_wait  # seconds the loop waited for batches since the last call
+        self.pending: list[tuple[int, Any, BatchInfo]] = []  # dispatched, not fetched
+        self.window = StepWindow()
+        self.rates: list[float] = []  # model FLOP/s of each log window
+        self.step_times: list[float] = []  # seconds per step of each log window
+        self.input_wait_s = 0.0  # the run's total
+
+    def dispatched(self, step: int, metrics: Any, info: BatchInfo) -> None:
+        self.pending.append((step, metrics, info))
+
+    def flush(self, force: bool = False) -> None:
+        """Fetches the dispatched steps' metrics at the end of a log window, or when forced."""
+        if not self.pending:
+            return
+        done = self.pending[-1][0] + 1
+        if not force and done % self.log_interval and done != self.max_iters:
+            return
+        pending, self.pending = self.pending, []
+        fetched = jax.device_get([m for _, m, _ in pending])
+        for (step, _, info), metrics in zip(pending, fetched, strict=True):
+            m = {k: float(v) for k, v in metrics.items()}
+            if not math.isfinite(m["train_loss"]):
+                self.on_nan("train loss", m["train_loss"], step)
+            self.window.add(info)
+            if (step + 1) % self.log_interval == 0 or step + 1 == self.max_iters:
+                self._line(step, m)
+
+    def _line(self, step: int, m: dict[str, float]) -> None:
+        shapes = [i.shape for i in self.window.infos]
+        window = self.window.close()
+        if window["step_time"] > 0 and shapes:
+            flops = sum(step_flops(self.model_config, s) for s in shapes)
+            self.rates.append(flops / (window["step_time"] * len(shapes)))
+            self.step_times.append(window["step_time"])
+        wait = self.input_wait()
+        self.input_wait_s += wait
+        record = {
+            "iter": step, "train_loss": m["train_loss"], "lr": m["lr"],
+            "grad_norm": m["grad_norm"], "loss_tokens": m["loss_tokens"], **window,
+            "input_wait_s": wait,
+        }
+        self.writer.write(record)
+        self.writer.scalars(step, {k: v for k, v in record.items() if k not in ("iter", "buckets")})
+        self.writer.progress(step + 1, {"loss": f"{m['train_loss']:.4f}", "lr": f"{m['lr']:.2e}"})
+        if not self.writer.interactive:
+            self.writer.print(
+                f"step {step}: train {m['train_loss']:.4f} | lr {m['lr']:.2e} | grad norm "
+                f"{m['grad_norm']:.3f} | {record['tokens_per_s']:.0f} tok/s padded, "
+                f"{record['real_tokens_per_s']:.0f} real, {record['trained_tokens_per_s']:.0f} "
+                f"trained | {record['buckets'][-1]}"
+            )
+
+    def steady(self) -> tuple[float | None, float | None]:
+        """(seconds per step, model FLOP/s): medians over the log windows, evals and saves
+        left out."""
+        return (statistics.median(self.step_times) if self.step_times else None,
+                statistics.median(self.rates) if self.rates else None)

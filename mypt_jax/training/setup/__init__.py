@@ -1,0 +1,1 @@
+"""Before the first step: config, init weights, resume, agreement between processes."""

@@ -1,0 +1,184 @@
+"""Everything `train()` builds before step 0, as one `Run`: the run state (fresh or resumed),
+the log, the data streams, the evals, every planned program compiled, and the batch feed."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import time
+from typing import Any
+
+import jax
+
+from mypt_jax.data import batching, paths, prefetch
+from mypt_jax.data import inspect as data_inspect
+from mypt_jax.data import loader as data
+from mypt_jax.parallel import sharding
+from mypt_jax.training.checkpoint.manager import Checkpointer
+from mypt_jax.training.checkpoint.run_state import RunState
+from mypt_jax.training.compilation import compile_cache, compile_plan, fit_check
+from mypt_jax.training.evals import eval_sets
+from mypt_jax.training.evals import val_loss as val_lib
+from mypt_jax.training.evals.evaluator import Evaluator, load_eval_prompts
+from mypt_jax.training.observe.metrics import MetricsWriter
+from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.setup import identity, resume
+from mypt_jax.training.setup.init_params import initial_params
+from mypt_jax.training.step import optim
+from mypt_jax.training.step import train_step as ts
+
+
+@dataclasses.dataclass
+class Run:
+    """One train() call's parts; the hooks and the loop read them."""
+
+    r: cfg_lib.Resolved
+    mesh: Any
+    ckpt: Checkpointer
+    writer: MetricsWriter
+    begin: resume.Start
+    state: RunState  # host side: step, data positions, evals, saves
+    train_state: Any  # device side: params and optimizer state
+    mdef: Any
+    tx: Any
+    schedule: Any
+    t_start: float
+    restore_s: float
+    cache_dir: str
+    start: int = 0
+    step_fn: Any = None
+    planned: compile_plan.RunPrograms | None = None
+    timings: Any = None
+    feed: prefetch.Feed | None = None
+    evaluator: Evaluator | None = None
+    saver: Any = None  # checkpoint.saver.Saver
+    step_log: Any = None  # observe.step_log.StepLog
+    profiler: Any = None  # observe.profiler.Profiler
+    watcher: Any = None  # checkpoint.preemption.Watcher
+    shapes_seen: set = dataclasses.field(default_factory=set)
+    late_compile_s: float = 0.0  # programs compiled during the run
+    loop_s: float = 0.0  # the loop's wall-clock
+    final_record: dict = dataclasses.field(default_factory=dict)  # the final eval's record
+
+    @property
+    def c(self):
+        return self.r.config
+
+
+def begin(r: cfg_lib.Resolved, ckpt: Checkpointer, t_start: float) -> Run | dict[str, Any]:
+    """Resumes, starts afresh, or (a finished run) returns its summary to report."""
+    c = r.config
+    cache_dir = compile_cache.use(c.compilation_cache_dir)  # before anything compiles
+    mesh = cfg_lib.mesh_for(r)
+    tx, schedule = optim.optimizer_spec(c).build()
+    data_identity = identity.data_identity(c)
+    t0 = time.perf_counter()
+    start = resume.find_start(r, ckpt, data_identity,
+                              lambda: ts.abstract_state(tx, r.model_config, mesh))
+    restore_s = time.perf_counter() - t0
+    if start.finished_summary is not None:
+        return _report_finished(r, start)
+    restored = start.restored
+    if restored is not None:
+        state = RunState.from_meta(restored.meta)
+        mdef, train_state = ts.model_def(r.model_config), restored.state
+    else:
+        state = RunState()
+        mdef, params = initial_params(r, mesh)
+        train_state = ts.init_state(params, tx, r.model_config, mesh)
+    # Every checkpoint records this run's config, model, tokenizer and data, as they are now.
+    state.config, state.model_config = c.to_dict(), r.model_config.to_dict()
+    state.tokenizer, state.data_identity = r.tokenizer.get_state(), data_identity
+    state.finished, state.summary = False, None
+    writer = MetricsWriter(
+        c.log_file, paths.as_path(c.workdir) / "tb" if c.tensorboard else None,
+        enabled=jax.process_index() == 0, total_steps=c.max_iters, start_step=state.step)
+    return Run(r, mesh, ckpt, writer, start, state, train_state, mdef, tx, schedule, t_start,
+               restore_s, cache_dir, start=state.step)
+
+
+def _report_finished(r: cfg_lib.Resolved, start: resume.Start) -> dict[str, Any]:
+    if jax.process_index() == 0:
+        for w in start.warnings:
+            print(f"warning: {w}", file=sys.stderr, flush=True)
+        print(f"{r.config.workdir}: finished at step {start.restored.step}; nothing to do",
+              flush=True)
+    return {**start.finished_summary, "already_finished": True}
+
+
+def announce(run: Run) -> None:
+    """The run's first log lines: damaged checkpoints, resume, notes, the `start` event."""
+    resumed = run.begin.restored is not None
+    for w in run.begin.warnings:
+        run.writer.print(f"warning: {w}")
+        run.writer.write({"iter": run.start, "event": "damaged_checkpoint", "warning": w})
+    if resumed:
+        run.writer.print(f"resuming {run.c.workdir} from step {run.start}")
+    notes = list(run.r.notes) + run.begin.notes
+    for note in notes:
+        run.writer.print(f"note: {note}")
+    run.writer.write({"iter": run.start, "event": "start", "resumed": resumed, "notes": notes,
+                      "mesh": dict(zip(sharding.MESH_AXES, run.r.mesh_shape, strict=True)),
+                      "devices": jax.device_count(), "processes": jax.process_count()})
+
+
+def build_evals(run: Run, layout: batching.Layout, stream: dict, eval_row_fn,
+                on_nan) -> Evaluator:
+    """The val loss and each eval set's, at their saved positions, and the eval prompts."""
+    c, mesh = run.c, run.mesh
+    val_fn = val_lib.ValLoss(data.make_source(c.dataset_dir, "val", **stream), eval_row_fn,
+                             mesh, layout.per_row, c.eval_iters)
+    saved = run.state.set_positions
+    sets = {}
+    for name, path in eval_sets.parse(c.eval_sets).items():  # checked on disk by resolve
+        sets[name] = val_lib.ValLoss(data.make_source(path, "val", **stream), eval_row_fn, mesh,
+                                     layout.per_row, c.eval_iters, name=name)
+    run.state.set_positions = {name: int(saved.get(name, 0)) for name in sets}
+    return Evaluator(run.r, run.mdef, mesh, run.writer, val_fn, sets,
+                     load_eval_prompts(c.eval_prompts_file), run.schedule, on_nan)
+
+
+def build_programs(run: Run, stack: contextlib.ExitStack, on_nan) -> None:
+    """Data streams, evals, the shape plan, every planned program compiled, the feed."""
+    r, c, mesh, writer = run.r, run.c, run.mesh, run.writer
+    layout = batching.layout_from_config(
+        c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=jax.process_count())
+    stream = dict(data_inspect.iterator_kwargs(c), tokenizer=r.tokenizer, row_stats=True)
+    train_source = data.make_source(c.dataset_dir, "train", **stream)
+    optimizer = optim.optimizer_spec(c)
+    step_fn = ts.make_train_step(
+        run.mdef, run.tx, run.schedule, mesh, seed=c.seed, grad_accum_steps=c.grad_accum_steps,
+        loss_chunk_size=c.loss_chunk_size, optimizer=optimizer)
+    step_fn.hyper = jax.device_put(step_fn.hyper, ts.replicated(mesh))
+    row_fn = val_lib.make_row_loss_step(run.mdef, mesh, loss_chunk_size=c.loss_chunk_size)
+
+    def eval_row_fn(params, batch):  # the evals call the planned programs by batch shape
+        return progs.call("eval", batching.shape_of(batch), params, batch)
+
+    run.evaluator = evaluator = build_evals(run, layout, stream, eval_row_fn, on_nan)
+    run.timings = compile_plan.timings_for(r, mesh, run.cache_dir)
+    planned, train_layout = compile_plan.plan_run(
+        r, mesh, layout, train_source, [evaluator.val_fn, *evaluator.sets.values()],
+        timings=run.timings, print_fn=writer.print)
+    progs = planned.programs
+    for p in (planned.train, planned.eval):
+        writer.print(p.describe())
+        writer.write({"iter": run.start, "event": "shape_plan", **p.to_dict()})
+    generate = None if evaluator.eval_prompts is None else compile_plan.generation_job(
+        r, evaluator.eval_prompts, lambda: evaluator.generations(run.train_state.params))
+    compile_plan.compile_run(planned, r, mesh, run.tx, step_fn, row_fn,
+                             threads=c.compile_threads, generate=generate)
+    for record in progs.records:
+        writer.write({"iter": run.start, "event": "compile", "ahead": True, **record})
+    if jax.default_backend() != "cpu":  # the preflight's memory check, on the real device
+        problem = fit_check.check_programs(progs, mesh)
+        if problem:
+            raise cfg_lib.ConfigError(
+                f"remat/grad_accum_steps/mesh_fsdp: {problem}; `python -m mypt_jax.preflight "
+                "--config=<this config>` names the cheapest change that fits")
+    run.step_fn, run.planned = step_fn, planned
+    run.feed = prefetch.Feed(
+        lambda k: prefetch.device_batch(train_source[k], mesh, train_layout, r.tokenizer.eot_id),
+        run.state.train_position, depth=c.prefetch_batches)
+    stack.callback(run.feed.close)

@@ -1,0 +1,1 @@
+"""The jitted train step: loss and gradients, the optimizer, frozen parameters."""
