@@ -9,6 +9,7 @@ from mypt_jax.data import loader as data
 from mypt_jax.model import ModelConfig
 from mypt_jax.parallel import sharding
 from mypt_jax.training.checkpoint import manager as checkpoint
+from mypt_jax.training.checkpoint import run_state
 from mypt_jax.training.checkpoint.run_state import RunState
 from mypt_jax.training.step import optim
 from mypt_jax.training.step import train_step as ts
@@ -47,7 +48,7 @@ def test_round_trip_with_data_positions_and_meta(dataset, tmp_path):
     restored, train_state, val_state, meta = ck.restore(3, ts.abstract_state(tx, CFG, mesh))
     ck.close()
     assert train_state == {"next_index": 3} and val_state == {"next_index": 7}
-    assert meta == _meta(3, ["interval"], 1.5, val=7)
+    assert meta == _meta(3, ["interval"], 1.5, val=7) and set(meta) == set(run_state.META_KEYS)
     back = RunState.from_meta(meta)
     assert (back.step, back.train_position, back.val_position, back.val_history) == (
         3, 3, 7, [(3, 1.5)])

@@ -15,13 +15,17 @@ from mypt_jax.data import batching, paths, prefetch
 from mypt_jax.data import inspect as data_inspect
 from mypt_jax.data import loader as data
 from mypt_jax.parallel import sharding
+from mypt_jax.training.checkpoint import preemption
 from mypt_jax.training.checkpoint.manager import Checkpointer
 from mypt_jax.training.checkpoint.run_state import RunState
+from mypt_jax.training.checkpoint.saver import Saver
 from mypt_jax.training.compilation import compile_cache, compile_plan, fit_check
 from mypt_jax.training.evals import eval_sets
 from mypt_jax.training.evals import val_loss as val_lib
 from mypt_jax.training.evals.evaluator import Evaluator, load_eval_prompts
 from mypt_jax.training.observe.metrics import MetricsWriter
+from mypt_jax.training.observe.profiler import Profiler
+from mypt_jax.training.observe.step_log import StepLog
 from mypt_jax.training.setup import config as cfg_lib
 from mypt_jax.training.setup import identity, resume
 from mypt_jax.training.setup.init_params import initial_params
@@ -34,29 +38,29 @@ class Run:
     """One train() call's parts; the hooks and the loop read them."""
 
     r: cfg_lib.Resolved
-    mesh: Any
+    mesh: Any  # jax.sharding.Mesh of the run
     ckpt: Checkpointer
     writer: MetricsWriter
-    begin: resume.Start
+    begin: resume.Start  # where it started: the restored checkpoint, notes, damaged ones
     state: RunState  # host side: step, data positions, evals, saves
-    train_state: Any  # device side: params and optimizer state
-    mdef: Any
-    tx: Any
-    schedule: Any
-    t_start: float
-    restore_s: float
-    cache_dir: str
-    start: int = 0
-    step_fn: Any = None
-    planned: compile_plan.RunPrograms | None = None
-    timings: Any = None
-    feed: prefetch.Feed | None = None
+    train_state: Any  # device side: params and optimizer state (step.train_step.TrainState)
+    mdef: Any  # the model's graph definition (nnx), merged with params to run it
+    tx: Any  # the optax optimizer
+    schedule: Any  # step -> learning rate
+    t_start: float  # perf_counter() when train() was called
+    restore_s: float  # finding and reading the checkpoint resumed from
+    cache_dir: str  # the persistent compilation cache ("" = off)
+    start: int = 0  # the step this process starts from
+    step_fn: Any = None  # step.train_step.TrainStep (its `hyper` on the devices)
+    planned: compile_plan.RunPrograms | None = None  # the shape plans and compiled programs
+    timings: Any = None  # compile_cache.Timings: the plan's cost model, remembered at the end
+    feed: prefetch.Feed | None = None  # train batches, shaped and placed ahead
     evaluator: Evaluator | None = None
-    saver: Any = None  # checkpoint.saver.Saver
-    step_log: Any = None  # observe.step_log.StepLog
-    profiler: Any = None  # observe.profiler.Profiler
-    watcher: Any = None  # checkpoint.preemption.Watcher
-    shapes_seen: set = dataclasses.field(default_factory=set)
+    saver: Saver | None = None
+    step_log: StepLog | None = None
+    profiler: Profiler | None = None
+    watcher: preemption.Watcher | None = None
+    shapes_seen: set = dataclasses.field(default_factory=set)  # train batch shapes run
     late_compile_s: float = 0.0  # programs compiled during the run
     loop_s: float = 0.0  # the loop's wall-clock
     final_record: dict = dataclasses.field(default_factory=dict)  # the final eval's record

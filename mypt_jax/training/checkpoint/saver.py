@@ -17,7 +17,6 @@ class Saver:
                  writer: MetricsWriter):
         self.ckpt, self.policy, self.run, self.writer = ckpt, policy, run, writer
         self.time_due = False  # set by the save clock (a `seconds` hook), cleared by any save
-        self.blocking_s = 0.0  # the run's seconds blocked on saves, committed ones
 
     def mark_time_due(self, _info=None) -> None:
         self.time_due = True
@@ -42,7 +41,6 @@ class Saver:
         blocked, and how much of the write overlapped the steps."""
         self.ckpt.poll(wait=wait)
         for timing in self.ckpt.timings:
-            self.blocking_s += timing["blocking_s"]
             self.writer.write({"iter": timing["step"], "event": "save", **timing})
         self.ckpt.timings.clear()
 
