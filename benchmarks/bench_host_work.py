@@ -7,7 +7,7 @@ hiding a slow loader.
 
 `eval`: the CPU preset's model for `--phase` (configs/pipeline_cpu.py, random weights: the
 cost does not depend on them) and its `eval_iters`; one eval computed batch by batch (the
-upstream's way, `evaluation.batchwise_val_loss`) and by `evaluation.ValLoss`, interleaved,
+upstream's way, `val_lib.batchwise_val_loss`) and by `val_lib.ValLoss`, interleaved,
 `--repeats` times after a first compiling pass. Prints seconds per eval of each, the ratio
 and the largest difference of the two numbers.
 
@@ -39,7 +39,7 @@ def bench_eval(args) -> dict:
     from mypt_jax.data import batching
     from mypt_jax.data import loader as data
     from mypt_jax.parallel import sharding
-    from mypt_jax.training.evals import val_loss as evaluation
+    from mypt_jax.training.evals import val_loss as val_lib
     from mypt_jax.training.setup import config as cfg_lib
     from mypt_jax.training.step import train_step as ts
 
@@ -54,11 +54,11 @@ def bench_eval(args) -> dict:
                               tokenizer=r.tokenizer, row_stats=True)
     layout = batching.layout_from_config(c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"])
     eval_fn = ts.make_eval_step(mdef, mesh, loss_chunk_size=c.loss_chunk_size)
-    rebuilt = evaluation.ValLoss(source, evaluation.make_row_loss_step(mdef, mesh), mesh, layout,
+    rebuilt = val_lib.ValLoss(source, val_lib.make_row_loss_step(mdef, mesh), mesh, layout,
                                  c.eval_iters)
 
     def batchwise(position):
-        return evaluation.batchwise_val_loss(eval_fn, params, source, position, c.eval_iters,
+        return val_lib.batchwise_val_loss(eval_fn, params, source, position, c.eval_iters,
                                              mesh, layout)
 
     times: dict[str, list[float]] = {"batchwise": [], "rebuilt": []}

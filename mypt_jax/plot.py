@@ -14,7 +14,25 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mypt_jax.training.checkpoint.run_meta import latest_run_state
 from mypt_jax.training.observe import plot
+
+
+def find_log(run: str | Path) -> Path:
+    """A log file as given, or the log a run workdir names; the error lists where it looked."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    tried = []
+    if run.is_dir():
+        state = latest_run_state(run)
+        logged = state.config.get("log_file") if state is not None else None
+        tried = [Path(logged)] if logged else []
+    tried.append(run / "log.jsonl")
+    for path in tried:
+        if path.is_file():
+            return path
+    raise plot.PlotError(f"{run}: no training log found (looked for {', '.join(map(str, tried))})")
 
 
 def _label(run: str) -> str:
@@ -35,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        logs = [plot.find_log(run) for run in args.runs]
+        logs = [find_log(run) for run in args.runs]
         runs = [plot.curves(plot.read_log(log), _label(run))
                 for log, run in zip(logs, args.runs, strict=True)]
     except (plot.PlotError, OSError) as e:

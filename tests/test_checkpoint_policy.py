@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import train_helpers
 
+from mypt_jax.training import saver as saver_lib
 from mypt_jax.training import trainer
-from mypt_jax.training.checkpoint import saver as saver_lib
 
 OVERRIDES = {"max_iters": 30, "eval_interval": 10, "log_interval": 2, "eval_iters": 1,
              "dropout": 0.1, "tensorboard": False, "eval_prompts_file": "", "keep_best": 0,

@@ -6,8 +6,9 @@ import pytest
 import train_helpers
 
 from mypt_jax.training import trainer
-from mypt_jax.training.evals import eval_sets
+from mypt_jax.training.evals import health
 from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.setup import eval_sets
 
 
 def _evals(workdir) -> list[dict]:
@@ -74,7 +75,7 @@ def test_eval_sets_are_checked_before_training(tmp_path):
 
 def test_the_forgetting_red_line():
     first = {"alpha": 1.0, "beta": 2.0}
-    assert eval_sets.forgetting(first, {"alpha": 1.4, "beta": 2.9}, 1.5) is None
-    found = eval_sets.forgetting(first, {"alpha": 1.6, "beta": 2.9}, 1.5)
+    assert health.forgetting(first, {"alpha": 1.4, "beta": 2.9}, 1.5) is None
+    found = health.forgetting(first, {"alpha": 1.6, "beta": 2.9}, 1.5)
     assert found == "forgetting: val loss rose more than x1.5 on alpha 1.000 -> 1.600 (x1.60)"
-    assert eval_sets.forgetting(first, {"alpha": 9.0}, 0) is None  # 0 turns it off
+    assert health.forgetting(first, {"alpha": 9.0}, 0) is None  # 0 turns it off

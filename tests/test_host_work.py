@@ -18,7 +18,7 @@ from test_preemption import run_processes
 from mypt_jax.data import batching, prefetch
 from mypt_jax.data import loader as data
 from mypt_jax.parallel import sharding
-from mypt_jax.training.evals import val_loss as evaluation
+from mypt_jax.training.evals import val_loss as val_lib
 from mypt_jax.training.step import train_step as ts
 
 
@@ -89,7 +89,7 @@ def test_rebuilt_val_loss_equals_the_batchwise_one(mixed_dataset, eval_iters):
     layout = batching.Layout(block_size=64, length_buckets=(32, 40, 48, 64), loss_positions=0,
                              pack=True)
     assert eval_iters * 4 < len(source.split) or eval_iters * 4 > 2 * len(source.split)
-    rebuilt = evaluation.ValLoss(source, evaluation.make_row_loss_step(mdef, mesh), mesh, layout,
+    rebuilt = val_lib.ValLoss(source, val_lib.make_row_loss_step(mdef, mesh), mesh, layout,
                                  eval_iters)
     assert rebuilt.resident == (eval_iters == 30)
     eval_fn = ts.make_eval_step(mdef, mesh)
@@ -99,7 +99,7 @@ def test_rebuilt_val_loss_equals_the_batchwise_one(mixed_dataset, eval_iters):
     for position in (0, eval_iters, 3 * eval_iters):  # consecutive evals, then a later one
         got = rebuilt(params, position)
         for ref_layout in (layout, plain):
-            want = evaluation.batchwise_val_loss(eval_fn, params, source, position, eval_iters,
+            want = val_lib.batchwise_val_loss(eval_fn, params, source, position, eval_iters,
                                                  mesh, ref_layout)
             np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -210,7 +210,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path):
 
 
 # The generation loop of a 2-layer model on an fsdp=8 CPU mesh, compiled with the training
-# layout and with `evaluation.decode_layout`; prints the collectives inside while bodies.
+# layout and with `val_lib.decode_layout`; prints the collectives inside while bodies.
 _DECODE_HLO = """
 import json, re
 import jax, jax.numpy as jnp
@@ -218,7 +218,7 @@ from flax import nnx
 from mypt_jax.decoding import decode
 from mypt_jax.model import ModelConfig
 from mypt_jax.parallel import sharding
-from mypt_jax.training.evals import val_loss as evaluation
+from mypt_jax.training.evals import val_loss as val_lib
 from mypt_jax.training.step import train_step as ts
 
 mc = ModelConfig(block_size=64, vocab_size=50304, n_embd=64, n_head=4, n_layer=2, dropout=0.0)
@@ -252,7 +252,7 @@ def loop_collectives(params):
     return sum(l.count(op + "(") + l.count(op + "-start(") for n in seen for l in comps[n] for op in ops)
 
 print("COUNTS " + json.dumps([loop_collectives(params),
-                               loop_collectives(evaluation.decode_layout(params, mesh))]))
+                               loop_collectives(val_lib.decode_layout(params, mesh))]))
 """
 
 

@@ -130,9 +130,10 @@ def test_the_checks_see_an_upward_import_and_a_circle(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- training's parts
 
-# training/ is its parts plus the loop at its top (docs/architecture.md)
-TRAINING_PARTS = {"setup", "step", "compilation", "checkpoint", "evals", "observe"}
-TRAINING_TOP = {"trainer", "hooks", "startup", "exit_codes"}
+# training/ is its parts, bottom up, plus the loop at its top (docs/architecture.md)
+TRAINING_ORDER = ("step", "checkpoint", "setup", "compilation", "observe", "evals")
+TRAINING_PARTS = set(TRAINING_ORDER)
+TRAINING_TOP = {"trainer", "hooks", "startup", "saver", "exports", "exit_codes"}
 MAX_FUNCTION_LINES = 80
 
 
@@ -149,6 +150,27 @@ def test_training_modules_sit_in_its_parts_or_are_the_loop():
     assert not strays, f"training modules outside {sorted(TRAINING_PARTS)}: {strays}"
     for part in TRAINING_PARTS:
         assert (PACKAGE / "training" / part / "__init__.py").is_file(), part
+
+
+def _part(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["mypt_jax", "training"] and len(parts) > 3 else None
+
+
+def test_training_parts_import_only_the_parts_below_them():
+    wrong = []
+    for module, imported in _graph().items():
+        part = _part(module)
+        if part is None:
+            continue
+        below = TRAINING_ORDER[:TRAINING_ORDER.index(part)]
+        for target in imported:
+            other = _part(target)
+            if target.split(".")[:2] == ["mypt_jax", "training"] and other is None:
+                wrong.append(f"{module} -> {target} (the loop at training's top)")
+            elif other is not None and other != part and other not in below:
+                wrong.append(f"{module} -> {target} ({part} may import {list(below)})")
+    assert not wrong, "imports against training's order:\n" + "\n".join(sorted(wrong))
 
 
 def _functions(path: Path):

@@ -226,18 +226,18 @@ def _check_summary_is_true(s: dict, root: Path) -> None:
 @pytest.mark.slow
 def test_all_phases_on_cpu_chain_and_report_truly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default root "." (relative paths must work end to end)
-    from mypt_jax.training.evals import val_loss as evaluation
+    from mypt_jax.training.evals import val_loss as val_lib
 
     # The test hook: alpha's val split, watched as an eval set by the later phases, reads 3x
     # its loss from a run's second eval on: the forgetting red line must fire there.
-    val_loss, calls = evaluation.ValLoss.__call__, {}
+    val_loss, calls = val_lib.ValLoss.__call__, {}
 
     def alpha_forgotten(self, params, position):
         got = val_loss(self, params, position)
         calls[id(self)] = calls.get(id(self), 0) + 1
         return tuple(3 * x for x in got) if self.name == "3a1_alpha" and calls[id(self)] > 1 else got
 
-    monkeypatch.setattr(evaluation.ValLoss, "__call__", alpha_forgotten)
+    monkeypatch.setattr(val_lib.ValLoss, "__call__", alpha_forgotten)
     cache = {"compilation_cache_dir": str(tmp_path / "xla")}  # fresh: phase 1 compiles all
     summaries = pipeline.run("all", preset="cpu", overrides={**TINY, **cache})
     _check_programs_compile_once(summaries)

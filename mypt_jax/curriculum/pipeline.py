@@ -208,7 +208,7 @@ def _timed(fn: Callable[[], dict]) -> dict:
 def default_eval_sets(root: Path, phase: Phase, names: Sequence[str]) -> str:
     """Every earlier phase's val split, to watch forgetting: beta watches alpha, gamma alpha and
     beta, 3a-2 all three. A phase counts when it runs now or its data is prepared already."""
-    from mypt_jax.training.evals import eval_sets
+    from mypt_jax.training.setup import eval_sets
 
     return eval_sets.format_spec({
         name: str(root / PHASES[name].prepared) for name in earlier_phases(phase)

@@ -158,12 +158,12 @@ def _test_summary(prompts_file: str, results: list[dict]) -> dict[str, Any]:
 def _red_lines(config, run: RunState, results: list[dict], sets: dict[str, dict]) -> list:
     """The health checks' failures, plus the forgetting of earlier phases' eval sets."""
     from mypt_jax.data.tokenizer import Tokenizer
-    from mypt_jax.training.evals import eval_sets, health
+    from mypt_jax.training.evals import health
 
     tags = list(Tokenizer.from_state(run.tokenizer).id_by_string) if run.tokenizer else []
     red = health.check(list(run.val_history), results, step=run.step, tag_strings=tags,
                        simple_prompts_after=config.simple_prompts_after)
-    forgot = eval_sets.forgetting({n: v["first"] for n, v in sets.items() if v["first"]},
+    forgot = health.forgetting({n: v["first"] for n, v in sets.items() if v["first"]},
                                   {n: v["final"] for n, v in sets.items()},
                                   config.forgetting_factor)
     red += [forgot] if forgot else []

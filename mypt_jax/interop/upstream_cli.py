@@ -190,7 +190,7 @@ def _precision(use_amp: bool, amp_dtype: str, where: str) -> str:
 
 def _eval_sets(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
     """The file's eval_sets {name: dir} plus --eval_dataset_dir (the upstream named it
-    "general", over the file's), as the config's "name=dir,..." (training/evals/eval_sets.py)."""
+    "general", over the file's), as the config's "name=dir,..." (training/setup/eval_sets.py)."""
     sets = data.get("eval_sets") or {}
     if not isinstance(sets, dict):
         raise UpstreamConfigError(

@@ -29,7 +29,7 @@ from mypt_jax.preflight import compiling as pre
 from mypt_jax.preflight import phase_estimate
 from mypt_jax.preflight import programs as tp
 from mypt_jax.training.compilation import compile_cache, compile_plan
-from mypt_jax.training.evals import val_loss as evaluation
+from mypt_jax.training.evals import val_loss as val_lib
 from mypt_jax.training.setup import config as cfg_lib
 
 
@@ -48,7 +48,7 @@ def _plans(r: cfg_lib.Resolved, mesh, target: pre.Target):
     stream = dict(data_inspect.iterator_kwargs(c), tokenizer=r.tokenizer, row_stats=True,
                   process_index=0, process_count=target.hosts)
     train = data.make_source(c.dataset_dir, "train", **stream)
-    val = evaluation.ValLoss(data.make_source(c.dataset_dir, "val", **stream), None, mesh,
+    val = val_lib.ValLoss(data.make_source(c.dataset_dir, "val", **stream), None, mesh,
                              layout, c.eval_iters)
     platform = target.chip.platform.replace("cuda", "gpu") if target.chip else "cpu"
     no_measurements = compile_cache.Timings("", "")  # as the run's first time on the target

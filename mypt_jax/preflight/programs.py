@@ -86,13 +86,13 @@ def train_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape) -> Prog
 
 
 def eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, resident: int) -> Program:
-    """The per-row val loss pass the run's evals call (`evaluation.make_row_loss_step`)."""
-    from mypt_jax.training.evals import val_loss as evaluation
+    """The per-row val loss pass the run's evals call (`val_lib.make_row_loss_step`)."""
+    from mypt_jax.training.evals import val_loss as val_lib
 
     c, mc = r.config, r.model_config
 
     def lower():
-        step = evaluation.make_row_loss_step(ts.model_def(mc), mesh,
+        step = val_lib.make_row_loss_step(ts.model_def(mc), mesh,
                                              loss_chunk_size=c.loss_chunk_size)
         return step.lower(ts.abstract_params(mc, mesh), sharded_batch(shape, mesh))
 

@@ -18,16 +18,15 @@ from mypt_jax.parallel import sharding
 from mypt_jax.training.checkpoint import preemption
 from mypt_jax.training.checkpoint.manager import Checkpointer
 from mypt_jax.training.checkpoint.run_state import RunState
-from mypt_jax.training.checkpoint.saver import Saver
 from mypt_jax.training.compilation import compile_cache, compile_plan, fit_check
-from mypt_jax.training.evals import eval_sets
 from mypt_jax.training.evals import val_loss as val_lib
 from mypt_jax.training.evals.evaluator import Evaluator, load_eval_prompts
 from mypt_jax.training.observe.metrics import MetricsWriter
 from mypt_jax.training.observe.profiler import Profiler
 from mypt_jax.training.observe.step_log import StepLog
+from mypt_jax.training.saver import Saver
 from mypt_jax.training.setup import config as cfg_lib
-from mypt_jax.training.setup import identity, resume
+from mypt_jax.training.setup import eval_sets, identity, resume
 from mypt_jax.training.setup.init_params import initial_params
 from mypt_jax.training.step import optim
 from mypt_jax.training.step import train_step as ts

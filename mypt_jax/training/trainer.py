@@ -25,16 +25,16 @@ from typing import Any
 import jax
 from ml_collections import config_dict
 
-from mypt_jax.training import startup
-from mypt_jax.training.checkpoint import exports, preemption
+from mypt_jax.training import exports, startup
+from mypt_jax.training.checkpoint import preemption
 from mypt_jax.training.checkpoint.manager import Checkpointer
 from mypt_jax.training.checkpoint.policy import SavePolicy
-from mypt_jax.training.checkpoint.saver import Saver
 from mypt_jax.training.compilation import compile_plan
 from mypt_jax.training.hooks import Hooks, StepInfo
 from mypt_jax.training.observe import goodput
 from mypt_jax.training.observe.profiler import Profiler, step_annotation
 from mypt_jax.training.observe.step_log import StepLog
+from mypt_jax.training.saver import Saver
 from mypt_jax.training.setup import config as cfg_lib
 from mypt_jax.training.startup import Run
 

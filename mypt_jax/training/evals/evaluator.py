@@ -11,7 +11,7 @@ from typing import Any
 import jax
 
 from mypt_jax.training.checkpoint.run_state import RunState
-from mypt_jax.training.evals import eval_sets, health
+from mypt_jax.training.evals import health
 from mypt_jax.training.evals.val_loss import ValLoss, decode_layout
 from mypt_jax.training.observe.metrics import MetricsWriter
 
@@ -68,7 +68,7 @@ class Evaluator:
         findings = health.check(
             run.val_history, results, step=step, tag_strings=list(self.r.tokenizer.id_by_string),
             simple_prompts_after=c.simple_prompts_after,
-        ) + [f for f in [eval_sets.forgetting(run.first_sets, set_losses, c.forgetting_factor)] if f]
+        ) + [f for f in [health.forgetting(run.first_sets, set_losses, c.forgetting_factor)] if f]
         if results:
             record["gen"] = {g["name"]: g["completion"] for g in results}
             record["gen_scores"] = {

@@ -80,3 +80,15 @@ def check(
             simple_tasks_failing(results, step, simple_prompts_after),
         ]
     return [f for f in findings if f]
+
+
+def forgetting(first: dict[str, float], now: dict[str, float], factor: float) -> str | None:
+    """The red line: sets whose val loss rose more than `factor` times since the run began."""
+    if factor <= 0:
+        return None
+    risen = [f"{name} {first[name]:.3f} -> {loss:.3f} (x{loss / first[name]:.2f})"
+             for name, loss in now.items()
+             if name in first and first[name] > 0 and loss > factor * first[name]]
+    if not risen:
+        return None
+    return f"forgetting: val loss rose more than x{factor:g} on " + "; ".join(risen)

@@ -1,12 +1,11 @@
 """Training curves from run logs, drawn with matplotlib (Agg, no display needed).
 
-The command line is `python -m mypt_jax.plot` (mypt_jax/plot.py). A run is a training workdir (its log is the `log_file` its newest checkpoint records, else
-`<RUN>/log.jsonl`) or a JSONL log itself. The figure has a loss panel (train and val loss
-against step, log scale), a learning-rate panel and, where a run logged eval-prompt scores,
-a panel with the share of eval prompts answered exactly and after normalising. Several runs
-are overlaid, one colour each; `--chain` places each run after the previous one on the step
-axis (the phases of a pipeline, each initialised from the last). One run's figure goes next
-to its log as `<log>.loss.png` unless `--out` says otherwise.
+The figure has a loss panel (train and val loss against step, log scale), a learning-rate
+panel and, where a run logged eval-prompt scores, a panel with the share of eval prompts
+answered exactly and after normalising. Several runs are overlaid, one colour each;
+`chain=True` places each run after the previous one on the step axis (the phases of a
+pipeline, each initialised from the last). One run's figure goes next to its log as
+`<log>.loss.png`. The command line is `python -m mypt_jax.plot` (mypt_jax/plot.py).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ class Curves:
         return max((s for series in (self.train_loss, self.val_loss) for s, _ in series), default=0)
 
 
-SET_PREFIX = "val_loss/"  # an eval set's loss in the log (training/evals/eval_sets.py)
+SET_PREFIX = "val_loss/"  # an eval set's loss in the log (training/setup/eval_sets.py)
 
 
 class PlotError(ValueError):
@@ -90,25 +89,6 @@ def curves(records: Sequence[dict], label: str) -> Curves:
                 sets.setdefault(key.removeprefix(SET_PREFIX), {})[step] = float(value)
     return Curves(label, **{k: sorted(v.items()) for k, v in series.items()},
                   sets={name: sorted(v.items()) for name, v in sets.items()})
-
-
-def find_log(run: str | Path) -> Path:
-    """A log file as given, or the log a run workdir names; the error lists where it looked."""
-    run = Path(run)
-    if run.is_file():
-        return run
-    tried = []
-    if run.is_dir():
-        from mypt_jax.training.checkpoint.run_meta import latest_run_state
-
-        state = latest_run_state(run)
-        logged = state.config.get("log_file") if state is not None else None
-        tried = [Path(logged)] if logged else []
-    tried.append(run / "log.jsonl")
-    for path in tried:
-        if path.is_file():
-            return path
-    raise PlotError(f"{run}: no training log found (looked for {', '.join(map(str, tried))})")
 
 
 def png_beside(log_path: str | Path) -> Path:

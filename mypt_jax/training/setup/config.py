@@ -33,7 +33,7 @@ from mypt_jax.model.config import ModelConfig
 from mypt_jax.model.param_table import param_logical_axes, param_shapes
 from mypt_jax.parallel import sharding
 from mypt_jax.parallel.device_mesh import DCN_FIELDS
-from mypt_jax.training.evals import eval_sets
+from mypt_jax.training.setup import eval_sets
 from mypt_jax.training.setup.init_source import (
     INHERITED_FIELDS,
     InitSource,
@@ -43,6 +43,7 @@ from mypt_jax.training.setup.init_source import (
     token_map_diff,
 )
 from mypt_jax.training.step import freeze as freeze_lib
+from mypt_jax.training.step.optim import warmup_steps
 
 MODEL_FIELDS = (
     "block_size", "vocab_size", "n_embd", "n_head", "n_layer", "dropout", "bias", "tie_weights",
@@ -92,13 +93,6 @@ def default_fields() -> config_dict.ConfigDict:
         base = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(base)
     return base.get_config()
-
-
-def warmup_steps(warmup_iters: float, max_iters: int) -> int:
-    """Upstream: a float strictly in (0, 1) is a fraction of max_iters, else truncated steps."""
-    if isinstance(warmup_iters, float) and 0.0 < warmup_iters < 1.0:
-        return int(warmup_iters * max_iters)
-    return int(warmup_iters)
 
 
 def model_config(config: config_dict.ConfigDict) -> ModelConfig:
@@ -373,7 +367,7 @@ def resolve(
     mesh_shape, mesh_dcn_shape = _check_mesh(config, mc, num_devices, process_count)
     if read_files:
         tok = _check_dataset(config)
-        try:  # each extra eval set: its val split on disk (training/evals/eval_sets.py)
+        try:  # each extra eval set: its val split on disk (training/setup/eval_sets.py)
             eval_sets.check(config.eval_sets)
         except eval_sets.EvalSetsError as e:
             raise ConfigError(str(e)) from None

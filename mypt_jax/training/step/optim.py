@@ -10,9 +10,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mypt_jax.training.setup.config import warmup_steps
 from mypt_jax.training.step.freeze import Freeze, trainable_only
 
+
+def warmup_steps(warmup_iters: float, max_iters: int) -> int:
+    """Upstream: a float strictly in (0, 1) is a fraction of max_iters, else truncated steps."""
+    if isinstance(warmup_iters, float) and 0.0 < warmup_iters < 1.0:
+        return int(warmup_iters * max_iters)
+    return int(warmup_iters)
 
 def lr_schedule(
     learning_rate: float,

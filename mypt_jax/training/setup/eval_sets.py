@@ -1,15 +1,14 @@
-"""Extra eval sets: the val loss of other prepared datasets at every eval, to see forgetting.
+"""Extra eval sets, as the config names them: the val loss of other prepared datasets at every
+eval, to see forgetting.
 
 `eval_sets` is `"name=dir,name2=dir2"` (a string, so that `--config.eval_sets=...` and the
 upstream's JSON `eval_sets` mapping and `--eval_dataset_dir` all land in one field). Each set
 is read as the upstream reads one: the `val/` split of its directory, with the run's batch
 size, block size, loss mask, sampling mode and epoch seed, as a stream of its own that
 continues from eval to eval (its position is checkpointed). Its loss has the main val
-loss's definition and its cost (`evaluation.ValLoss`). It is logged as `val_loss/<name>`
-(the upstream wrote `eval_<name>`).
-
-Forgetting: a set whose loss rose more than `forgetting_factor` times its value at the
-run's first eval is a red line beside the seed's (`health.check`).
+loss's definition and its cost (`evals/val_loss.ValLoss`). It is logged as
+`val_loss/<name>` (the upstream wrote `eval_<name>`). The red line of a set that rose is
+`evals/health.forgetting`.
 """
 
 from __future__ import annotations
@@ -55,15 +54,3 @@ def check(spec: str) -> dict[str, str]:
         except DatasetError as e:
             raise EvalSetsError(f"eval_sets: {name}={path}: {e}") from None
     return sets
-
-
-def forgetting(first: dict[str, float], now: dict[str, float], factor: float) -> str | None:
-    """The red line: sets whose val loss rose more than `factor` times since the run began."""
-    if factor <= 0:
-        return None
-    risen = [f"{name} {first[name]:.3f} -> {loss:.3f} (x{loss / first[name]:.2f})"
-             for name, loss in now.items()
-             if name in first and first[name] > 0 and loss > factor * first[name]]
-    if not risen:
-        return None
-    return f"forgetting: val loss rose more than x{factor:g} on " + "; ".join(risen)
