@@ -1,31 +1,40 @@
 """One cpu_tiny run with a profiler window and time-triggered saves, read by every test here:
 the trace files, the `event: profile` line, the saves and their triggers, the goodput table,
-and every log line against the documented schema (training/observe/log_schema.py)."""
+every log line against the documented schema (training/observe/log_schema.py), and the
+reference of a run resumed from a temporary checkpoint (training/checkpoint/policy.py)."""
 
 from __future__ import annotations
 
 import json
 
+import jax
+import numpy as np
 import pytest
 import train_helpers
 
+from mypt_jax.training import saver as saver_lib
 from mypt_jax.training import trainer
 from mypt_jax.training.observe import goodput, log_schema
 
 STEPS = 30
+# dropout > 0: a resume must also continue the dropout stream (fold_in(seed, step))
+COMMON = dict(max_iters=STEPS, eval_interval=10, log_interval=5, checkpoint_interval=0,
+              keep_best=0, tensorboard=False, dropout=0.1)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("observe")
-    dataset = train_helpers.make_dataset(tmp)
+def dataset(tmp_path_factory):
+    return train_helpers.make_dataset(tmp_path_factory.mktemp("observe"))
+
+
+@pytest.fixture(scope="module")
+def run(dataset):
+    workdir = dataset.parent / "run"
     # 0.003 minutes: a few time saves within the 30 steps on any machine this runs on.
-    c = train_helpers.tiny_config(dataset, tmp / "run", max_iters=STEPS, eval_interval=10,
-                                  log_interval=5, checkpoint_minutes=0.003,
-                                  checkpoint_interval=0, profiler_start_step=3,
-                                  profiler_num_steps=2, keep_best=0, tensorboard=False)
+    c = train_helpers.tiny_config(dataset, workdir, checkpoint_minutes=0.003,
+                                  profiler_start_step=3, profiler_num_steps=2, **COMMON)
     summary = trainer.train(c)
-    return tmp / "run", summary, train_helpers.read_log(tmp / "run" / "log.jsonl")
+    return workdir, summary, train_helpers.read_log(workdir / "log.jsonl")
 
 
 def test_the_profile_window_leaves_an_xplane_trace_and_logs_its_steps(run):
@@ -88,3 +97,34 @@ def test_the_goodput_table_accounts_for_the_wall_clock(run):
     assert table["seconds"]["profile"] > 0
     (logged,) = [r for r in log if r.get("event") == "goodput"]
     assert logged["seconds"] == table["seconds"]
+
+
+@pytest.mark.slow
+def test_a_resume_from_a_temporary_checkpoint_is_exact(run, dataset, monkeypatch):
+    """A run dies as it starts its final save, so what is left is its newest time save; the
+    rerun resumes from it and ends with the uninterrupted run's weights and losses."""
+    ref = run[0]
+    crashed = dataset.parent / "crashed"
+    save = saver_lib.Saver.save
+
+    def crash_at_the_end(self, step, state, triggers, **kw):
+        if "final" in triggers:
+            raise RuntimeError("host lost")
+        return save(self, step, state, triggers, **kw)
+
+    monkeypatch.setattr(saver_lib.Saver, "save", crash_at_the_end)
+    config = train_helpers.tiny_config(dataset, crashed, checkpoint_minutes=0.0005, **COMMON)
+    with pytest.raises(RuntimeError, match="host lost"):
+        trainer.train(config)
+    monkeypatch.setattr(saver_lib.Saver, "save", save)
+    saves = [r for r in train_helpers.read_log(crashed / "log.jsonl") if r.get("event") == "save"]
+    assert saves and {r["trigger"] for r in saves} == {"time"}
+    (left,) = [int(p.name) for p in (crashed / "checkpoints").iterdir()]
+    assert left == saves[-1]["step"] < STEPS  # the older time saves are gone
+
+    assert trainer.train(config)["resumed_from"] == left
+    jax.tree.map(np.testing.assert_array_equal, train_helpers.final_params(ref),
+                 train_helpers.final_params(crashed))
+    losses = [{r["iter"]: r["train_loss"] for r in train_helpers.read_log(path / "log.jsonl")
+               if "train_loss" in r and r["iter"] >= left} for path in (ref, crashed)]
+    assert losses[0] == losses[1] and losses[0]

@@ -314,26 +314,27 @@ def _gamma(**fields):
 def test_predicted_saves_follow_the_policy_in_force():
     from mypt_jax.preflight import phase_estimate
 
-    state_bytes = phase_estimate.save_time(_gamma(), 26, 600.0)["state_bytes"]
+    state_bytes = phase_estimate.save_time(_gamma(), 600.0)["state_bytes"]
     copy_s, write_s = state_bytes / 10e9, state_bytes / 1e9
-    # The upstream's cadence: a save at each of the 26 evals plus the final one. 600 s of
-    # steps between 27 saves cover ~22 s each, more than an 8 s write: each blocks its copy.
+    # The upstream's cadence: a save at each eval before the end (steps 0, 100, ..., 2400)
+    # plus the final one. 600 s of steps between 26 saves cover ~23 s each, more than an 8 s
+    # write: each blocks for its copy only.
     upstream = phase_estimate.save_time(
-        _gamma(checkpoint_at_eval=True, checkpoint_minutes=0.0), 26, 600.0)
-    assert upstream["saves_by_trigger"] == {"final": 1, "eval": 26}
+        _gamma(checkpoint_at_eval=True, checkpoint_minutes=0.0), 600.0)
+    assert upstream["saves_by_trigger"] == {"final": 1, "eval": 25}
     assert upstream["save_blocking_s"] == pytest.approx(copy_s, rel=1e-3)
-    assert upstream["save_total_blocking_s"] == pytest.approx(26 * copy_s + copy_s + write_s,
+    assert upstream["save_total_blocking_s"] == pytest.approx(25 * copy_s + copy_s + write_s,
                                                               rel=1e-3)
     # 60 s of steps between them cover ~2 s of the write: the loop waits for the rest.
     tight = phase_estimate.save_time(
-        _gamma(checkpoint_at_eval=True, checkpoint_minutes=0.0), 26, 60.0)
+        _gamma(checkpoint_at_eval=True, checkpoint_minutes=0.0), 60.0)
     assert copy_s < tight["save_blocking_s"] < copy_s + write_s
     # Time saves: 3 hours at 15 minutes = 12; permanent ones every 1000 of 2500 steps = 2.
-    timed = phase_estimate.save_time(_gamma(checkpoint_interval=1000), 26, 3 * 3600.0)
+    timed = phase_estimate.save_time(_gamma(checkpoint_interval=1000), 3 * 3600.0)
     assert timed["saves_by_trigger"] == {"final": 1, "interval": 2, "time": 12}
     assert timed["saves"] == 15
     # On CPU saves are synchronous: each blocks its whole write.
-    sync = phase_estimate.save_time(_gamma(), 26, 600.0, accelerator=False)
+    sync = phase_estimate.save_time(_gamma(), 600.0, accelerator=False)
     assert not sync["save_async"] and sync["save_total_blocking_s"] == pytest.approx(
         copy_s + write_s, rel=1e-3)
 

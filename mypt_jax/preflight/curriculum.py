@@ -89,7 +89,7 @@ def run(configs: list, topology: str | None, *, compile_threads: int = 8,
 
         train_s = sum(seconds(p, n) for p, n in jobs if p.kind == "train")
         eval_s = evals * sum(seconds(p, n) for p, n in jobs if p.kind != "train")
-        saves = phase_estimate.save_time(r, evals, train_s + eval_s, target.hosts,
+        saves = phase_estimate.save_time(r, train_s + eval_s, target.hosts,
                                          target.chip is not None)
         save_s = saves["save_total_blocking_s"]
         compile_wall = makespan(new, compile_threads)

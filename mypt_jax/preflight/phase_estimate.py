@@ -84,7 +84,7 @@ def phase_time(r: cfg_lib.Resolved, chip: chips.Chip | None, devices: int, resul
     padding_free = "padding_free_train_s" in out
     run_s = (out["padding_free_train_s"] + evals * out["eval_s_padding_free"] if padding_free
              else out["padded_train_s"] + evals * per_eval)
-    out.update(save_time(r, evals, run_s))
+    out.update(save_time(r, run_s))
     blocking = out["save_total_blocking_s"]
     out["total_padded_s"] = out["padded_train_s"] + evals * per_eval + blocking
     if "padding_free_train_s" in out:
@@ -100,7 +100,7 @@ HOST_COPY_BYTES_PER_S = 10e9
 HOST_WRITE_BYTES_PER_S = 1e9
 
 
-def save_time(r: cfg_lib.Resolved, evals: int, run_s: float, hosts: int = 1,
+def save_time(r: cfg_lib.Resolved, run_s: float, hosts: int = 1,
               accelerator: bool = True) -> dict[str, Any]:
     """The phase's saves under its checkpoint policy (training/checkpoint/policy.py): count
     per trigger, state bytes, seconds per save blocking and writing, and the total blocking.
@@ -119,7 +119,7 @@ def save_time(r: cfg_lib.Resolved, evals: int, run_s: float, hosts: int = 1,
     n_params = sum(int(np.prod(s)) for s in _leaves(param_shapes(mc)))
     # Weights in their storage dtype plus AdamW's two float32 moments.
     state_bytes = n_params * (np.dtype(mc.param_dtype).itemsize + 8)
-    by_trigger = SavePolicy.from_config(c).saves_in(c.max_iters, evals, run_s)
+    by_trigger = SavePolicy.from_config(c).saves_in(c.max_iters, c.eval_interval, run_s)
     saves = sum(by_trigger.values())
     copy_s = state_bytes / (hosts * HOST_COPY_BYTES_PER_S)
     write_s = copy_s + state_bytes / (hosts * HOST_WRITE_BYTES_PER_S)

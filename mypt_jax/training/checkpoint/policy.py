@@ -50,14 +50,14 @@ class SavePolicy:
             out.append("time")
         return out
 
-    def saves_in(self, max_iters: int, eval_steps: int, run_s: float) -> dict[str, int]:
-        """How many saves of each trigger a run of `max_iters` steps makes (a prediction: the
-        time saves assume `run_s` seconds of training spread evenly)."""
+    def saves_in(self, max_iters: int, eval_interval: int, run_s: float) -> dict[str, int]:
+        """How many saves of each trigger a run of `max_iters` steps makes, the final one
+        included (a prediction: the time saves assume `run_s` seconds spread evenly)."""
         counts = {"final": 1}
         if self.interval:
-            counts["interval"] = (max_iters - 1) // self.interval
+            counts["interval"] = (max_iters - 1) // self.interval  # the last one is the final
         if self.at_eval:
-            counts["eval"] = eval_steps
+            counts["eval"] = (max_iters - 1) // eval_interval + 1  # step 0 on, the end's apart
         if self.minutes:
             counts["time"] = int(run_s // (self.minutes * 60))
         return counts
