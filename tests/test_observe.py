@@ -16,7 +16,7 @@ from mypt_jax.training import saver as saver_lib
 from mypt_jax.training import trainer
 from mypt_jax.training.observe import goodput, log_schema
 
-STEPS = 30
+STEPS = 20
 # dropout > 0: a resume must also continue the dropout stream (fold_in(seed, step))
 COMMON = dict(max_iters=STEPS, eval_interval=10, log_interval=5, checkpoint_interval=0,
               keep_best=0, tensorboard=False, dropout=0.1)
@@ -30,8 +30,8 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(dataset):
     workdir = dataset.parent / "run"
-    # 0.003 minutes: a few time saves within the 30 steps on any machine this runs on.
-    c = train_helpers.tiny_config(dataset, workdir, checkpoint_minutes=0.003,
+    # 0.004 minutes: a few time saves within the 20 steps on any machine this runs on.
+    c = train_helpers.tiny_config(dataset, workdir, checkpoint_minutes=0.004,
                                   profiler_start_step=3, profiler_num_steps=2, **COMMON)
     summary = trainer.train(c)
     return workdir, summary, train_helpers.read_log(workdir / "log.jsonl")

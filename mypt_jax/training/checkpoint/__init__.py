@@ -1,1 +1,1 @@
-"""What a run writes to last: checkpoints, their policy, the run state, exports."""
+"""What a run writes to last: checkpoints, when to save and what stays, the run state, preemption."""

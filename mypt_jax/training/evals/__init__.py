@@ -1,1 +1,1 @@
-"""Val losses, eval sets and the red-line checks of an eval."""
+"""An eval: the val loss and each eval set's, the eval-prompt generations, the red-line checks."""

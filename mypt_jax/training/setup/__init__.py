@@ -1,1 +1,1 @@
-"""Before the first step: config, init weights, resume, agreement between processes."""
+"""Before the first step: the config and its eval sets, init weights, resume, agreement between processes."""
