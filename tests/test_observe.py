@@ -128,3 +128,25 @@ def test_a_resume_from_a_temporary_checkpoint_is_exact(run, dataset, monkeypatch
     losses = [{r["iter"]: r["train_loss"] for r in train_helpers.read_log(path / "log.jsonl")
                if "train_loss" in r and r["iter"] >= left} for path in (ref, crashed)]
     assert losses[0] == losses[1] and losses[0]
+
+
+def test_profiler_port_starts_the_server_and_close_stops_it(tmp_path):
+    import socket
+    import types
+
+    from mypt_jax.training.observe.profiler import Profiler
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    printed = []
+    writer = types.SimpleNamespace(print=printed.append, write=lambda r: None)
+    c = types.SimpleNamespace(profiler_start_step=0, profiler_num_steps=0, profiler_port=port,
+                              profiler_all_hosts=False, workdir=str(tmp_path))
+    profiler = Profiler(c, writer, start=0)
+    assert profiler.server is not None and not profiler.enabled
+    assert printed == [f"profiler server on port {port} (capture on demand)"]
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # something listens there
+    profiler.close()
+    assert profiler.server is None
