@@ -86,8 +86,9 @@ class FakeSaver:
         raise Preempted(step, signal_name, "ckpt")
 
 
-def _run(calls, *, max_iters=8, log_interval=4, eval_interval=4, policy=SavePolicy(),  # noqa: B008
-         nan_at=None, preempt_at=None):
+def _run(calls, *, max_iters=8, log_interval=4, eval_interval=4, policy=None, nan_at=None,
+         preempt_at=None):
+    policy = policy or SavePolicy()
     fakes = Fakes(calls, nan_at=nan_at, preempt_at=preempt_at)
     state = RunState()
 

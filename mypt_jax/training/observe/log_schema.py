@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypt_jax.training.checkpoint.policy import TRIGGERS
+
 _TIMES = {"step_time": "float", "tokens_per_s": "float", "real_tokens_per_s": "float",
           "trained_tokens_per_s": "float", "computed_positions_per_s": "float"}
 
@@ -55,7 +57,6 @@ SCHEMA: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
         "iter": "int", "final_val_loss": "float", "wall_time_s": "float"}, {}),
 }
 EVENTS = tuple(k for k in SCHEMA if k not in ("step", "eval"))
-TRIGGERS = ("time", "interval", "eval", "best", "preempt", "final")  # checkpoint/policy.py
 
 
 def kind_of(record: dict[str, Any]) -> str | None:
