@@ -94,7 +94,8 @@ def test_the_goodput_table_accounts_for_the_wall_clock(run):
     assert sum(table["share"].values()) == pytest.approx(1.0)
     assert table["seconds"]["steps"] > 0 and table["seconds"]["compile"] > 0
     assert table["seconds"]["eval"] > 0 and table["seconds"]["save_blocking"] > 0
-    assert table["seconds"]["profile"] > 0
+    assert table["seconds"]["profile"] > 0 and table["seconds"]["startup"] > 0
+    assert table["seconds"]["export"] > 0
     (logged,) = [r for r in log if r.get("event") == "goodput"]
     assert logged["seconds"] == table["seconds"]
 

@@ -61,6 +61,7 @@ class Run:
     watcher: preemption.Watcher | None = None
     shapes_seen: set = dataclasses.field(default_factory=set)  # train batch shapes run
     late_compile_s: float = 0.0  # programs compiled during the run
+    startup_s: float = 0.0  # before step 0, less restore and compile-ahead
     loop_s: float = 0.0  # the loop's wall-clock
     final_record: dict = dataclasses.field(default_factory=dict)  # the final eval's record
 

@@ -73,6 +73,8 @@ def _setup(r: cfg_lib.Resolved, ckpt: Checkpointer, stack: contextlib.ExitStack,
     run.profiler = Profiler(run.c, run.writer, run.start)
     stack.callback(run.profiler.close)
     run.watcher = stack.enter_context(preemption.Watcher())
+    run.startup_s = (time.perf_counter() - t_start - run.restore_s
+                     - run.planned.programs.ahead_wall_s)
     return run
 
 
@@ -143,16 +145,19 @@ def _finish(run: Run, hooks: Hooks) -> dict[str, Any]:
                        time.perf_counter() - run.t_start, run.step_log.window, final=True))
     summary = dict(run.state.summary, saves=list(run.state.saves))
     summary["checkpoint"] = str(run.ckpt.path(c.max_iters))
+    t_export = time.perf_counter()
     summary["model_dir"] = str(exports.save_model_dir(run.r, run.train_state.params))
     if c.export_upstream:
         summary["upstream_export"] = str(
             exports.export_upstream(run.r, run.train_state.params, c.max_iters))
+    export_s = time.perf_counter() - t_export
     run.step_log.input_wait_s += run.feed.take_wait_s()
     summary["goodput"] = table = goodput.table(
         time.perf_counter() - run.t_start, run.loop_s,
         compile=run.planned.programs.ahead_wall_s + run.late_compile_s, restore=run.restore_s,
-        eval=hooks.seconds["eval"], save_blocking=hooks.seconds["save_blocking"],
-        input_wait=run.step_log.input_wait_s, profile=hooks.seconds["profile"],
+        startup=run.startup_s, eval=hooks.seconds["eval"],
+        save_blocking=hooks.seconds["save_blocking"], input_wait=run.step_log.input_wait_s,
+        profile=hooks.seconds["profile"], export=export_s,
         in_loop=in_loop + run.late_compile_s + run.step_log.input_wait_s)
     writer.write({"iter": c.max_iters, "event": "goodput", **table})
     for line in goodput.lines(table):

@@ -1,14 +1,17 @@
 """Where a run's wall-clock went: the goodput table of its summary.
 
-Rows, in seconds and as shares of the wall-clock from `train()` to the end of the final save:
+Rows, in seconds and as shares of the wall-clock from `train()` to the end of the exports:
 - `steps`: the loop's time less everything below that happened inside it;
 - `compile`: compile-ahead before step 0, and any program compiled during the run;
 - `restore`: finding and reading the checkpoint a resume starts from;
+- `startup`: the rest of the time before step 0 (resolving the config, the data streams, the
+  first weights of a fresh run, the shape plan);
 - `eval`: evals (val loss, generations, eval sets), the final one included;
 - `save_blocking`: the loop blocked on saves (the final save's whole write included);
 - `input_wait`: the loop waiting for the next batch;
-- `profile`: stopping a profile window (the trace is written out);
-- `other`: the rest (start-up, data sources, exports, log flushes at the end).
+- `profile`: opening and closing a profile window (the trace is written out);
+- `export`: the model dir (and the upstream export) after the final save;
+- `other`: the rest (the log's last lines, closing the run).
 This is what the preflight's phase prediction is checked against.
 """
 
@@ -16,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-ROWS = ("steps", "compile", "restore", "eval", "save_blocking", "input_wait", "profile", "other")
+ROWS = ("steps", "compile", "restore", "startup", "eval", "save_blocking", "input_wait", "profile",
+        "export", "other")
 
 
 def table(wall_s: float, loop_s: float, **seconds: float) -> dict[str, Any]:
