@@ -57,10 +57,13 @@ def main() -> None:
     if args.stop_clock:
         hooks.clock = lambda: 0.0
 
+    overrides = {**OVERRIDES, "eval_prompts_file": args.eval_prompts_file}
+    if args.num_processes == 1:
+        overrides["checkpoint_minutes"] = 0.0  # the time saves are the processes' agreement
     summaries = []
     for steps in (FIRST_STEPS, TOTAL_STEPS):
         config = train_helpers.tiny_config(args.dataset, args.workdir, max_iters=steps,
-                                           **{**OVERRIDES, "eval_prompts_file": args.eval_prompts_file})
+                                           **overrides)
         summaries.append(trainer.train(config))
     report = {
         "process_index": jax.process_index(), "process_count": jax.process_count(),

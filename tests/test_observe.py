@@ -30,8 +30,8 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(dataset):
     workdir = dataset.parent / "run"
-    # 0.004 minutes: a few time saves within the 20 steps on any machine this runs on.
-    c = train_helpers.tiny_config(dataset, workdir, checkpoint_minutes=0.004,
+    # 0.006 minutes: a few time saves within the 20 steps on any machine this runs on.
+    c = train_helpers.tiny_config(dataset, workdir, checkpoint_minutes=0.006,
                                   profiler_start_step=3, profiler_num_steps=2, **COMMON)
     summary = trainer.train(c)
     return workdir, summary, train_helpers.read_log(workdir / "log.jsonl")
@@ -114,7 +114,7 @@ def test_a_resume_from_a_temporary_checkpoint_is_exact(run, dataset, monkeypatch
         return save(self, step, state, triggers, **kw)
 
     monkeypatch.setattr(saver_lib.Saver, "save", crash_at_the_end)
-    config = train_helpers.tiny_config(dataset, crashed, checkpoint_minutes=0.0005, **COMMON)
+    config = train_helpers.tiny_config(dataset, crashed, checkpoint_minutes=0.003, **COMMON)
     with pytest.raises(RuntimeError, match="host lost"):
         trainer.train(config)
     monkeypatch.setattr(saver_lib.Saver, "save", save)
