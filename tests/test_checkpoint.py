@@ -33,7 +33,8 @@ def _meta(step: int, triggers=("eval",), val_loss: float | None = None, val: int
     """A checkpoint's JSON record as the trainer writes it (RunState.to_meta)."""
     run = RunState(step=step, val_position=val)
     if val_loss is not None:
-        run.record_eval({"iter": step, "val_loss": val_loss}, {})
+        run.record_eval(step, val_loss, {})
+        run.last_eval = {"iter": step, "val_loss": val_loss}
     return run.to_meta(list(triggers))
 
 

@@ -94,7 +94,8 @@ def _run(calls, *, max_iters=8, log_interval=4, eval_interval=4, policy=None, na
 
     def evaluate(step, params, run_state, final=False):
         calls.append(("eval", step, params))
-        run_state.record_eval({"iter": step, "val_loss": 1.0}, {})
+        run_state.record_eval(step, 1.0, {})
+        run_state.last_eval = {"iter": step, "val_loss": 1.0}
         return {"iter": step, "val_loss": 1.0}
 
     c = types.SimpleNamespace(max_iters=max_iters, log_interval=log_interval,

@@ -56,8 +56,7 @@ class Saver:
         """Saves `step` (the weights after `step` updates), waits for the commit, raises."""
         if step != self.run.last_saved:
             self.save(step, state, ["preempt"])
-        self.ckpt.wait()
-        self.log_committed(wait=True)
+        self.log_committed(wait=True)  # waits for the commit; a failed write raises here
         where = str(self.ckpt.path(step))
         self.writer.write({"iter": step, "event": "preempted", "signal": signal_name,
                            "checkpoint": where})

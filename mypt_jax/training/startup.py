@@ -44,6 +44,7 @@ class Run:
     state: RunState  # host side: step, data positions, evals, saves
     train_state: Any  # device side: params and optimizer state (step.train_step.TrainState)
     mdef: Any  # the model's graph definition (nnx), merged with params to run it
+    optimizer: optim.Optimizer  # the spec `tx` and `schedule` were built from
     tx: Any  # the optax optimizer
     schedule: Any  # step -> learning rate
     t_start: float  # perf_counter() when train() was called
@@ -75,7 +76,8 @@ def begin(r: cfg_lib.Resolved, ckpt: Checkpointer, t_start: float) -> Run | dict
     c = r.config
     cache_dir = compile_cache.use(c.compilation_cache_dir)  # before anything compiles
     mesh = cfg_lib.mesh_for(r)
-    tx, schedule = optim.optimizer_spec(c).build()
+    optimizer = optim.optimizer_spec(c)
+    tx, schedule = optimizer.build()
     data_identity = identity.data_identity(c)
     t0 = time.perf_counter()
     start = resume.find_start(r, ckpt, data_identity,
@@ -98,8 +100,8 @@ def begin(r: cfg_lib.Resolved, ckpt: Checkpointer, t_start: float) -> Run | dict
     writer = MetricsWriter(
         c.log_file, paths.as_path(c.workdir) / "tb" if c.tensorboard else None,
         enabled=jax.process_index() == 0, total_steps=c.max_iters, start_step=state.step)
-    return Run(r, mesh, ckpt, writer, start, state, train_state, mdef, tx, schedule, t_start,
-               restore_s, cache_dir, start=state.step)
+    return Run(r, mesh, ckpt, writer, start, state, train_state, mdef, optimizer, tx, schedule,
+               t_start, restore_s, cache_dir, start=state.step)
 
 
 def _report_finished(r: cfg_lib.Resolved, start: resume.Start) -> dict[str, Any]:
@@ -150,10 +152,9 @@ def build_programs(run: Run, stack: contextlib.ExitStack, on_nan) -> None:
         c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=jax.process_count())
     stream = dict(data_inspect.iterator_kwargs(c), tokenizer=r.tokenizer, row_stats=True)
     train_source = data.make_source(c.dataset_dir, "train", **stream)
-    optimizer = optim.optimizer_spec(c)
     step_fn = ts.make_train_step(
         run.mdef, run.tx, run.schedule, mesh, seed=c.seed, grad_accum_steps=c.grad_accum_steps,
-        loss_chunk_size=c.loss_chunk_size, optimizer=optimizer)
+        loss_chunk_size=c.loss_chunk_size, optimizer=run.optimizer)
     step_fn.hyper = jax.device_put(step_fn.hyper, ts.replicated(mesh))
     row_fn = val_lib.make_row_loss_step(run.mdef, mesh, loss_chunk_size=c.loss_chunk_size)
 

@@ -89,8 +89,8 @@ def register_hooks(run: Run) -> Hooks:
     - the time clock is read at a log flush and agreed by every process.
     """
     c, saver = run.c, run.saver
-    hooks = Hooks(flush=lambda: run.step_log.flush(force=True), flush_every=c.log_interval)
-    hooks.add("log", lambda i: run.step_log.flush(force=True), every=c.log_interval)
+    hooks = Hooks(flush=run.step_log.flush, flush_every=c.log_interval)
+    hooks.add("log", lambda i: run.step_log.flush(), every=c.log_interval)
     if c.checkpoint_minutes:
         hooks.add("save_clock", saver.mark_time_due, seconds=c.checkpoint_minutes * 60)
     hooks.add("saves_committed", lambda i: saver.log_committed(), every=1)
@@ -181,7 +181,7 @@ def _evaluate(run: Run, info: StepInfo) -> None:
 def _check_preemption(run: Run, info: StepInfo) -> None:
     """Call at every step on every process (jax's service agrees on the step)."""
     if run.watcher.requested(info.step):
-        run.step_log.flush(force=True)  # a NaN must not be saved as the resume point
+        run.step_log.flush()  # a NaN must not be saved as the resume point
         run.saver.preempted(info.step, info.state, run.watcher.signal_name)
 
 

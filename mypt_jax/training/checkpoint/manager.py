@@ -203,8 +203,7 @@ class Checkpointer:
         self.poll(wait=True)  # orbax would wait for it anyway; this way its timing is kept
         t0 = time.perf_counter()
         self._saving = step
-        val_loss = (meta.get("metrics") or {}).get("val_loss") if meta.get("evaluated") else None
-        self.retention.note(step, meta.get("triggers") or (), val_loss)
+        self.retention.note(step, meta)
         try:
             self.manager.save(
                 step,

@@ -24,8 +24,10 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mypt_jax.training.checkpoint.run_meta import meta_path
+from mypt_jax.training.checkpoint.run_state import RunState
+
 TRIGGERS = ("time", "interval", "eval", "best", "preempt", "final")
-_LEGACY = ("eval",)  # the triggers of a checkpoint written before they were recorded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +75,13 @@ class Retention:
     known: dict[int, tuple[tuple[str, ...], float | None]] = dataclasses.field(
         default_factory=dict)  # step -> (triggers, val loss), from this run's saves
 
-    def note(self, step: int, triggers: Sequence[str], val_loss: float | None) -> None:
-        self.known[step] = (tuple(triggers), val_loss)
+    def note(self, step: int, meta: dict) -> None:
+        """A save being made: its record ranks it (no read back from disk)."""
+        self.known[step] = RunState.save_ranking(meta)
 
     def _info(self, step: int) -> tuple[tuple[str, ...], float | None]:
         if step not in self.known:
-            meta = self.read_meta(step) or {}
-            val = (meta.get("metrics") or {}).get("val_loss") if meta.get("evaluated") else None
-            self.known[step] = (tuple(meta.get("triggers") or _LEGACY), val)
+            self.known[step] = RunState.save_ranking(self.read_meta(step) or {})
         return self.known[step]
 
     def kept(self, steps: Sequence[int]) -> set[int]:
@@ -100,10 +101,11 @@ class Retention:
 
 
 def meta_reader(directory) -> Callable[[int], dict | None]:
-    """Reads `<directory>/<step>/meta/metadata` (orbax's JSON item) without orbax."""
+    """A committed step's JSON record in `directory` (checkpoints/), read without orbax; None
+    where it cannot be read."""
 
     def read(step: int) -> dict | None:
-        path = directory / str(step) / "meta" / "metadata"
+        path = meta_path(directory, step)
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):

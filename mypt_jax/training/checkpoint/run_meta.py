@@ -17,6 +17,11 @@ from mypt_jax.training.checkpoint.run_state import RunState
 CHECKPOINTS_DIR = "checkpoints"  # <workdir>/checkpoints/<step>/{state,train_data,val_data,meta}
 
 
+def meta_path(ckpt_dir: epath.Path, step: int) -> epath.Path:
+    """Where orbax's JSON item keeps a step's record."""
+    return ckpt_dir / str(step) / "meta" / "metadata"
+
+
 def latest_run_meta(workdir: str | Path) -> dict | None:
     """The JSON record of a run's newest committed checkpoint, or None (read without orbax)."""
     ckpt_dir = as_path(workdir) / CHECKPOINTS_DIR
@@ -32,7 +37,7 @@ def latest_run_meta(workdir: str | Path) -> dict | None:
     steps = sorted((int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and committed(p)),
                    reverse=True)
     for step in steps:
-        meta_file = ckpt_dir / str(step) / "meta" / "metadata"
+        meta_file = meta_path(ckpt_dir, step)
         if meta_file.is_file():
             return json.loads(meta_file.read_text(encoding="utf-8"))
     return None

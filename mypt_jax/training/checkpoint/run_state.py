@@ -47,12 +47,13 @@ class RunState:
         """The newest eval is of the weights of `step`."""
         return bool(self.last_eval) and self.last_eval.get("iter") == step
 
-    def record_eval(self, record: dict[str, Any], set_losses: dict[str, float]) -> None:
-        self.val_history.append((record["iter"], record["val_loss"]))
+    def record_eval(self, step: int, val_loss: float, set_losses: dict[str, float]) -> None:
+        """The val history and the run's first losses; the eval's whole record (`last_eval`)
+        is its evaluator's to set, once the record is complete."""
+        self.val_history.append((step, val_loss))
         if self.first_val_loss is None:
-            self.first_val_loss = record["val_loss"]
+            self.first_val_loss = val_loss
             self.first_sets = dict(set_losses)
-        self.last_eval = {k: v for k, v in record.items() if k != "gen"}
 
     def best_if_saved(self) -> bool:
         """A save now would hold the lowest val loss of the run's saves."""
@@ -92,6 +93,13 @@ class RunState:
             "best": None if self.best is None else list(self.best),
             "saves": self.saves,
         }
+
+    @staticmethod
+    def save_ranking(meta: dict[str, Any]) -> tuple[tuple[str, ...], float | None]:
+        """A record's save triggers (a record written before they were: an eval save) and the
+        val loss that ranks it, None where its step was not evaluated."""
+        val = (meta.get("metrics") or {}).get("val_loss") if meta.get("evaluated") else None
+        return tuple(meta.get("triggers") or ("eval",)), val
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> RunState:

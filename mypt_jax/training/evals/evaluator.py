@@ -64,7 +64,7 @@ class Evaluator:
             run.set_positions[name] += c.eval_iters
         record: dict[str, Any] = {"iter": step, "val_loss": v, "val_loss_token_weighted": v_tok,
                                   **{f"val_loss/{n}": x for n, x in set_losses.items()}}
-        run.record_eval(record, set_losses)
+        run.record_eval(step, v, set_losses)
         findings = health.check(
             run.val_history, results, step=step, tag_strings=list(self.r.tokenizer.id_by_string),
             simple_prompts_after=c.simple_prompts_after,

@@ -1,8 +1,9 @@
 """The train steps' log lines: metrics fetched once per log window, never in between.
 
 The loop dispatches steps without waiting for the devices; `StepLog.flush` fetches the
-window's metrics at its end, or when forced (before an eval, a save or the end, so that a NaN
-stops the run before it reaches a checkpoint), checks them for NaN and writes one line.
+dispatched steps' metrics, checks them for NaN and writes the log lines. The hooks call it at
+the end of each log window, and before an eval, a save or the end, so that a NaN stops the
+run before it reaches a checkpoint (training/trainer.register_hooks).
 """
 
 from __future__ import annotations
@@ -38,12 +39,9 @@ class StepLog:
     def dispatched(self, step: int, metrics: Any, info: BatchInfo) -> None:
         self.pending.append((step, metrics, info))
 
-    def flush(self, force: bool = False) -> None:
-        """Fetches the dispatched steps' metrics at the end of a log window, or when forced."""
+    def flush(self) -> None:
+        """Fetches the dispatched steps' metrics; one log line per window that ends in them."""
         if not self.pending:
-            return
-        done = self.pending[-1][0] + 1
-        if not force and done % self.log_interval and done != self.max_iters:
             return
         pending, self.pending = self.pending, []
         fetched = jax.device_get([m for _, m, _ in pending])

@@ -19,6 +19,7 @@ def warmup_steps(warmup_iters: float, max_iters: int) -> int:
         return int(warmup_iters * max_iters)
     return int(warmup_iters)
 
+
 def lr_schedule(
     learning_rate: float,
     max_iters: int,
