@@ -26,6 +26,13 @@ JAX_VERSION = "0.10.2"  # the jax pin in pyproject.toml; tests/test_launch.py ke
 # keeps the two equal.
 PREEMPTED_EXIT_CODE = 75
 DEFAULT_MAX_RESTARTS = 100  # reruns after exit 75 on one worker before the loop gives up
+# The trainer's "a checkpoint's storage kept failing (retried), nothing was moved" status
+# (EX_IOERR), mirroring mypt_jax/training/checkpoint/read_faults.py. A few reruns, spaced out,
+# outlast a storage outage; a storage that stays down is for a person to look at.
+STORAGE_EXIT_CODE = 74
+STORAGE_RERUNS = 3
+STORAGE_PAUSE_S = 60
+PAUSE_ENV = "MYPT_JAX_STORAGE_PAUSE_S"  # the pause, where the loop's environment sets it (tests)
 DEFAULT_CONFIG = "configs/phase3a1_gamma.py"
 DEFAULT_REMOTE_DIR = "mypt-jax"  # relative paths on a worker are relative to its login dir ($HOME)
 DEFAULT_PYTHON = "python3.11"  # jax 0.10.2 needs >= 3.11; TPU VM images ship Ubuntu 22.04's 3.10
@@ -188,7 +195,8 @@ def trainer_argv(
 
 
 def restart_loop_script(run_name: str, command: str, max_restarts: int) -> str:
-    """Runs `command` again while it exits 75 and nobody stopped the run; then writes <run>.rc.
+    """Runs `command` again while it exits 75 and nobody stopped the run, or exits 74 (up to
+    STORAGE_RERUNS times, STORAGE_PAUSE_S apart); then writes <run>.rc.
 
     The TERM trap keeps this shell alive while the trainer saves its checkpoint (bash runs a
     trap only once the foreground command has exited), and tells it the signal was meant for the
@@ -198,13 +206,22 @@ def restart_loop_script(run_name: str, command: str, max_restarts: int) -> str:
     """
     rc, stopped = f"{LOG_DIR}/{run_name}.rc", f"{LOG_DIR}/{run_name}.stopped"
     say = f'echo "launch: $(date -u +%FT%TZ) run {run_name}'
+    rerun_75 = (f"n=$((n + 1)); {say} exited {PREEMPTED_EXIT_CODE} (preempted, checkpoint "
+                f'saved): restart $n of {int(max_restarts)}"; continue')
+    rerun_74 = (f"io=$((io + 1)); {say} exited {STORAGE_EXIT_CODE} (checkpoint storage "
+                f'unavailable): rerun $io of {STORAGE_RERUNS} in ${{pause}}s"; sleep $pause; '
+                "continue")
     return (
-        f'signalled=0; trap "signalled=1" TERM; n=0; while :; do {command} ; rc=$?; '
-        f"if [ $rc -ne {PREEMPTED_EXIT_CODE} ]; then why=finished; "
+        f'signalled=0; trap "signalled=1" TERM; n=0; io=0; '
+        f"pause=${{{PAUSE_ENV}:-{STORAGE_PAUSE_S}}}; while :; do {command} ; rc=$?; "
+        f"if [ $rc -ne {PREEMPTED_EXIT_CODE} ] && [ $rc -ne {STORAGE_EXIT_CODE} ]; "
+        "then why=finished; "
         f'elif [ $signalled = 1 ] || [ -e {stopped} ]; then why="stopped, not restarted"; '
+        f"elif [ $rc -eq {STORAGE_EXIT_CODE} ]; then "
+        f'if [ $io -ge {STORAGE_RERUNS} ]; then why="{STORAGE_RERUNS} reruns, giving up"; '
+        f"else {rerun_74}; fi; "
         f'elif [ $n -ge {int(max_restarts)} ]; then why="{int(max_restarts)} restarts, giving up"; '
-        f"else n=$((n + 1)); {say} exited {PREEMPTED_EXIT_CODE} (preempted, checkpoint saved): "
-        f'restart $n of {int(max_restarts)}"; continue; fi; '
+        f"else {rerun_75}; fi; "
         f'echo $rc > {rc}.tmp; mv -f {rc}.tmp {rc}; {say} ended: exit $rc ($why)"; exit $rc; done'
     )
 

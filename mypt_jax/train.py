@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -37,13 +38,14 @@ def main(argv, upstream: upstream_cli.Translation | None = None,
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     import jax
 
-    from mypt_jax.parallel import distributed, hostmem
+    from mypt_jax.parallel import distributed, host_failure, hostmem
 
     hostmem.keep_freed_memory()
 
     # Joins when the environment names a coordinator (or --distributed forces it, as on TPU
     # pods); must run before anything touches the JAX backend.
     distributed.maybe_initialize(force=_DISTRIBUTED.value)
+    host_failure.watch()  # another process's failure ends this one too, with its exit code
     from mypt_jax.training import exit_codes, trainer
 
     try:
@@ -54,13 +56,30 @@ def main(argv, upstream: upstream_cli.Translation | None = None,
                 print(upstream.summary, file=sys.stderr, flush=True)
         summary = trainer.train(config, _WORKDIR.value)
     except Exception as e:
-        known = exit_codes.user_error(e)
-        if known is None:
-            raise
-        print(known[1], file=sys.stderr, flush=True)
-        sys.exit(known[0])
+        _fail(e, exit_codes.user_error(e))
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2, default=str))
+
+
+def _fail(e: Exception, known: tuple[int, str] | None) -> None:
+    """One line and its exit code for a known error, the traceback for a bug; with several
+    processes the others are told and stop with the same code (parallel/host_failure.py)."""
+    from mypt_jax.parallel import host_failure
+
+    joined = host_failure.joined()
+    if known is None and not joined:
+        raise e
+    if known is None:
+        traceback.print_exc()
+        code, line = 1, f"{type(e).__name__}: {e}".splitlines()[0]
+    else:
+        code, line = known
+        print(line, file=sys.stderr, flush=True)
+    code = host_failure.report(code, line)
+    if joined and code not in host_failure.NOT_REPORTED:
+        sys.stdout.flush()
+        os._exit(code)  # not jax's shutdown barrier: the other processes are gone
+    sys.exit(code)
 
 
 def unknown_override(argv: list[str]) -> str | None:
@@ -123,6 +142,9 @@ def cli(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     from mypt_jax.parallel import stack
+    from mypt_jax.training.checkpoint import preemption
+
+    preemption.install()  # first: a SIGTERM during the imports, restore or compiles is not lost
 
     stack.unlimited_for_tpu_compiles()
     cli(sys.argv)

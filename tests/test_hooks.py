@@ -29,6 +29,7 @@ class Weights:
 class Fakes:
     def __init__(self, calls: list, *, nan_at: int | None = None, preempt_at: int | None = None):
         self.calls, self.nan_at, self.preempt_at = calls, nan_at, preempt_at
+        self.step = 0  # the weights' updates so far (the watcher's point)
         self.pending: list[tuple[int, float]] = []
         self.window = types.SimpleNamespace(exclude=lambda s: None)
         self.signal_name = "SIGTERM"
@@ -49,14 +50,15 @@ class Fakes:
     def call(self, kind, shape, state, batch, hyper):
         loss = math.nan if state.params == self.nan_at else 1.0
         self.calls.append(("update", state.params + 1))
+        self.step = state.params + 1
         return Weights(state.params + 1), {"train_loss": loss}
 
     def next(self):
         return None, types.SimpleNamespace(shape="s")
 
     # --- the preemption watcher
-    def requested(self, step):
-        return step == self.preempt_at
+    def requested(self):
+        return self.step == self.preempt_at
 
 
 class FakeSaver:
@@ -81,7 +83,7 @@ class FakeSaver:
     def log_committed(self, wait=False):
         pass
 
-    def preempted(self, step, state, signal_name):
+    def preempted(self, step, state, signal_name, trained=True):
         self.calls.append(("preempt", step, state.params))
         raise Preempted(step, signal_name, "ckpt")
 
@@ -162,7 +164,7 @@ def test_the_table_names_every_concern_once_in_order():
     run = _run([], policy=SavePolicy(minutes=1.0))
     names = trainer.register_hooks(run).names()
     assert names == ["log", "save_clock", "saves_committed", "profiler", "preemption", "eval",
-                     "late_compile", "save"]
+                     "late_compile", "export", "save"]
     assert "save_clock" not in trainer.register_hooks(_run([])).names()  # minutes=0: off
 
 

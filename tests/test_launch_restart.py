@@ -80,6 +80,9 @@ def test_preempted_exit_code_matches_the_trainer():
     from mypt_jax.training.checkpoint.preemption import PREEMPTED_EXIT_CODE
 
     assert launchlib.PREEMPTED_EXIT_CODE == PREEMPTED_EXIT_CODE == 75
+    from mypt_jax.training.checkpoint.read_faults import TRANSIENT_EXIT_CODE
+
+    assert launchlib.STORAGE_EXIT_CODE == TRANSIENT_EXIT_CODE == 74
 
 
 def test_restart_loop_is_in_the_start_script(capsys):
@@ -103,11 +106,16 @@ def test_restart_loop_is_in_the_start_script(capsys):
         ("75,75,3", [], 3, 3, "finished"),  # only 75 restarts: a crash ends the loop
         ("3,0", [], 1, 3, "finished"),
         ("75", ["--max_restarts", "2"], 3, 75, "2 restarts, giving up"),
+        # The checkpoint storage was down: a few reruns, then a person looks.
+        ("74,75,0", [], 3, 0, "finished"),
+        ("74", [], 1 + launchlib.STORAGE_RERUNS, 74,
+         f"{launchlib.STORAGE_RERUNS} reruns, giving up"),
     ],
 )
-def test_restart_loop_reruns_the_trainer_only_after_exit_75(
-    tmp_path, capsys, plan, flags, runs, rc, why
+def test_restart_loop_reruns_the_trainer_only_after_exit_75_or_74(
+    tmp_path, capsys, monkeypatch, plan, flags, runs, rc, why
 ):
+    monkeypatch.setenv(launchlib.PAUSE_ENV, "0")
     checkout = counting_checkout(tmp_path / "checkout")
     try:
         assert status_of(checkout) == "none"
@@ -116,7 +124,8 @@ def test_restart_loop_reruns_the_trainer_only_after_exit_75(
         assert f"run r ended: exit {rc} ({why})" in log
         assert int((checkout / "count").read_text()) == runs
         assert (checkout / "logs" / "r.rc").read_text().strip() == str(rc)
-        assert log.count("exited 75 (preempted, checkpoint saved): restart") == runs - 1
+        assert (log.count("exited 75 (preempted, checkpoint saved): restart")
+                + log.count("exited 74 (checkpoint storage unavailable): rerun")) == runs - 1
         assert status_of(checkout) == f"exit {rc}"
     finally:
         end(checkout / "logs" / "r.pid")

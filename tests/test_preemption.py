@@ -4,6 +4,7 @@ continues bit-identically. With two processes a signal to one of them stops both
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -146,3 +147,58 @@ def test_a_signal_stops_the_run_at_the_next_step_and_the_handlers_come_back():
     stop = preemption.Preempted(7, "SIGTERM", "runs/x/checkpoints/7")
     assert exit_codes.user_error(stop) == (
         preemption.PREEMPTED_EXIT_CODE, f"preempted: {stop}") and "step 7" in str(stop)
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    """A run stopped at step 5 (checkpoint 5), to resume from."""
+    tmp = tmp_path_factory.mktemp("startup_stop")
+    dataset = train_helpers.make_dataset(tmp)
+    out = train_helpers.run_module(_cli(dataset, tmp / "run", max_iters=5))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dataset, tmp / "run"
+
+
+@pytest.mark.parametrize(("point", "resumed", "stop_step", "saved"), [
+    ("restore", True, 5, False), ("compile", True, 5, False),
+    pytest.param("eval", False, 1, True, marks=pytest.mark.slow)])
+def test_a_stop_during_the_start_up_exits_75(resumable, tmp_path, point, resumed, stop_step,
+                                             saved):
+    """Before the first step nothing new was trained, so nothing is saved; a stop during the
+    step-0 eval lands after the step in flight."""
+    dataset, base = resumable
+    run = tmp_path / "run"
+    if resumed:
+        shutil.copytree(base, run)
+    cli = _cli(dataset, run, max_iters=40)
+    out = train_helpers.run_module(train_helpers.signalled_during(cli, point, "SIGTERM"))
+    assert out.returncode == PREEMPTED_EXIT_CODE, out.stderr[-3000:]
+    assert f"preempted: SIGTERM: stopped at step {stop_step}, " in out.stderr, out.stderr[-3000:]
+    assert _steps(run) == [5] * resumed + [stop_step] * saved
+    (event,) = [r for r in train_helpers.read_log(run / "log.jsonl")
+                if r.get("event") == "preempted"]
+    assert (event["iter"], event["saved"]) == (stop_step, saved)
+
+
+@pytest.mark.slow
+def test_a_stop_to_one_process_during_a_resumed_start_up_stops_both(tmp_path):
+    """jax's sync manager counts its calls from 0; the watcher hands it its own count, so a
+    stop before the first step lands on both processes, not never (or on one, hanging the
+    other)."""
+    dataset = train_helpers.make_dataset(tmp_path)
+    mesh = {"mesh_data": 2, "mesh_fsdp": 2}
+    base = tmp_path / "base"
+    results = run_processes(lambda i: _cli(dataset, base, max_iters=5, **mesh), 2, 2)
+    assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:]
+    for point in ("restore", "compile"):
+        run = tmp_path / point
+        shutil.copytree(base, run)
+        cli = _cli(dataset, run, max_iters=400, **mesh)
+        results = run_processes(
+            lambda i, cli=cli, point=point: train_helpers.signalled_during(
+                cli, point, "SIGTERM", process=1), 2, 2, timeout=120)
+        assert [rc for rc, _ in results] == [PREEMPTED_EXIT_CODE] * 2, (
+            point, results[0][1][-2000:], results[1][1][-2000:])
+        for _, text in results:
+            assert "preempted: SIGTERM: stopped at step 5, nothing new to save" in text, text
+        assert _steps(run) == [5]

@@ -123,12 +123,18 @@ runpy.run_module("mypt_jax.train", run_name="__main__", alter_sys=True)
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_a_save_stops_with_one_line_and_keeps_the_previous(tmp_path):
+@pytest.mark.parametrize("async_checkpointing", ["off", "on"])  # on: the accelerators' default
+def test_a_full_disk_during_a_save_stops_with_one_line_and_keeps_the_previous(
+        tmp_path, async_checkpointing):
     dataset = train_helpers.make_dataset(tmp_path)
     run = tmp_path / "run"
-    cli = _cli(dataset, run, max_iters=30)
+    cli = _cli(dataset, run, max_iters=30, async_checkpointing=async_checkpointing)
     out = train_helpers.run_module(["-c", _FULL_DISK_AT.format(step=20), *cli[2:]])
     assert out.returncode == 4 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "No space left" not in out.stdout  # orbax's own report of it is not printed
+    saves = [r["iter"] for r in train_helpers.read_log(run / "log.jsonl")
+             if r.get("event") == "save"]
+    assert saves == [0, 10]  # no save event for the failed one
     (line,) = [x for x in out.stderr.splitlines() if x.startswith("checkpoint error: ")]
     assert line.startswith(f"checkpoint error: saving checkpoint {run / 'checkpoints' / '20'} "
                            "failed: No space left on device (errno 28); ")
@@ -186,6 +192,48 @@ def test_processes_with_different_datasets_or_workdirs_stop_instead_of_hanging(t
     for _, text in results:
         (line,) = [x for x in text.splitlines() if x.startswith("error: ")]
         assert line.startswith("error: workdir ") and "process(es) [1] do not see the marker" in line
+
+
+# `python -m mypt_jax.train ARGS` (in `host`) whose process 0 alone fails as it logs step 4:
+# process-0-only I/O, a disk or bucket gone, as a bug would.
+_PROCESS_0_FAILS = """
+import os, runpy, sys
+os.chdir({host!r})
+from mypt_jax.training.observe import metrics
+write = metrics.MetricsWriter.write
+def failing(self, record):
+    if os.environ["JAX_PROCESS_ID"] == "0" and record.get("iter") == 4:
+        raise OSError(5, "Input/output error", "log.jsonl")
+    return write(self, record)
+metrics.MetricsWriter.write = failing
+sys.argv[0] = "mypt_jax.train"
+runpy.run_module("mypt_jax.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_one_process_failing_stops_every_process_with_its_exit_code(tmp_path):
+    """No process is left waiting in a collective for the heartbeat timeout."""
+    dataset = train_helpers.make_dataset(tmp_path)
+    config = str(train_helpers.REPO / "configs/cpu_tiny.py")
+    # Two devices a process: with one each, the step-0 save fails on CPU (orbax, on main too).
+    mesh = {"mesh_data": 2, "mesh_fsdp": 2, "max_iters": 8, "log_interval": 1}
+    hosts = _host_dirs(tmp_path, dataset)
+    shutil.rmtree(hosts[1] / "ds" / "train")  # missing on one host: fails in its resolve
+    cli = train_helpers.train_cli(config, tmp_path / "run",
+                                  {**OVERRIDES, **mesh, "dataset_dir": "ds"})[2:]
+    results = run_processes(lambda i: _in(hosts[i], *cli), 2, 2, timeout=90)
+    assert [rc for rc, _ in results] == [2, 2], results[0][1][-3000:]
+    (line,) = [x for x in results[0][1].splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: process 1 failed (exit 2): config error: dataset_dir: ")
+
+    shutil.copytree(hosts[0] / "ds", hosts[1] / "ds", dirs_exist_ok=True)
+    results = run_processes(
+        lambda i: ["-c", _PROCESS_0_FAILS.format(host=str(hosts[i])), *cli], 2, 2, timeout=90)
+    assert [rc for rc, _ in results] == [1, 1], results[1][1][-3000:]
+    assert "OSError: [Errno 5] Input/output error" in results[0][1]
+    (line,) = [x for x in results[1][1].splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: process 0 failed (exit 1): OSError: [Errno 5] Input/output")
 
 
 def test_the_fingerprint_names_the_changed_file_and_the_stream_field(tmp_path):

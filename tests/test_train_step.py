@@ -117,6 +117,7 @@ def test_lr_and_grad_norm_reported():
     _, m = _run(grad_clip=1e-3)
     assert m[0]["lr"] == pytest.approx(1e-2) and m[0]["grad_norm"] > 1e-3  # pre-clip norm
     assert m[0]["loss_tokens"] == _batch(seed=0)["loss_mask"].sum()
+    assert 0 < m[0]["update_norm"] < np.inf  # the finite check's input (observe/step_log.py)
 
 
 def test_eval_step_sums():

@@ -135,3 +135,35 @@ def signalled(cli: list[str], at: int, signal: str, process: int | None = None) 
     """`cli` (a `train_cli` argv) run so that it gets `signal` as update `at` starts."""
     code = _SIGNAL_AT.format(at=at, signal=signal, process="" if process is None else process)
     return ["-c", code, *cli[2:]]
+
+
+# `python -m mypt_jax.train ARGS`, except that the process (of JAX_PROCESS_ID {process}, or any
+# when "") sends itself {signal} as a named start-up point begins: "restore" (finding and
+# reading the checkpoint), "compile" (the compile-ahead), "eval" (the first eval).
+_SIGNAL_DURING = """
+import os, signal, sys, runpy
+from mypt_jax.training.checkpoint import preemption
+preemption.install()
+from mypt_jax.training.setup import resume
+from mypt_jax.training.compilation import compile_plan
+from mypt_jax.training.evals import evaluator
+owner, name = {{"restore": (resume, "find_start"), "compile": (compile_plan, "compile_run"),
+                "eval": (evaluator.Evaluator, "run")}}["{point}"]
+original, sent = getattr(owner, name), []
+def signal_then_call(*args, **kwargs):
+    if not sent and "{process}" in ("", os.environ.get("JAX_PROCESS_ID", "0")):
+        sent.append(1)
+        os.kill(os.getpid(), signal.{signal})
+    return original(*args, **kwargs)
+setattr(owner, name, signal_then_call)
+sys.argv[0] = "mypt_jax.train"
+runpy.run_module("mypt_jax.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def signalled_during(cli: list[str], point: str, signal: str,
+                     process: int | None = None) -> list[str]:
+    """`cli` (a `train_cli` argv) run so that it gets `signal` as start-up `point` begins."""
+    code = _SIGNAL_DURING.format(point=point, signal=signal,
+                                 process="" if process is None else process)
+    return ["-c", code, *cli[2:]]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import resource
+import signal
 import sys
 
 _MARK = "MYPT_STACK_UNLIMITED"  # set in the re-executed process: never loop
@@ -31,4 +32,7 @@ def unlimited_for_tpu_compiles() -> None:
     os.environ[_MARK] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
+    # A stop sent during the exec waits, blocked (the mask and pending signals survive exec),
+    # for the new process's handler: training/checkpoint/preemption.install unblocks them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     os.execv(sys.executable, sys.orig_argv)

@@ -73,7 +73,7 @@ def run(configs: list, topology: str | None, *, compile_threads: int = 8,
                 for s, n in planned.train.batches_per_program().items()]
         jobs += [(tp.eval_program(r, mesh, s, 0), n / evals)
                  for s, n in planned.eval.batches_per_program().items()]
-        decode = tp.decode_program(r, mesh, 0)
+        decode = tp.decode_program(r, mesh, 0, target.capacity)
         jobs += [(decode, 1)] if decode else []
         new = []
         for program, _ in jobs:

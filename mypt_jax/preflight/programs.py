@@ -21,7 +21,7 @@ from mypt_jax.data import batching
 from mypt_jax.model.config import ModelConfig
 from mypt_jax.model.param_table import param_shapes
 from mypt_jax.preflight import chips
-from mypt_jax.training.compilation.fit_check import sharded_batch, train_shapes
+from mypt_jax.training.compilation.fit_check import bytes_per_device, sharded_batch, train_shapes
 from mypt_jax.training.setup import config as cfg_lib
 from mypt_jax.training.step import optim
 from mypt_jax.training.step import train_step as ts
@@ -39,15 +39,6 @@ class Program:
     hbm_bytes_model: float | None  # per device, where we model it instead of asking XLA
     resident: int  # bytes per device alive during the program but not its argument
     shape: dict[str, Any]
-
-
-def bytes_per_device(tree: Any) -> int:
-    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (its shards)."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
-        total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
-    return total
 
 
 def bytes_global(tree: Any) -> int:
@@ -102,16 +93,21 @@ def eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, resident
                    dataclasses.asdict(shape))
 
 
-def decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
+def decode_program(r: cfg_lib.Resolved, mesh, resident: int,
+                   capacity: int | None = None) -> Program | None:
     """The greedy generation loop of the eval prompts, as `eval_prompts.evaluate` calls it.
 
     In the layer loop's form the trainer gets on the mesh's devices (`decode.layers_scanned`:
-    scanned on TPU/GPU); this host's backend, often CPU, would pick the unrolled one.
+    scanned on TPU/GPU); this host's backend, often CPU, would pick the unrolled one. Its
+    weights in the layout the run's evals choose for devices of `capacity` bytes
+    (`decode_layout.plan`): gathered over fsdp/data, the train state's params then staying
+    beside them (`resident`), or the training layout.
     """
     from flax import nnx
 
     from mypt_jax.decoding import decode, eval_prompts
     from mypt_jax.model import attention
+    from mypt_jax.training.evals import decode_layout as layout_lib
 
     c, mc = r.config, r.model_config
     if not c.eval_prompts_file:
@@ -120,10 +116,17 @@ def decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
                                             r.tokenizer, mc.block_size, c.eval_max_new_tokens)
     stops = len(decode.default_stop_ids(r.tokenizer))
     width = max(decode.STOP_SLOTS, -(-stops // decode.STOP_SLOTS) * decode.STOP_SLOTS)
+    plan = layout_lib.plan(r, mesh, B, capacity)
+    params = ts.abstract_params(mc, mesh)
+    weights = params if not plan.gather else jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=layout_lib.gathered_sharding(x, mesh)), params)
+    if plan.gather and plan.gathered_bytes:  # the training copy stays beside the gathered one
+        resident += bytes_per_device(params)
 
     def lower():
         mdef = ts.model_def(mc)
-        graphdef, state = nnx.split(mdef.merge(ts.abstract_params(mc, mesh)))
+        graphdef, state = nnx.split(mdef.merge(weights))
         state = jax.tree.map(
             lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else replicated(x, mesh), state)
 
@@ -139,23 +142,23 @@ def decode_program(r: cfg_lib.Resolved, mesh, resident: int) -> Program | None:
             scan_layers=decode.layers_scanned(None, attention.platform_of(mesh)), greedy=True)
 
     # Every generated token reads all weights (storage dtype) and the KV cache once.
-    params = ts.abstract_params(mc, mesh)
-    cache = 2 * mc.n_layer * B * (P + N) * mc.n_embd * jnp.dtype(mc.dtype).itemsize
+    cache = layout_lib.kv_cache_bytes(mc, B, P + N)
     steps = N + 1  # the prefill, then one step per new token
     hbm = steps * (bytes_global(params) + cache) / mesh.size
     flops = B * (P + N) * chips.decode_flops_per_token(mc, (P + N) // 2)
-    return Program(f"generate {B}x{P}+{N}", "decode", mc, lower, flops, flops, hbm, resident,
-                   {"rows": B, "prompt": P, "new_tokens": N})
+    return Program(f"generate {B}x{P}+{N} {plan.layout}", "decode", mc, lower, flops, flops, hbm,
+                   resident, {"rows": B, "prompt": P, "new_tokens": N, "weights": plan.layout})
 
 
 PROGRAM_KINDS = ("train", "eval", "decode")
 
 
 def programs(r: cfg_lib.Resolved, mesh, hosts: int, kinds: tuple[str, ...] = PROGRAM_KINDS,
-             largest_only: bool = False) -> list[Program]:
+             largest_only: bool = False, capacity: int | None = None) -> list[Program]:
     """What `mypt_jax.train` compiles for this config (of `kinds`), largest train shape first.
 
-    `largest_only`: only the largest train shape (the most memory a step needs).
+    `largest_only`: only the largest train shape (the most memory a step needs). `capacity`:
+    bytes per device of the target (the decode's weight layout depends on it).
     """
     shapes = train_shapes(r.config, mesh, hosts)
     if largest_only:
@@ -165,7 +168,7 @@ def programs(r: cfg_lib.Resolved, mesh, hosts: int, kinds: tuple[str, ...] = PRO
     out = [train_program(r, mesh, s) for s in shapes] if "train" in kinds else []
     if "eval" in kinds:
         out.append(eval_program(r, mesh, shapes[0], opt_resident))
-    decode = decode_program(r, mesh, opt_resident) if "decode" in kinds else None
+    decode = decode_program(r, mesh, opt_resident, capacity) if "decode" in kinds else None
     if decode is not None:
         out.append(decode)
     return out

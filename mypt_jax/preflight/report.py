@@ -136,7 +136,7 @@ def run(config: config_dict.ConfigDict, topology: str | None = None, *,
     r = resolve_for(config, target)
     mesh = cfg_lib.mesh_for(r, target.devices)
     results: list[dict[str, Any]] = []
-    for program in tp.programs(r, mesh, target.hosts, kinds, largest_only):
+    for program in tp.programs(r, mesh, target.hosts, kinds, largest_only, target.capacity):
         results.append(compile_program(program, target))
         if progress:
             progress(f"{program.name}: compiled in {results[-1]['compile_s']:.1f} s, "

@@ -1,7 +1,8 @@
 """The errors of a run that the user can act on: each is one line and a documented exit code.
 
 docs/resume-and-faults.md lists them: 2 the config, data or hosts were refused, 3 a NaN loss, 4 a
-checkpoint could not be written or read, 75 preempted (the checkpoint is saved: rerun the
+checkpoint could not be written or read, 74 a checkpoint's storage kept failing (retried; the
+launchers rerun a few times), 75 preempted (the checkpoint is saved: rerun the
 same command). Anything else is a bug and keeps its traceback. `MYPT_JAX_DEBUG=1` shows the
 traceback of these too.
 """
@@ -12,7 +13,7 @@ import os
 
 from mypt_jax.interop import upstream_cli
 from mypt_jax.training.checkpoint import manager as checkpoint
-from mypt_jax.training.checkpoint import preemption
+from mypt_jax.training.checkpoint import preemption, read_faults
 from mypt_jax.training.setup import agreement, identity
 from mypt_jax.training.setup.config import ConfigError
 
@@ -22,6 +23,7 @@ _KINDS = (
     ((ConfigError, upstream_cli.UpstreamConfigError), 2, "config error"),
     ((identity.DataChangedError, agreement.HostsDisagree), 2, "error"),
     ((FloatingPointError,), 3, "training stopped"),
+    ((read_faults.CheckpointUnavailable,), read_faults.TRANSIENT_EXIT_CODE, "checkpoint error"),
     ((checkpoint.CheckpointError,), 4, "checkpoint error"),
     ((preemption.Preempted,), preemption.PREEMPTED_EXIT_CODE, "preempted"),
 )

@@ -52,12 +52,15 @@ class Saver:
                            "last_good_checkpoint": where})
         raise FloatingPointError(f"{what} is {value} at step {step}; last good checkpoint: {where}")
 
-    def preempted(self, step: int, state: Any, signal_name: str) -> None:
-        """Saves `step` (the weights after `step` updates), waits for the commit, raises."""
-        if step != self.run.last_saved:
+    def preempted(self, step: int, state: Any, signal_name: str, trained: bool = True) -> None:
+        """Saves `step` (the weights after `step` updates), waits for the commit, raises.
+        Before anything was `trained` the resume point is on disk already (or there is none:
+        a fresh run starts over), so nothing is saved."""
+        if trained and step != self.run.last_saved:
             self.save(step, state, ["preempt"])
         self.log_committed(wait=True)  # waits for the commit; a failed write raises here
-        where = str(self.ckpt.path(step))
+        last = self.run.last_saved
+        where = None if last is None else str(self.ckpt.path(last))
         self.writer.write({"iter": step, "event": "preempted", "signal": signal_name,
-                           "checkpoint": where})
-        raise preemption.Preempted(step, signal_name, where)
+                           "checkpoint": where, "saved": trained})
+        raise preemption.Preempted(step, signal_name, where, saved=trained)

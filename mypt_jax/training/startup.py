@@ -15,8 +15,9 @@ from mypt_jax.data import batching, paths, prefetch
 from mypt_jax.data import inspect as data_inspect
 from mypt_jax.data import loader as data
 from mypt_jax.parallel import sharding
+from mypt_jax.training import exports
 from mypt_jax.training.checkpoint import preemption
-from mypt_jax.training.checkpoint.manager import Checkpointer
+from mypt_jax.training.checkpoint.manager import Checkpointer, restore_params
 from mypt_jax.training.checkpoint.run_state import RunState
 from mypt_jax.training.compilation import compile_cache, compile_plan, fit_check
 from mypt_jax.training.evals import val_loss as val_lib
@@ -65,6 +66,7 @@ class Run:
     startup_s: float = 0.0  # before step 0, less restore and compile-ahead
     loop_s: float = 0.0  # the loop's wall-clock
     final_record: dict = dataclasses.field(default_factory=dict)  # the final eval's record
+    exports: dict = dataclasses.field(default_factory=dict)  # summary key -> export written
 
     @property
     def c(self):
@@ -84,7 +86,7 @@ def begin(r: cfg_lib.Resolved, ckpt: Checkpointer, t_start: float) -> Run | dict
                               lambda: ts.abstract_state(tx, r.model_config, mesh))
     restore_s = time.perf_counter() - t0
     if start.finished_summary is not None:
-        return _report_finished(r, start)
+        return _report_finished(r, start, mesh)
     restored = start.restored
     if restored is not None:
         state = RunState.from_meta(restored.meta)
@@ -104,13 +106,20 @@ def begin(r: cfg_lib.Resolved, ckpt: Checkpointer, t_start: float) -> Run | dict
                t_start, restore_s, cache_dir, start=state.step)
 
 
-def _report_finished(r: cfg_lib.Resolved, start: resume.Start) -> dict[str, Any]:
+def _report_finished(r: cfg_lib.Resolved, start: resume.Start, mesh) -> dict[str, Any]:
+    """A finished run's summary; an export missing (a failure after the final save, or one
+    deleted) is written again from the final checkpoint."""
+    step, lost = start.restored.step, exports.missing(r)
     if jax.process_index() == 0:
         for w in start.warnings:
             print(f"warning: {w}", file=sys.stderr, flush=True)
-        print(f"{r.config.workdir}: finished at step {start.restored.step}; nothing to do",
-              flush=True)
-    return {**start.finished_summary, "already_finished": True}
+        todo = f"writing the missing {', '.join(lost)}" if lost else "nothing to do"
+        print(f"{r.config.workdir}: finished at step {step}; {todo}", flush=True)
+    written = {}
+    if lost:
+        params, _ = restore_params(r.config.workdir, ts.abstract_params(r.model_config, mesh), step)
+        written = exports.write(r, params, step, only=lost)
+    return {**start.finished_summary, **written, "already_finished": True}
 
 
 def announce(run: Run) -> None:

@@ -44,13 +44,14 @@ log = logging.getLogger(__name__)
 def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
     """Trains (or resumes, or reports a finished run) and returns a summary dict."""
     t_start = time.perf_counter()
-    r = cfg_lib.resolve(config, workdir)
     with contextlib.ExitStack() as stack:
+        watcher = stack.enter_context(preemption.watching())  # before the restore and compiles
+        r = cfg_lib.resolve(config, workdir)
         ckpt = Checkpointer(
             r.config.workdir, keep=r.config.keep_checkpoints, keep_best=r.config.keep_best,
             async_save={"auto": None, "on": True, "off": False}[r.config.async_checkpointing])
         stack.callback(ckpt.close)
-        run = _setup(r, ckpt, stack, t_start)
+        run = _setup(r, ckpt, stack, t_start, watcher)
         if not isinstance(run, Run):
             return run  # finished before: the summary it recorded
         hooks = register_hooks(run)
@@ -59,20 +60,22 @@ def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[st
 
 
 def _setup(r: cfg_lib.Resolved, ckpt: Checkpointer, stack: contextlib.ExitStack,
-           t_start: float) -> Run | dict[str, Any]:
+           t_start: float, watcher: preemption.Watcher) -> Run | dict[str, Any]:
     run = startup.begin(r, ckpt, t_start)
     if not isinstance(run, Run):
         return run
     stack.callback(run.writer.close)
     startup.announce(run)
+    run.watcher = watcher
     run.saver = Saver(ckpt, SavePolicy.from_config(run.c), run.state, run.writer)
+    _check_preemption(run, StepInfo(run.start, run.train_state, run.start, 0.0, None))  # restored
     startup.build_programs(run, stack, run.saver.nan_stop)
+    _check_preemption(run, StepInfo(run.start, run.train_state, run.start, 0.0, None))  # compiled
     run.step_log = StepLog(run.writer, r.model_config, log_interval=run.c.log_interval,
                            max_iters=run.c.max_iters, on_nan=run.saver.nan_stop,
                            input_wait=run.feed.take_wait_s)
     run.profiler = Profiler(run.c, run.writer, run.start)
     stack.callback(run.profiler.close)
-    run.watcher = stack.enter_context(preemption.Watcher())
     run.startup_s = (time.perf_counter() - t_start - run.restore_s
                      - run.planned.programs.ahead_wall_s)
     return run
@@ -86,6 +89,8 @@ def register_hooks(run: Run) -> Hooks:
     - the eval of step s runs before update s + 1, and the save after the eval, so a save at
       an eval records it;
     - a preemption saves after the step in flight, and before that step's eval;
+    - the exports are written before the final save marks the run finished, so a finished
+      run has them (a rerun writes any that went missing);
     - the time clock is read at a log flush and agreed by every process.
     """
     c, saver = run.c, run.saver
@@ -95,7 +100,7 @@ def register_hooks(run: Run) -> Hooks:
         hooks.add("save_clock", saver.mark_time_due, seconds=c.checkpoint_minutes * 60)
     hooks.add("saves_committed", lambda i: saver.log_committed(), every=1)
     hooks.add("profiler", run.profiler.on_step, every=1, at_end=True, category="profile")
-    hooks.add("preemption", lambda i: _check_preemption(run, i), when=lambda i: i.step > run.start)
+    hooks.add("preemption", lambda i: _check_preemption(run, i), every=1)
     hooks.add("eval", lambda i: _evaluate(run, i), at_end=True, sync=True, category="eval",
               when=lambda i: i.step % c.eval_interval == 0 and not run.state.evaluated_at(i.step))
     hooks.add("late_compile", lambda i: _warn_late(run, i.step), every=1, at_end=True)
@@ -107,6 +112,7 @@ def register_hooks(run: Run) -> Hooks:
             saver.save(info.step, info.state, saver.triggers(info.step))
         hooks.reset_clock("save_clock")
 
+    hooks.add("export", lambda i: _export(run, i), at_end=True, sync=True, category="export")
     hooks.add("save", save, when=lambda i: bool(saver.triggers(i.step)), at_end=True, sync=True,
               category="save_blocking")
     return hooks
@@ -138,26 +144,20 @@ def _loop(run: Run, hooks: Hooks) -> None:
 
 
 def _finish(run: Run, hooks: Hooks) -> dict[str, Any]:
-    """The end hooks (final eval and save), the exports, the goodput table."""
+    """The end hooks (final eval, exports, final save), the goodput table."""
     c, writer = run.c, run.writer
     in_loop = sum(hooks.seconds.values())
     hooks.run(StepInfo(c.max_iters, run.train_state, run.start,
                        time.perf_counter() - run.t_start, run.step_log.window, final=True))
-    summary = dict(run.state.summary, saves=list(run.state.saves))
+    summary = dict(run.state.summary, saves=list(run.state.saves), **run.exports)
     summary["checkpoint"] = str(run.ckpt.path(c.max_iters))
-    t_export = time.perf_counter()
-    summary["model_dir"] = str(exports.save_model_dir(run.r, run.train_state.params))
-    if c.export_upstream:
-        summary["upstream_export"] = str(
-            exports.export_upstream(run.r, run.train_state.params, c.max_iters))
-    export_s = time.perf_counter() - t_export
     run.step_log.input_wait_s += run.feed.take_wait_s()
     summary["goodput"] = table = goodput.table(
         time.perf_counter() - run.t_start, run.loop_s,
         compile=run.planned.programs.ahead_wall_s + run.late_compile_s, restore=run.restore_s,
         startup=run.startup_s, eval=hooks.seconds["eval"],
         save_blocking=hooks.seconds["save_blocking"], input_wait=run.step_log.input_wait_s,
-        profile=hooks.seconds["profile"], export=export_s,
+        profile=hooks.seconds["profile"], export=hooks.seconds["export"],
         in_loop=in_loop + run.late_compile_s + run.step_log.input_wait_s)
     writer.write({"iter": c.max_iters, "event": "goodput", **table})
     for line in goodput.lines(table):
@@ -179,10 +179,13 @@ def _evaluate(run: Run, info: StepInfo) -> None:
 
 
 def _check_preemption(run: Run, info: StepInfo) -> None:
-    """Call at every step on every process (jax's service agrees on the step)."""
-    if run.watcher.requested(info.step):
-        run.step_log.flush()  # a NaN must not be saved as the resume point
-        run.saver.preempted(info.step, info.state, run.watcher.signal_name)
+    """Call at the same points on every process: the start-up's, then every step (jax's
+    service agrees on the point)."""
+    if run.watcher.requested():
+        if run.step_log is not None:
+            run.step_log.flush()  # a NaN must not be saved as the resume point
+        run.saver.preempted(info.step, info.state, run.watcher.signal_name,
+                            trained=info.step > run.start)
 
 
 def _warn_late(run: Run, step: int) -> None:
@@ -197,6 +200,11 @@ def _warn_late(run: Run, step: int) -> None:
                           **record})
         run.late_compile_s += record["seconds"]
     progs.late.clear()
+
+
+def _export(run: Run, info: StepInfo) -> None:
+    """The exports, before the final save marks the run finished (exports.py)."""
+    run.exports = exports.write(run.r, info.state.params, info.step)
 
 
 def _final_save(run: Run, info: StepInfo) -> None:

@@ -46,15 +46,13 @@ from etils import epath
 
 from mypt_jax.data.paths import absolute, as_path
 from mypt_jax.interop.model_io import cause_line
+from mypt_jax.training.checkpoint import read_faults, state_tree
 from mypt_jax.training.checkpoint.policy import Retention, meta_reader
+from mypt_jax.training.checkpoint.read_faults import CheckpointError
 from mypt_jax.training.checkpoint.run_meta import CHECKPOINTS_DIR
 
 ITEMS = ("state", "train_data", "val_data", "meta")  # the iterator items: older checkpoints
 DAMAGED_SUFFIX = ".damaged"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be written or read back; the message is one line for the user."""
 
 
 def _os_error(exc: BaseException) -> OSError | None:
@@ -125,19 +123,6 @@ class Restored:
     val_data: dict
     meta: dict
     damaged: list[str] = field(default_factory=list)  # "checkpoint N (...): why; moved to ..."
-
-
-def _first_problem(problem: str) -> str:
-    """Process 0's problem if any process had one (all of them must move the same step)."""
-    if jax.process_count() == 1:
-        return problem
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    failed_P = np.asarray(multihost_utils.process_allgather(np.int32(bool(problem))))
-    if not failed_P.any():
-        return ""
-    return problem or f"unreadable on process(es) {np.flatnonzero(failed_P).tolist()}"
 
 
 class Checkpointer:
@@ -224,8 +209,7 @@ class Checkpointer:
         wrote)}."""
         if self._timing is None or (not wait and self.manager.is_saving_in_progress()):
             return
-        if wait:
-            self.wait()
+        self.wait()  # a background write that failed raises here, naming its step, unlogged
         t, self._timing = self._timing, None
         total = time.perf_counter() - t["t0"]
         self.timings.append({"step": t["step"], "trigger": t["trigger"], "triggers": t["triggers"],
@@ -233,22 +217,26 @@ class Checkpointer:
                              "overlapped_s": max(total - t["blocking_s"], 0.0)})
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict, dict]:
-        """(state, train position, val position, meta) of `step`."""
+        """(state, train position, val position, meta) of `step`. The saved state tree is
+        compared with `abstract_state` first (state_tree.reader): a different one raises
+        TreeMismatch before any array is read."""
+        target, adapt = state_tree.reader(
+            step, self.manager.item_metadata(step)["state"], abstract_state)
         restored = self.manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                     meta=ocp.args.JsonRestore()),
         )
-        meta = dict(restored.meta)
+        state, meta = adapt(restored.state), dict(restored.meta)
         if "data_position" in meta:
-            return restored.state, *_positions(meta["data_position"]), meta
+            return state, *_positions(meta["data_position"]), meta
         train_sink, val_sink = _IteratorState(), _IteratorState()  # written before: grain files
         self.manager.restore(step, args=ocp.args.Composite(
             train_data=grain.checkpoint.CheckpointRestore(train_sink),
             val_data=grain.checkpoint.CheckpointRestore(val_sink)))
         meta["data_position"] = {"train": train_sink.state["next_index"],
                                  "val": val_sink.state["next_index"]}
-        return restored.state, train_sink.state, val_sink.state, meta
+        return state, train_sink.state, val_sink.state, meta
 
     def restore_meta(self, step: int) -> dict:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
@@ -301,19 +289,19 @@ class Checkpointer:
         """
         damaged: list[str] = []
         for step in sorted(self.all_steps(), reverse=True):
-            meta, problem = _attempt(self.restore_meta, step)
-            problem = _first_problem(problem)
-            if not problem:
+            meta, fault = read_faults.attempt(self.restore_meta, step)
+            if fault is None:
                 if check_meta is not None:
                     check_meta(step, meta)
                 if abstract_state is None:
                     return Restored(step, None, {}, {}, meta, damaged)
-                restored, problem = _attempt(self.restore, step, abstract_state)
-                problem = _first_problem(problem)
-                if not problem:
+                restored, fault = read_faults.attempt(self.restore, step, abstract_state)
+                if fault is None:
                     return Restored(step, *restored, damaged)
+            if fault.kind != read_faults.DAMAGE:
+                raise fault.error(step, self.path(step))
             moved = self.quarantine(step)
-            damaged.append(f"checkpoint {step} ({self.path(step)}) is damaged: {problem}; "
+            damaged.append(f"checkpoint {step} ({self.path(step)}) is damaged: {fault.problem}; "
                            f"moved to {moved}")
         if damaged:
             raise CheckpointError(
@@ -322,13 +310,9 @@ class Checkpointer:
         return None
 
 
-def _attempt(read: Callable[..., Any], *args) -> tuple[Any, str]:
-    """(read(*args), "") or (None, its first cause in one line): orbax, tensorstore and json
-    raise many types for bad bytes, so every exception counts as damage here."""
-    try:
-        return read(*args), ""
-    except Exception as e:
-        return None, cause_line(e)
+# What orbax logs, with a traceback, about a write it then raises to us (reported as one line).
+_ORBAX_REPORTED = ("_SignalingThread.run() raised an exception", "in background save thread",
+                   "Save Finalize thread (save_finalize) failed")
 
 
 def quiet_orphaned_io() -> None:
@@ -359,8 +343,8 @@ def quiet_orphaned_io() -> None:
 
     quiet_excepthook._mypt_quiet = True
     sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
-    logging.getLogger("absl").addFilter(
-        lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage())
+    logging.getLogger("absl").addFilter(lambda record: not any(
+        text in record.getMessage() for text in _ORBAX_REPORTED))
 
     def orphan_task(record: logging.LogRecord) -> bool:
         # asyncio's "Task exception was never retrieved" for the other reads of a failed restore

@@ -9,6 +9,11 @@
 
 Cost model inputs: compile seconds and the step's FLOP rate measured by earlier runs of the
 same model on the same devices (`compile_cache.Timings`), else a backend prior.
+
+With several processes every one must compile the same programs, or they wait for each other
+in a collective forever. Each reads its own timings file (its own cache folder), so process
+0's cost model is broadcast before planning, and the plans' digest is then compared
+(`agreement.check_values`): a plan that still differs stops every process before any compile.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import statistics
 from typing import Any
 
 import jax
+import numpy as np
 
 from mypt_jax.data import batching
 from mypt_jax.training.compilation import compile_cache, shape_plan
 from mypt_jax.training.compilation.fit_check import sharded_batch
 from mypt_jax.training.compilation.program_set import Job, Programs
+from mypt_jax.training.setup import agreement
 from mypt_jax.training.step import train_step as ts
 
 
@@ -51,6 +58,18 @@ def cost_for(timings: compile_cache.Timings, devices: int,
                            known.get("flops_per_s", prior.flops_per_s * scale))
 
 
+def process0_cost(cost: shape_plan.Cost) -> shape_plan.Cost:
+    """Process 0's cost model on every process (itself where there is one process). The two
+    floats travel as their bits in int32 words: exact, whether or not jax has x64 on."""
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return cost
+    bits = np.array([cost.compile_s, cost.flops_per_s], np.float64).view(np.int32)
+    got = np.asarray(multihost_utils.broadcast_one_to_all(bits), np.int32).view(np.float64)
+    return shape_plan.Cost(float(got[0]), float(got[1]))
+
+
 def eval_positions(c) -> list[int]:
     """The val stream position of every eval of the whole run (steps 0, interval, ..., final)."""
     evals = len(range(0, c.max_iters, c.eval_interval)) + 1
@@ -69,14 +88,22 @@ class RunPrograms:
                 "eval": None if self.eval is None else self.eval.to_dict(),
                 "cost_model": dataclasses.asdict(self.cost)}
 
+    def digest(self) -> str:
+        """A hash of the planned programs and which batches run as which (the cost aside)."""
+        plans = {"train": self.train.to_dict(),
+                 "eval": None if self.eval is None else self.eval.to_dict()}
+        return hashlib.sha256(json.dumps(plans).encode()).hexdigest()
+
 
 def plan_run(r, mesh, layout: batching.Layout, train_source, val_losses: list, *,
              timings: compile_cache.Timings, cost: shape_plan.Cost | None = None,
              print_fn=print) -> tuple[RunPrograms, batching.Layout]:
     """The train and eval plans (the eval losses are told their programs); returns the train
-    layout with its planned programs. `cost` defaults to `cost_for(timings)`."""
+    layout with its planned programs. `cost` defaults to `cost_for(timings)`; with several
+    processes, process 0's is used by all, and all must arrive at the same plans (raises
+    agreement.HostsDisagree)."""
     c, mc = r.config, r.model_config
-    cost = cost or cost_for(timings, mesh.size)
+    cost = process0_cost(cost or cost_for(timings, mesh.size))
 
     def planned(kind: str, counts):
         return shape_plan.plan(
@@ -92,21 +119,40 @@ def plan_run(r, mesh, layout: batching.Layout, train_source, val_losses: list, *
             for s, n in val.shape_counts(eval_positions(c)).items():
                 counts[s] = counts.get(s, 0) + n
         eval_plan = planned("eval", counts)
-        for val in val_losses:
-            val.use_programs(eval_plan.programs)
-    return (RunPrograms(Programs(print_fn), train, eval_plan, cost),
-            dataclasses.replace(layout, programs=train.programs))
+    run = RunPrograms(Programs(print_fn), train, eval_plan, cost)
+    agreement.check_values({"the shape plan": run.digest()}, hint=(
+        "each host plans from its own copy of the dataset's episode index: every host needs "
+        "identical dataset files and the same mypt_jax version"))
+    for val in val_losses:
+        val.use_programs(eval_plan.programs)
+    return run, dataclasses.replace(layout, programs=train.programs)
 
 
 def generation_job(r, eval_prompts, generate) -> Job:
     """The eval-prompt generation as a job: compiled by running `generate` once on the
     starting weights (the step-0 eval then finds it in jax.jit's cache; the job's seconds
-    include that one run, milliseconds on an accelerator)."""
+    include that one run, milliseconds on an accelerator). Its weight layout is the evals'
+    (`evals/decode_layout.py`); running out of device memory there is one line naming the
+    fields that change it."""
     from mypt_jax.decoding import eval_prompts as eval_lib
+    from mypt_jax.parallel import device_memory as dm
 
     B, P, N = eval_lib.generation_shape(eval_prompts, r.tokenizer, r.config.block_size,
                                         r.config.eval_max_new_tokens)
-    return Job("generate", f"{B}x{P}+{N}", None, warm=generate)
+
+    def warm():
+        try:
+            return generate()
+        except Exception as e:
+            if not dm.is_oom(e):
+                raise
+            raise MemoryError(
+                f"eval_prompts_file/eval_max_new_tokens: the eval-prompt generation ({B} prompts, "
+                f"{P}+{N} positions) does not fit in device memory beside the train state: "
+                f"{str(e).splitlines()[0][:300]}; fewer or shorter eval prompts, a smaller "
+                "eval_max_new_tokens or a larger mesh_fsdp fit") from e
+
+    return Job("generate", f"{B}x{P}+{N}", None, warm=warm)
 
 
 def compile_run(run: RunPrograms, r, mesh, tx, step_fn: ts.TrainStep, row_fn, *,

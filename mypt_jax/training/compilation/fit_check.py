@@ -6,14 +6,25 @@ preflight compiles the same shapes for slices it does not have (`preflight/progr
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from mypt_jax.data import batching
 from mypt_jax.parallel import device_memory as dm
 from mypt_jax.training.setup import config as cfg_lib
 from mypt_jax.training.step import train_step as ts
+
+
+def bytes_per_device(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded arrays or ShapeDtypeStructs (its shards)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
+    return total
 
 
 def train_shapes(config, mesh, hosts: int) -> list[batching.BatchShape]:

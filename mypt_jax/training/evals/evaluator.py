@@ -10,9 +10,11 @@ from typing import Any
 
 import jax
 
+from mypt_jax.parallel import device_memory as dm
 from mypt_jax.training.checkpoint.run_state import RunState
+from mypt_jax.training.evals import decode_layout as layout_lib
 from mypt_jax.training.evals import health
-from mypt_jax.training.evals.val_loss import ValLoss, decode_layout
+from mypt_jax.training.evals.val_loss import ValLoss
 from mypt_jax.training.observe.metrics import MetricsWriter
 
 
@@ -40,12 +42,25 @@ class Evaluator:
         self.r, self.c, self.mdef, self.mesh, self.writer = r, r.config, mdef, mesh, writer
         self.val_fn, self.sets, self.eval_prompts = val_fn, sets, eval_prompts
         self.schedule, self.on_nan = schedule, on_nan
+        self._decode_plan: layout_lib.DecodePlan | None = None
+
+    def decode_plan(self) -> layout_lib.DecodePlan:
+        """Whether the eval-prompt decode gathers the weights (`decode_layout.plan`), decided
+        once; the slower sharded choice is printed, so a slow decode says why."""
+        if self._decode_plan is None:
+            plan = layout_lib.plan(self.r, self.mesh, len(self.eval_prompts.prompts),
+                                   dm.device_capacity(self.mesh.devices.flat[0]))
+            if not plan.gather:
+                self.writer.print(plan.describe())
+            self._decode_plan = plan
+        return self._decode_plan
 
     def generations(self, params) -> list[dict]:
         if self.eval_prompts is None:
             return []
-        return generate(self.mdef.merge(decode_layout(params, self.mesh)), self.r.tokenizer,
-                        self.eval_prompts, self.c.eval_max_new_tokens)
+        weights = layout_lib.decode_layout(params, self.mesh, self.decode_plan().gather)
+        return generate(self.mdef.merge(weights), self.r.tokenizer, self.eval_prompts,
+                        self.c.eval_max_new_tokens)
 
     def run(self, step: int, params, run: RunState, final: bool = False) -> dict[str, Any]:
         """Evaluates the weights of `step`, advances the val streams, logs the record."""

@@ -22,33 +22,13 @@ import dataclasses
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from mypt_jax.data import batching
 from mypt_jax.data import loader as data
 from mypt_jax.model import loss as loss_lib
 from mypt_jax.model.param_table import param_shardings
+from mypt_jax.training.evals.decode_layout import decode_layout  # noqa: F401 - its old home
 from mypt_jax.training.step.train_step import batch_sharding, replicated
-
-
-def decode_layout(params, mesh):
-    """The weights gathered over the batch axes (fsdp, data) once, for the eval-prompt decode.
-
-    Decoding with the FSDP training layout gathers every layer's weights again for every new
-    token: the compiled generation loop of a 2-layer model on an fsdp=8 CPU mesh holds 15
-    collectives inside the while body, and none with these weights
-    (tests/test_host_work.py). Tensor-parallel splits stay: their all-reduces are the layout.
-    """
-    if mesh.shape["fsdp"] * mesh.shape["data"] == 1:
-        return params
-
-    def gathered(x):
-        keep = [None if a in ("fsdp", "data") else
-                (tuple(n for n in a if n not in ("fsdp", "data")) or None)
-                if isinstance(a, tuple) else a for a in x.sharding.spec]
-        return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*keep)))
-
-    return jax.tree.map(gathered, params)
 
 
 def make_row_loss_step(mdef, mesh, *, loss_chunk_size: int = 0):

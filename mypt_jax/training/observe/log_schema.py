@@ -47,7 +47,7 @@ SCHEMA: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
     "profile": ("a profiler window closed: its steps and trace files", {
         "iter": "int", "steps": "list", "directory": "str", "xplane": "str|null",
         "perfetto_trace": "str|null"}, {}),
-    "nan": ("a NaN loss stopped the run", {
+    "nan": ("a non-finite train loss, gradient norm or update stopped the run", {
         "iter": "int", "error": "str", "last_good_checkpoint": "str"}, {}),
     "preempted": ("SIGTERM/SIGINT: saved and stopped (exit 75)", {
         "iter": "int", "signal": "str", "checkpoint": "str"}, {}),

@@ -1,9 +1,10 @@
 """The train steps' log lines: metrics fetched once per log window, never in between.
 
 The loop dispatches steps without waiting for the devices; `StepLog.flush` fetches the
-dispatched steps' metrics, checks them for NaN and writes the log lines. The hooks call it at
-the end of each log window, and before an eval, a save or the end, so that a NaN stops the
-run before it reaches a checkpoint (training/trainer.register_hooks).
+dispatched steps' metrics, checks that each step's loss, gradient norm and applied update are
+finite (`nonfinite`) and writes the log lines. The hooks call it at the end of each log window,
+and before an eval, a save or the end, so that non-finite weights stop the run before they
+reach a checkpoint (training/trainer.register_hooks).
 """
 
 from __future__ import annotations
@@ -20,6 +21,20 @@ from mypt_jax.model.config import ModelConfig
 from mypt_jax.training.compilation.shape_plan import step_flops
 from mypt_jax.training.observe.metrics import MetricsWriter
 from mypt_jax.training.observe.step_stats import StepWindow
+
+# (metric, its name in the stop message), in the order they are checked: a non-finite loss
+# makes the gradient and the update non-finite too, so the first one found is the cause.
+FINITE_CHECKS = (("train_loss", "train loss"), ("grad_norm", "gradient norm"),
+                 ("update_norm", "optimizer update norm"))
+
+
+def nonfinite(metrics: dict[str, float]) -> tuple[str, float] | None:
+    """(what, value) of a train step's first non-finite check, or None when all three are
+    finite: then so are the weights the step wrote (train_step.update_norm)."""
+    for key, what in FINITE_CHECKS:
+        if not math.isfinite(metrics[key]):
+            return what, metrics[key]
+    return None
 
 
 class StepLog:
@@ -47,8 +62,9 @@ class StepLog:
         fetched = jax.device_get([m for _, m, _ in pending])
         for (step, _, info), metrics in zip(pending, fetched, strict=True):
             m = {k: float(v) for k, v in metrics.items()}
-            if not math.isfinite(m["train_loss"]):
-                self.on_nan("train loss", m["train_loss"], step)
+            bad = nonfinite(m)
+            if bad is not None:
+                self.on_nan(*bad, step)
             self.window.add(info)
             if (step + 1) % self.log_interval == 0 or step + 1 == self.max_iters:
                 self._line(step, m)

@@ -11,8 +11,9 @@ collective forever. So before anything is restored, every process:
    fingerprint; the first field where any process differs is the error on every process,
    naming the field, process 0's value and the processes that differ.
 
-Both exchanges are single `process_allgather`s of a few integers, so a disagreement costs
-one collective and fails in seconds.
+Each exchange is one `process_allgather` of a few integers, so a disagreement fails in
+seconds. `check_values` is the second exchange alone, for what a
+process computes later from those inputs (the shape plan, before anything compiles).
 """
 
 from __future__ import annotations
@@ -57,29 +58,46 @@ def check(workdir, fields: dict[str, str | int]) -> None:
     bits); every process must pass the same names in the same order.
     """
     import jax
-    from jax.experimental import multihost_utils
 
     if jax.process_count() == 1:
         return
-    seen = _workdir_seen(workdir)
-    row = np.array([int(seen), *(_as_int(v) for v in fields.values())], np.int64)
-    table_PF = np.asarray(multihost_utils.process_allgather(row))
-    if not table_PF[:, 0].all():
-        blind = np.flatnonzero(table_PF[:, 0] == 0).tolist()
+    seen_P = _gather([int(_workdir_seen(workdir))])[:, 0]
+    if not seen_P.all():
+        blind = np.flatnonzero(seen_P == 0).tolist()
         raise HostsDisagree(
             f"workdir {workdir}: process(es) {blind} do not see the marker process 0 wrote "
             f"there ({MARKER}); every process of a run needs the same workdir: a gs:// bucket or "
             "a shared filesystem, not a local directory on each host")
-    for i, (name, value) in enumerate(fields.items(), start=1):
-        differ = np.flatnonzero(table_PF[:, i] != table_PF[0, i]).tolist()
-        if differ:
-            theirs = ", ".join(f"process {p}: {_show(table_PF[p, i], value)}" for p in differ)
-            raise HostsDisagree(
-                f"processes disagree on {name}: process 0 has {_show(table_PF[0, i], value)}, "
-                f"{theirs}; every host must see the same workdir, config and dataset files")
+    check_values(fields, "every host must see the same workdir, config and dataset files")
 
 
 def _show(number, like: str | int) -> str:
     if isinstance(like, int):
         return "none" if number < 0 else str(int(number))
     return f"{int(number):0{_HASH_HEX}x}"
+
+
+def check_values(fields: dict[str, str | int], hint: str) -> None:
+    """`check` without the workdir marker: raises HostsDisagree on every process naming the
+    first field where any process differs from process 0, then `hint` (what to fix)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    table_PF = _gather([_as_int(v) for v in fields.values()])
+    for i, (name, value) in enumerate(fields.items()):
+        differ = np.flatnonzero(table_PF[:, i] != table_PF[0, i]).tolist()
+        if differ:
+            theirs = ", ".join(f"process {p}: {_show(table_PF[p, i], value)}" for p in differ)
+            raise HostsDisagree(f"processes disagree on {name}: process 0 has "
+                                f"{_show(table_PF[0, i], value)}, {theirs}; {hint}")
+
+
+def _gather(values: list[int]):
+    """Every process's `values` (int64 table, a row per process). Each value travels as two
+    30-bit words: jax keeps int32 on device unless x64 is on, which would cut a 60-bit hash."""
+    from jax.experimental import multihost_utils
+
+    words = np.array([w for v in values for w in divmod(v, 2**30)], np.int32)
+    words_PW = np.asarray(multihost_utils.process_allgather(words)).astype(np.int64)
+    return words_PW[:, 0::2] * 2**30 + words_PW[:, 1::2]

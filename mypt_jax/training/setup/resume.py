@@ -14,6 +14,7 @@ from typing import Any
 
 from mypt_jax.data import paths
 from mypt_jax.model.config import ModelConfig
+from mypt_jax.training.checkpoint import state_tree
 from mypt_jax.training.checkpoint.manager import Checkpointer, Restored
 from mypt_jax.training.checkpoint.run_state import RunState
 from mypt_jax.training.setup import agreement, identity
@@ -62,6 +63,18 @@ def check_architecture(saved_run: RunState, r: cfg_lib.Resolved, workdir: str) -
     ]
 
 
+def _tree_refusal(e: state_tree.TreeMismatch, notes: list[str], workdir: str) -> cfg_lib.ConfigError:
+    """A checkpoint whose state tree this run cannot read: the fields that changed, and how to
+    go on. Nothing is moved: the checkpoints are intact."""
+    changed = [n.removeprefix("resume: config changed ") for n in notes
+               if n.startswith("resume: config changed ")]
+    return cfg_lib.ConfigError(
+        f"resume from {workdir} refused: {e}; config fields changed since it was written: "
+        f"{'; '.join(changed) or 'none'}; every checkpoint is left in place; resume with the "
+        f"config it was written with, or start a new --workdir with --config.init_from={workdir} "
+        "(the weights carry over, the optimizer starts fresh)")
+
+
 def find_start(r: cfg_lib.Resolved, ckpt: Checkpointer, data_identity: dict,
                abstract_state_fn) -> Start:
     """Agrees with the other processes, then restores the newest intact checkpoint (or none)."""
@@ -89,6 +102,9 @@ def find_start(r: cfg_lib.Resolved, ckpt: Checkpointer, data_identity: dict,
     if head is not None and head.step > c.max_iters:
         raise cfg_lib.ConfigError(
             f"max_iters: {c.max_iters} is below step {head.step} already reached in {c.workdir}")
-    restored = ckpt.restore_newest(abstract_state_fn(), check)
+    try:
+        restored = ckpt.restore_newest(abstract_state_fn(), check)
+    except state_tree.TreeMismatch as e:
+        raise _tree_refusal(e, notes, c.workdir) from e
     warnings = (head.damaged if head else []) + (restored.damaged if restored else [])
     return Start(restored, notes, warnings)

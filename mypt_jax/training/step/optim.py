@@ -62,7 +62,8 @@ class ClipState(NamedTuple):
 
 
 def clip_by_global_norm_upstream(max_norm: float) -> optax.GradientTransformation:
-    """torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6)).
+    """torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6)); `max_norm`
+    <= 0 passes the updates through unchanged (the upstream's "no clipping").
 
     optax.clip_by_global_norm scales by max_norm / max(norm, max_norm) instead, which
     differs slightly whenever clipping is active.
@@ -74,6 +75,8 @@ def clip_by_global_norm_upstream(max_norm: float) -> optax.GradientTransformatio
 
     def update(updates, state, params=None):
         del params
+        if max_norm <= 0:
+            return updates, state
         norm = optax.tree.norm(updates)
         scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
         return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
@@ -139,9 +142,9 @@ class Optimizer:
         """
         values = self.hyper.values if values is None else values
         schedule = schedule_from(values, self.hyper.kind)
-        parts = []
-        if self.grad_clip > 0:
-            parts.append(clip_by_global_norm_upstream(self.grad_clip))
+        # The clip is in the chain whatever its value, so the optimizer state has one tree and
+        # a run resumed with another `grad_clip` (1 -> 0 included) reads its checkpoints.
+        parts = [clip_by_global_norm_upstream(self.grad_clip)]
         parts.append(optax.adamw(schedule, b1=self.beta1, b2=self.beta2, eps=self.eps,
                                  weight_decay=values["weight_decay"], mask=decay_mask))
         tx = optax.chain(*parts)

@@ -163,6 +163,16 @@ def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_siz
                                  mesh)
 
 
+def update_norm(updates: Any) -> jax.Array:
+    """The applied update's global L2 norm, summed in float32: the step's finite-check input.
+
+    It is non-finite when any element is NaN or inf (or beyond ~1e19, squares overflowing), so
+    a finite norm with finite weights before means finite weights after: the host stops on a
+    non-finite one before any save (observe/step_log.py). One reduction, no state.
+    """
+    return optax.tree.norm(jax.tree.map(lambda u: u.astype(jnp.float32), updates))
+
+
 class TrainStep:
     """`step(state, batch) -> (state, metrics)` with the run's hyperparameters as inputs.
 
@@ -254,6 +264,7 @@ def make_train_step(
             "grad_norm": grad_norm,
             "lr": run_schedule(state.step),
             "loss_tokens": count,
+            "update_norm": update_norm(updates),
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -1,0 +1,99 @@
+"""One process's failure stops every process of the run, promptly, with its exit code.
+
+Without this, a process that fails alone (process 0's log or export I/O, a compile, a dataset
+missing on one host) exits, and the others wait in their next collective until jax's
+heartbeat gives up minutes later, then die with a code the launchers do not rerun. So:
+- the failing process writes its exit code and its one-line error into the coordination
+  service's key-value store (`report`); the first report wins, so a process that failed
+  *because* another did exits with the first one's code;
+- every process runs a daemon thread (`watch`) that waits on that key and, when it appears,
+  prints whose failure it was and ends the process with the same code (`os._exit`: the main
+  thread may be blocked inside a collective, where no Python exception reaches it).
+
+Exit 75 (preempted) is not reported: every process reaches it at the same step by itself.
+The launchers then rerun what is meant to be rerun (75, 74) on every host alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+FAILED_KEY = "mypt_jax/failed"
+_ACK_KEY = "mypt_jax/failed_ack/"
+_POLL_MS = 5_000
+_ACK_WAIT_MS = 10_000  # the reporter waits this long for the others to have read it
+NOT_REPORTED = (0, 75)
+
+
+def _client():
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def joined() -> bool:
+    """Whether this process is one of several joined by jax.distributed."""
+    import jax
+
+    return _client() is not None and jax.process_count() > 1
+
+
+def watch() -> bool:
+    """Starts this process's watcher thread (a no-op outside a multi-process run)."""
+    import jax
+
+    if not joined():
+        return False
+    threading.Thread(target=_wait_for_failure, args=(jax.process_index(),), daemon=True,
+                     name="mypt_jax host failure watch").start()
+    return True
+
+
+def _wait_for_failure(me: int) -> None:
+    client = _client()
+    while True:
+        try:
+            value = client.blocking_key_value_get(FAILED_KEY, _POLL_MS)
+            break
+        except Exception as e:  # the client raises one type for a timeout and for a shutdown
+            if "DEADLINE_EXCEEDED" not in str(e) and "deadline" not in str(e).lower():
+                return  # the client is shutting down: the run is ending anyway
+    failure = json.loads(value)
+    if failure["process"] == me:
+        return  # our own report: the main thread is exiting
+    print(f"error: process {failure['process']} failed (exit {failure['code']}): "
+          f"{failure['line']}; this process stops too", file=sys.stderr, flush=True)
+    try:
+        client.key_value_set(f"{_ACK_KEY}{me}", "1")
+    except Exception:
+        pass
+    sys.stdout.flush()
+    os._exit(int(failure["code"]))
+
+
+def report(code: int, line: str) -> int:
+    """Tells the other processes this one fails with `code`; returns the code to exit with
+    (the first report's, if another process failed first). A no-op for one process."""
+    import jax
+
+    if not joined() or code in NOT_REPORTED:
+        return code
+    client, me = _client(), jax.process_index()
+    try:
+        client.key_value_set(FAILED_KEY, json.dumps({"process": me, "code": code,
+                                                     "line": line[-2000:]}))
+    except Exception:  # another process reported first: exit as it does
+        try:
+            return int(json.loads(client.blocking_key_value_get(FAILED_KEY, 1_000))["code"])
+        except Exception:
+            return code
+    for other in range(jax.process_count()):
+        if other != me:
+            try:  # process 0 hosts the store: it must outlive the others' reading
+                client.blocking_key_value_get(f"{_ACK_KEY}{other}", _ACK_WAIT_MS)
+            except Exception:
+                break
+    return code
