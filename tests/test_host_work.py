@@ -210,7 +210,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path):
 
 
 # The generation loop of a 2-layer model on an fsdp=8 CPU mesh, compiled with the training
-# layout and with `val_lib.decode_layout`; prints the collectives inside while bodies.
+# layout and with `decode_layout.decode_layout`; prints the collectives inside while bodies.
 _DECODE_HLO = """
 import json, re
 import jax, jax.numpy as jnp
@@ -218,7 +218,7 @@ from flax import nnx
 from mypt_jax.decoding import decode
 from mypt_jax.model import ModelConfig
 from mypt_jax.parallel import sharding
-from mypt_jax.training.evals import val_loss as val_lib
+from mypt_jax.training.evals import decode_layout
 from mypt_jax.training.step import train_step as ts
 
 mc = ModelConfig(block_size=64, vocab_size=50304, n_embd=64, n_head=4, n_layer=2, dropout=0.0)
@@ -252,7 +252,7 @@ def loop_collectives(params):
     return sum(l.count(op + "(") + l.count(op + "-start(") for n in seen for l in comps[n] for op in ops)
 
 print("COUNTS " + json.dumps([loop_collectives(params),
-                               loop_collectives(val_lib.decode_layout(params, mesh))]))
+                               loop_collectives(decode_layout.decode_layout(params, mesh))]))
 """
 
 

@@ -16,6 +16,7 @@ The launchers then rerun what is meant to be rerun (75, 74) on every host alike.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ import threading
 
 FAILED_KEY = "mypt_jax/failed"
 _ACK_KEY = "mypt_jax/failed_ack/"
-_POLL_MS = 5_000
+_POLL_S = 1.0  # how soon the others learn of a failure
 _ACK_WAIT_MS = 10_000  # the reporter waits this long for the others to have read it
 NOT_REPORTED = (0, 75)
 
@@ -42,25 +43,37 @@ def joined() -> bool:
 
 
 def watch() -> bool:
-    """Starts this process's watcher thread (a no-op outside a multi-process run)."""
+    """Starts this process's watcher thread (a no-op outside a multi-process run). It is
+    stopped at exit before jax's own shutdown (atexit runs last-registered first), so no call
+    of it is in flight when the client closes."""
     import jax
 
     if not joined():
         return False
-    threading.Thread(target=_wait_for_failure, args=(jax.process_index(),), daemon=True,
-                     name="mypt_jax host failure watch").start()
+    stop = threading.Event()
+    thread = threading.Thread(target=_wait_for_failure, args=(jax.process_index(), stop),
+                              daemon=True, name="mypt_jax host failure watch")
+    thread.start()
+
+    def end() -> None:
+        stop.set()
+        thread.join(timeout=2 * _POLL_S)
+
+    atexit.register(end)
     return True
 
 
-def _wait_for_failure(me: int) -> None:
+def _wait_for_failure(me: int, stop: threading.Event) -> None:
     client = _client()
-    while True:
+    while not stop.wait(_POLL_S):
         try:
-            value = client.blocking_key_value_get(FAILED_KEY, _POLL_MS)
+            value = client.key_value_try_get(FAILED_KEY)
             break
-        except Exception as e:  # the client raises one type for a timeout and for a shutdown
-            if "DEADLINE_EXCEEDED" not in str(e) and "deadline" not in str(e).lower():
-                return  # the client is shutting down: the run is ending anyway
+        except Exception as e:  # one exception type for "not there yet" and for a shutdown
+            if "NOT_FOUND" not in str(e):
+                return  # the client is closing: the run is ending anyway
+    else:
+        return
     failure = json.loads(value)
     if failure["process"] == me:
         return  # our own report: the main thread is exiting

@@ -27,7 +27,6 @@ from mypt_jax.data import batching
 from mypt_jax.data import loader as data
 from mypt_jax.model import loss as loss_lib
 from mypt_jax.model.param_table import param_shardings
-from mypt_jax.training.evals.decode_layout import decode_layout  # noqa: F401 - its old home
 from mypt_jax.training.step.train_step import batch_sharding, replicated
 
 
