@@ -77,8 +77,7 @@ def _fail(e: Exception, known: tuple[int, str] | None) -> None:
         print(line, file=sys.stderr, flush=True)
     code = host_failure.report(code, line)
     if joined and code not in host_failure.NOT_REPORTED:
-        sys.stdout.flush()
-        os._exit(code)  # not jax's shutdown barrier: the other processes are gone
+        host_failure.leave(code)  # not jax's shutdown barrier: the other processes are leaving
     sys.exit(code)
 
 

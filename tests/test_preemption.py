@@ -146,13 +146,13 @@ def test_a_signal_stops_the_run_at_the_next_step_and_the_handlers_come_back():
     Ctrl-C is Python's own, and leaving the run restores what was installed before."""
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with preemption.Watcher() as watcher:
-        assert not watcher.requested(0)
+        assert not watcher.requested()
         os.kill(os.getpid(), signal.SIGTERM)
-        assert watcher.requested(1) and watcher.signal_name == "SIGTERM"
+        assert watcher.requested() and watcher.signal_name == "SIGTERM"
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     with preemption.Watcher() as watcher:
         os.kill(os.getpid(), signal.SIGINT)
-        assert watcher.requested(3) and watcher.signal_name == "SIGINT"
+        assert watcher.requested() and watcher.signal_name == "SIGINT"
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     stop = preemption.Preempted(7, "SIGTERM", "runs/x/checkpoints/7")
     assert exit_codes.user_error(stop) == (

@@ -87,6 +87,14 @@ def check(report: MemoryReport | None, capacity: int | None, what: str) -> str |
             f"{capacity / 2**30:.2f} GiB")
 
 
+def local_device(mesh) -> Any:
+    """The first device of `mesh` this process addresses: another host's devices answer no
+    memory questions (jax raises "only supported for addressable devices")."""
+    import jax
+
+    return next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+
+
 def device_capacity(device: Any) -> int | None:
     """Bytes a program may use on a real accelerator (its allocator's limit); None on CPU."""
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None

@@ -8,7 +8,8 @@ heartbeat gives up minutes later, then die with a code the launchers do not reru
   *because* another did exits with the first one's code;
 - every process runs a daemon thread (`watch`) that waits on that key and, when it appears,
   prints whose failure it was and ends the process with the same code (`os._exit`: the main
-  thread may be blocked inside a collective, where no Python exception reaches it).
+  thread may be blocked inside a collective, where no Python exception reaches it);
+- process 0, which hosts the coordination service, leaves last (`leave`).
 
 Exit 75 (preempted) is not reported: every process reaches it at the same step by itself.
 The launchers then rerun what is meant to be rerun (75, 74) on every host alike.
@@ -17,15 +18,18 @@ The launchers then rerun what is meant to be rerun (75, 74) on every host alike.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import sys
 import threading
+import time
 
 FAILED_KEY = "mypt_jax/failed"
 _ACK_KEY = "mypt_jax/failed_ack/"
 _POLL_S = 1.0  # how soon the others learn of a failure
-_ACK_WAIT_MS = 10_000  # the reporter waits this long for the others to have read it
+_ACK_WAIT_S = 10.0  # process 0 waits this long, at most, for the others to leave first
+_EXIT_GRACE_S = 0.5
 NOT_REPORTED = (0, 75)
 
 
@@ -79,12 +83,7 @@ def _wait_for_failure(me: int, stop: threading.Event) -> None:
         return  # our own report: the main thread is exiting
     print(f"error: process {failure['process']} failed (exit {failure['code']}): "
           f"{failure['line']}; this process stops too", file=sys.stderr, flush=True)
-    try:
-        client.key_value_set(f"{_ACK_KEY}{me}", "1")
-    except Exception:
-        pass
-    sys.stdout.flush()
-    os._exit(int(failure["code"]))
+    leave(int(failure["code"]))
 
 
 def report(code: int, line: str) -> int:
@@ -100,13 +99,28 @@ def report(code: int, line: str) -> int:
                                                      "line": line[-2000:]}))
     except Exception:  # another process reported first: exit as it does
         try:
-            return int(json.loads(client.blocking_key_value_get(FAILED_KEY, 1_000))["code"])
+            code = int(json.loads(client.blocking_key_value_get(FAILED_KEY, 1_000))["code"])
         except Exception:
-            return code
-    for other in range(jax.process_count()):
-        if other != me:
-            try:  # process 0 hosts the store: it must outlive the others' reading
-                client.blocking_key_value_get(f"{_ACK_KEY}{other}", _ACK_WAIT_MS)
-            except Exception:
-                break
+            pass
     return code
+
+
+def leave(code: int) -> None:
+    """Ends this process of a failed run with `code`, now. Process 0 hosts the coordination
+    service, so it goes last: a process whose service vanishes is aborted by jax (-6) before
+    it can exit with its own code. The others say they are leaving, then leave."""
+    import jax
+
+    client, me = _client(), jax.process_index()
+    with contextlib.suppress(Exception):
+        client.key_value_set(f"{_ACK_KEY}{me}", "1")
+    if me == 0:
+        deadline = time.monotonic() + _ACK_WAIT_S
+        for other in range(1, jax.process_count()):
+            with contextlib.suppress(Exception):
+                left_ms = max(int((deadline - time.monotonic()) * 1000), 1)
+                client.blocking_key_value_get(f"{_ACK_KEY}{other}", left_ms)
+        time.sleep(_EXIT_GRACE_S)  # their acknowledgement came just before their exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

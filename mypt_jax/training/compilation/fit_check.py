@@ -48,7 +48,7 @@ def check_train_step(step_fn: Any, r: cfg_lib.Resolved, tx: Any, mesh,
     None when it fits or when the backend reports no limit (CPU); else the problem, naming
     the fields that change it.
     """
-    capacity = capacity or dm.device_capacity(mesh.devices.flat[0])
+    capacity = capacity or dm.device_capacity(dm.local_device(mesh))
     if capacity is None:
         return None
     shape = train_shapes(r.config, mesh, jax.process_count())[0]
@@ -65,7 +65,7 @@ def check_train_step(step_fn: Any, r: cfg_lib.Resolved, tx: Any, mesh,
 
 def check_programs(progs, mesh, capacity: int | None = None) -> str | None:
     """The same check on a run's planned train programs, compiled already before step 0."""
-    capacity = capacity or dm.device_capacity(mesh.devices.flat[0])
+    capacity = capacity or dm.device_capacity(dm.local_device(mesh))
     if capacity is None:
         return None
     for (kind, shape), compiled in progs.compiled.items():

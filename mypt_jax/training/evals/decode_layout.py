@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mypt_jax.model.config import ModelConfig
@@ -114,6 +115,17 @@ def plan(r, mesh, rows: int, capacity: int | None) -> DecodePlan:
     cache = kv_cache_bytes(r.model_config, rows, r.model_config.block_size)
     return DecodePlan(gather_fits(gathered, state_bytes, cache, capacity), gathered,
                       state_bytes, cache, capacity)
+
+
+def agreed(plan: DecodePlan) -> DecodePlan:
+    """Process 0's choice on every process: another layout is another program, and processes
+    that run different programs wait for each other forever."""
+    if jax.process_count() == 1:
+        return plan
+    from jax.experimental import multihost_utils
+
+    gather = bool(multihost_utils.broadcast_one_to_all(np.int32(plan.gather)))
+    return dataclasses.replace(plan, gather=gather)
 
 
 def decode_layout(params, mesh, gather: bool = True):

@@ -48,8 +48,9 @@ class Evaluator:
         """Whether the eval-prompt decode gathers the weights (`decode_layout.plan`), decided
         once; the slower sharded choice is printed, so a slow decode says why."""
         if self._decode_plan is None:
-            plan = layout_lib.plan(self.r, self.mesh, len(self.eval_prompts.prompts),
-                                   dm.device_capacity(self.mesh.devices.flat[0]))
+            plan = layout_lib.agreed(layout_lib.plan(
+                self.r, self.mesh, len(self.eval_prompts.prompts),
+                dm.device_capacity(dm.local_device(self.mesh))))
             if not plan.gather:
                 self.writer.print(plan.describe())
             self._decode_plan = plan
