@@ -162,10 +162,12 @@ def test_a_signal_stops_the_run_at_the_next_step_and_the_handlers_come_back():
 @pytest.fixture(scope="module")
 def resumable(tmp_path_factory):
     """A run stopped at step 5 (checkpoint 5), to resume from."""
+    from mypt_jax.training import trainer
+
     tmp = tmp_path_factory.mktemp("startup_stop")
     dataset = train_helpers.make_dataset(tmp)
-    out = train_helpers.run_module(_cli(dataset, tmp / "run", max_iters=5))
-    assert out.returncode == 0, out.stderr[-3000:]
+    trainer.train(train_helpers.tiny_config(
+        dataset, tmp / "run", **{**OVERRIDES, "max_iters": 5}))
     return dataset, tmp / "run"
 
 

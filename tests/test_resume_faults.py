@@ -14,7 +14,7 @@ import train_helpers
 
 from mypt_jax.model import ModelConfig
 from mypt_jax.parallel import sharding
-from mypt_jax.training import exit_codes
+from mypt_jax.training import exit_codes, trainer
 from mypt_jax.training.checkpoint import manager as checkpoint
 from mypt_jax.training.checkpoint import read_faults, state_tree
 from mypt_jax.training.checkpoint.run_state import RunState
@@ -23,8 +23,7 @@ from mypt_jax.training.step import train_step as ts
 
 CFG = ModelConfig(block_size=16, vocab_size=50304, n_embd=16, n_head=2, n_layer=1)
 OVERRIDES = {"max_iters": 10, "checkpoint_interval": 5, "eval_interval": 5, "eval_iters": 1,
-             "log_interval": 5, "n_embd": 32, "block_size": 32, "tensorboard": False,
-             "eval_prompts_file": ""}
+             "log_interval": 5, "eval_prompts_file": "", "warmup_iters": 0, "n_layer": 1}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +31,7 @@ def trained(tmp_path_factory):
     """A run trained to step 10 with grad_clip 1 (checkpoints 5 and 10)."""
     tmp = tmp_path_factory.mktemp("faults")
     dataset = train_helpers.make_dataset(tmp)
-    out = train_helpers.run_module(train_helpers.train_cli(
-        "configs/cpu_tiny.py", tmp / "run", {**OVERRIDES, "dataset_dir": dataset}))
-    assert out.returncode == 0, out.stderr[-3000:]
+    trainer.train(train_helpers.tiny_config(dataset, tmp / "run", **OVERRIDES))
     return dataset, tmp / "run"
 
 
@@ -47,10 +44,11 @@ def test_grad_clip_one_to_zero_on_resume_continues_with_every_checkpoint_in_plac
     dataset, base = trained
     run = tmp_path / "run"
     shutil.copytree(base, run)
-    out = train_helpers.run_module(train_helpers.train_cli("configs/cpu_tiny.py", run, {
-        **OVERRIDES, "dataset_dir": dataset, "max_iters": 15, "grad_clip": 0}))
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "resuming" in out.stdout and "config changed grad_clip: 1.0 -> 0" in out.stdout
+    summary = trainer.train(train_helpers.tiny_config(
+        dataset, run, **{**OVERRIDES, "max_iters": 15, "grad_clip": 0.0}))
+    assert summary["resumed_from"] == 10
+    start = [r for r in train_helpers.read_log(run / "log.jsonl") if r.get("event") == "start"]
+    assert "resume: config changed grad_clip: 1.0 -> 0.0" in start[-1]["notes"]
     assert _steps(run) == ["10", "15", "5"]  # nothing moved aside
 
 
