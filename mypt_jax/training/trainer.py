@@ -68,9 +68,9 @@ def _setup(r: cfg_lib.Resolved, ckpt: Checkpointer, stack: contextlib.ExitStack,
     startup.announce(run)
     run.watcher = watcher
     run.saver = Saver(ckpt, SavePolicy.from_config(run.c), run.state, run.writer)
-    _check_preemption(run, StepInfo(run.start, run.train_state, run.start, 0.0, None))  # restored
+    _startup_point(run)  # restored
     startup.build_programs(run, stack, run.saver.nan_stop)
-    _check_preemption(run, StepInfo(run.start, run.train_state, run.start, 0.0, None))  # compiled
+    _startup_point(run)  # compiled
     run.step_log = StepLog(run.writer, r.model_config, log_interval=run.c.log_interval,
                            max_iters=run.c.max_iters, on_nan=run.saver.nan_stop,
                            input_wait=run.feed.take_wait_s)
@@ -186,6 +186,11 @@ def _check_preemption(run: Run, info: StepInfo) -> None:
             run.step_log.flush()  # a NaN must not be saved as the resume point
         run.saver.preempted(info.step, info.state, run.watcher.signal_name,
                             trained=info.step > run.start)
+
+
+def _startup_point(run: Run) -> None:
+    """A stop asked for during the start-up lands here, before anything new was trained."""
+    _check_preemption(run, StepInfo(run.start, run.train_state, run.start, 0.0))
 
 
 def _warn_late(run: Run, step: int) -> None:

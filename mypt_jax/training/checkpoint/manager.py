@@ -57,13 +57,7 @@ DAMAGED_SUFFIX = ".damaged"
 
 def _os_error(exc: BaseException) -> OSError | None:
     """The OSError behind `exc` (orbax and tensorstore wrap them), or None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return next((e for e in read_faults.causes(exc) if isinstance(e, OSError)), None)
 
 
 def _free_space(path: epath.Path) -> str:

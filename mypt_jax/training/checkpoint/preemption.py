@@ -93,8 +93,9 @@ class Watcher:
             # The next Ctrl-C is Python's KeyboardInterrupt: the user can always abort.
             signal.signal(signal.SIGINT, signal.default_int_handler)
         if first:
-            print(f"{signal.Signals(signum).name} received: finishing the step in flight, then "
-                  "saving a checkpoint (a second Ctrl-C aborts without saving)",
+            print(f"{signal.Signals(signum).name} received: stopping after the step in flight "
+                  "(or at the next start-up point), saving what was trained since the last "
+                  "checkpoint (a second Ctrl-C aborts without saving)",
                   file=sys.stderr, flush=True)
         if _jax_service() is not None:
             self._forward()

@@ -59,7 +59,8 @@ class CheckpointUnavailable(CheckpointError):
     """A checkpoint's storage failed for a while (retried); nothing was moved."""
 
 
-def _chain(exc: BaseException):
+def causes(exc: BaseException):
+    """`exc`, then what caused it, and so on (orbax and tensorstore wrap the errors they meet)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -69,7 +70,7 @@ def _chain(exc: BaseException):
 
 def classify(exc: BaseException) -> str:
     """DAMAGE, TRANSIENT or OTHER for an exception raised while reading a checkpoint."""
-    for e in _chain(exc):
+    for e in causes(exc):
         if isinstance(e, (TimeoutError, ConnectionError)) or (
                 isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNO):
             return TRANSIENT
