@@ -69,6 +69,7 @@ def _fail(e: Exception, known: tuple[int, str] | None) -> None:
     joined = host_failure.joined()
     if known is None and not joined:
         raise e
+    host_failure.failing()
     if known is None:
         traceback.print_exc()
         code, line = 1, f"{type(e).__name__}: {e}".splitlines()[0]

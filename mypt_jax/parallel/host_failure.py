@@ -31,6 +31,8 @@ _POLL_S = 1.0  # how soon the others learn of a failure
 _ACK_WAIT_S = 10.0  # process 0 waits this long, at most, for the others to leave first
 _EXIT_GRACE_S = 0.5
 NOT_REPORTED = (0, 75)
+_LOCK = threading.Lock()
+_FAILING = False
 
 
 def _client():
@@ -79,11 +81,20 @@ def _wait_for_failure(me: int, stop: threading.Event) -> None:
     else:
         return
     failure = json.loads(value)
-    if failure["process"] == me:
-        return  # our own report: the main thread is exiting
-    print(f"error: process {failure['process']} failed (exit {failure['code']}): "
-          f"{failure['line']}; this process stops too", file=sys.stderr, flush=True)
-    leave(int(failure["code"]))
+    with _LOCK:
+        if _FAILING or failure["process"] == me:
+            return  # this process fails by itself (all do, on an agreed error): it says so
+        print(f"error: process {failure['process']} failed (exit {failure['code']}): "
+              f"{failure['line']}; this process stops too", file=sys.stderr, flush=True)
+        leave(int(failure["code"]))
+
+
+def failing() -> None:
+    """This process fails by itself and reports it: from now on its watcher stays quiet, so
+    the user sees one error line per process."""
+    global _FAILING
+    with _LOCK:
+        _FAILING = True
 
 
 def report(code: int, line: str) -> int:
