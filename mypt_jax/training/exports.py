@@ -2,8 +2,8 @@
 
 They are written before the final checkpoint marks the run finished (the `export` hook runs
 before the final save), each one whole or not at all: into a staged sibling, then swapped for
-the old one. A rerun of a finished run writes any export that is missing (`write_missing`),
-so a failure between the two never leaves a finished run without them.
+the old one. A rerun of a finished run writes any export that is `missing`, so one deleted
+(or lost to a failure after the final save) comes back.
 
 Multi-host: the weights are gathered to every process, process 0 writes, the rest wait.
 """

@@ -12,8 +12,8 @@ collective forever. So before anything is restored, every process:
    naming the field, process 0's value and the processes that differ.
 
 Each exchange is one `process_allgather` of a few integers, so a disagreement fails in
-seconds. `check_values` is the second exchange alone, for what a
-process computes later from those inputs (the shape plan, before anything compiles).
+seconds. `check_values` is the second exchange alone, for what a process computes later from
+those inputs (the shape plan, before anything compiles).
 """
 
 from __future__ import annotations
@@ -94,10 +94,11 @@ def check_values(fields: dict[str, str | int], hint: str) -> None:
 
 
 def _gather(values: list[int]):
-    """Every process's `values` (int64 table, a row per process). Each value travels as two
-    30-bit words: jax keeps int32 on device unless x64 is on, which would cut a 60-bit hash."""
+    """Every process's `values` (int64 table, a row per process). Each value travels as the
+    bits of two int32 words (as `compile_plan.process0_cost` sends its floats): jax keeps int32
+    on device unless x64 is on, which would cut a 60-bit hash."""
     from jax.experimental import multihost_utils
 
-    words = np.array([w for v in values for w in divmod(v, 2**30)], np.int32)
-    words_PW = np.asarray(multihost_utils.process_allgather(words)).astype(np.int64)
-    return words_PW[:, 0::2] * 2**30 + words_PW[:, 1::2]
+    words = np.array(values, np.int64).view(np.int32)
+    words_PW = np.asarray(multihost_utils.process_allgather(words), np.int32)
+    return np.ascontiguousarray(words_PW).view(np.int64)
