@@ -80,6 +80,43 @@ def get_config() -> config_dict.ConfigDict:
     c.eval_max_new_tokens = 0  # greedy tokens per eval prompt; 0 = 64, less if block_size leaves less
     c.simple_prompts_after = 500  # health check: simple prompts must start passing by this step
     c.log_interval = 10  # train-metric JSONL/console line every this many steps
+    # Masked-token accuracy (argmax == target where the loss weight is nonzero) on eval_iters
+    # train and val batches at each eval, read from streams of its own (under the dc62a0c
+    # semantics, from the run's streams, whenever use_loss_mask is on).
+    c.token_accuracy = False
+    # The upstream's saturation flags on that accuracy (needs it on): over the last `window`
+    # evals from step `min_steps` on, plateau / memorization shift / gap widening.
+    c.saturation_check = False
+    c.saturation_window = 4
+    c.saturation_min_steps = 200
+    c.saturation_min_delta = 0.002
+    c.saturation_gap_threshold = 0.01
+
+    # ----- GOLD checkpoint: <workdir>_gold holds the best eval's weights (training/evals/gold.py)
+    c.gold_selection = ""  # "" = off | "val_loss" | "hybrid" | "external_gate"
+    c.gold_loss_guards = True  # block a candidate on overfit, rising val loss, eval-set regression
+    c.gold_overfit_ratio = 5.0  # val loss / train loss above this blocks
+    c.gold_consecutive_rises = 2  # this many val-loss rises before the current eval block
+    c.gold_eval_regression = 0.2  # an eval set's loss this fraction above its first blocks
+    c.gold_gate_script = ""  # external gate: a script run at evals; "" = no gate
+    c.gold_gate_args = ()  # its arguments; {model_name} and {output_json} are filled in
+    c.gold_gate_python = ""  # the interpreter it runs with; "" = this one
+    c.gold_gate_cwd = ""  # its working directory (a relative script is found there); "" = here
+    c.gold_gate_timeout_s = 1200  # a gate running longer fails
+    c.gold_gate_interval_evals = 1  # run it at every this many evals
+    c.gold_gate_on_final = True  # and at the final eval
+    c.gold_gate_metric_path = ""  # dotted path of its metric in the output JSON; "" = none
+    c.gold_gate_metric_goal = "max"  # "max" | "min"
+    c.gold_gate_pass_path = "gate_passed"  # dotted path of its pass flag (default: exit status 0)
+    c.gold_gate_require_pass = False  # a failed gate blocks the candidate
+    c.gold_gate_strict = False  # a gate that could not run blocks the candidate
+
+    # ----- which upstream's loop semantics (docs/upstream-compatibility.md) -----
+    # "24cc3fc": the seed-era upstream's loop, which is ours. "dc62a0c": the newer upstream's:
+    # the loss is the mean of the microbatch means, evals read microbatch-sized batches, and
+    # every eval reads eval_iters microbatches of the training stream for its accuracy (so the
+    # batches trained on move on) and eval_iters more of the val stream.
+    c.upstream_semantics = "24cc3fc"
 
     # ----- checkpoints and logs -----
     c.workdir = ""  # where the run lives (checkpoints/, tb/, log.jsonl); --workdir sets it too

@@ -39,6 +39,9 @@ class Fakes:
     def dispatched(self, step, metrics, info):
         self.pending.append((step, metrics["train_loss"]))
 
+    def take_train_loss(self):
+        return None
+
     def flush(self, force=False):
         fetched, self.pending = self.pending, []
         self.calls.append(("flush", len(fetched)))
@@ -107,7 +110,8 @@ def _run(calls, *, max_iters=8, log_interval=4, eval_interval=4, policy=None, na
         train_state=Weights(0), step_log=fakes, feed=fakes, watcher=fakes, shapes_seen=set(),
         planned=types.SimpleNamespace(programs=fakes), step_fn=types.SimpleNamespace(hyper=None),
         profiler=types.SimpleNamespace(on_step=lambda i: None),
-        evaluator=types.SimpleNamespace(run=evaluate), writer=None, late_compile_s=0.0)
+        evaluator=types.SimpleNamespace(run=evaluate), writer=None, late_compile_s=0.0,
+        gold=None, train_position_of=lambda update: update)
     run.saver = FakeSaver(calls, state, policy)
     return run
 

@@ -377,3 +377,58 @@ def test_a_curriculum_compiles_each_program_once_and_sums_its_phases(tmp_path):
     train = next(p for p in report["programs"] if p["kind"] == "train")
     assert train["hbm"]["collective"] > 0 and train["roofline"]["collective_s"] > 0
     assert "four-phase wall-clock" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- upstream recipes
+
+FULL_PHASE3 = "tests/fixtures/upstream_configs/full/phase3_chat_sft.json"  # the upstream's, unshrunk
+# The upstream's 750M RoPE/SwiGLU/RMSNorm model, head tied to the embedding: the unique
+# parameters of its state_dict (the project's spec, UPSTREAM_MODEL.md section 5).
+PHASE3_PARAMS = 698_911_104
+
+
+def test_upstream_recipe_flags_need_none_of_the_runs_files(tmp_path):
+    from mypt_jax.interop import upstream_cli
+
+    argv = ["--config_file", FULL_PHASE3, "--init_from_model", "no_such_model",
+            "--dataset_dir", str(tmp_path / "absent"), "--topology", "v5p-8",
+            "--config.max_iters=200"]
+    translation, rest, keep = upstream_cli.from_argv(argv, check_init=False)
+    assert rest == [f"--config={upstream_cli.base_preset()}", "--topology", "v5p-8",
+                    "--config.max_iters=200"] and keep == {"max_iters"}
+    assert translation.overrides["init_from"] == os.path.join("checkpoints", "no_such_model")
+    assert "from the init model" in translation.summary  # as mypt_jax.train would say
+    with pytest.raises(upstream_cli.UpstreamConfigError, match="no_such_model does not exist"):
+        upstream_cli.from_argv(argv)  # training looks for the init checkpoint
+    # Where it exists, both translate alike (an absolute path is taken as it is).
+    (tmp_path / "init").mkdir()
+    there = [*argv[:3], str(tmp_path / "init"), *argv[4:]]
+    assert upstream_cli.from_argv(there, check_init=False) == upstream_cli.from_argv(there)
+    (config,) = preflight.load_configs([rest[0].split("=", 1)[1]], rest[-1:], "", translation, keep)
+    assert (config.max_iters, config.batch_size, config.grad_accum_steps) == (200, 12, 3)
+    with pytest.raises(ValueError, match="one phase's recipe"):
+        preflight.load_configs(["configs/cpu_tiny.py"] * 2, [], "", translation, keep)
+
+
+@pytest.mark.slow
+def test_the_upstream_phase3_recipe_at_full_size_on_v5p_8(tmp_path):
+    # The largest train step alone: XLA's TPU compile of its one scanned block at 4096
+    # positions (35-60 s on 2 CPU cores) is nearly all of the test's time.
+    proc, report = _cli(tmp_path, "--config_file", FULL_PHASE3, "--topology", "v5p-8",
+                        "--init_from_model", "phase2_gold", "--dataset_dir", "data/absent",
+                        "--programs", "train", "--largest_shape_only", "--no_suggest",
+                        "--mix_batches", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("batch_size x grad_accum_steps -> batch_size 12 in 3 microbatches (upstream: per "
+            "microbatch)") in proc.stderr
+    assert report["batch_size"] == 12 and report["grad_accum_steps"] == 3  # 3 x 4 rows
+    (train,) = report["programs"]
+    assert (train["shape"]["rows"], train["shape"]["length"]) == (12, 4096)
+    assert report["model"]["params"] == PHASE3_PARAMS and report["model"]["remat"] == "full"
+    assert "| 698.9M params | remat full | batch 12 (accum 3)" in proc.stdout.splitlines()[0]
+    # fp32 weights and two AdamW moments, 12 bytes a parameter (7.81 GiB), in every program.
+    assert 12 * PHASE3_PARAMS <= report["host"]["state_bytes"] < 12 * PHASE3_PARAMS + 1024
+    m = train["memory"]
+    assert m["arguments"] >= 12 * PHASE3_PARAMS and m["temporaries"] > 0
+    assert m["required"] < train["capacity"] == report["target"]["capacity_per_device"]
+    assert train["fits"] and report["fits"] and proc.stdout.splitlines()[-1] == "fits"

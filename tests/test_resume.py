@@ -58,7 +58,14 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
 
 
 
-def test_a_resumed_run_takes_the_uninterrupted_runs_next_batches(tmp_path):
+# dc62a0c: evals draw training microbatches, so the train stream's position is not a function
+# of the step alone; the resume point must carry it (training/setup/semantics.py).
+NEWER = {"upstream_semantics": "dc62a0c", "grad_accum_steps": 2, "batch_size": 16,
+         "eval_interval": 2, "eval_iters": 1}
+
+
+@pytest.mark.parametrize("loop", [{"eval_interval": 100}, NEWER], ids=["ours", "dc62a0c"])
+def test_a_resumed_run_takes_the_uninterrupted_runs_next_batches(tmp_path, loop):
     """In-process and short, the fast tier's resume check: 4 steps, then a rerun of the same
     config to 6, against 6 steps in one go; the resumed steps' losses are the same numbers."""
     from mypt_jax.training import trainer
@@ -66,9 +73,9 @@ def test_a_resumed_run_takes_the_uninterrupted_runs_next_batches(tmp_path):
     dataset = train_helpers.make_dataset(tmp_path, n=20)
 
     def config(workdir, steps):
-        return train_helpers.tiny_config(dataset, workdir, max_iters=steps, eval_interval=100,
+        return train_helpers.tiny_config(dataset, workdir, max_iters=steps,
                                          checkpoint_interval=2, warmup_iters=1, log_interval=1,
-                                         eval_prompts_file="", dropout=0.1)
+                                         eval_prompts_file="", dropout=0.1, **loop)
 
     trainer.train(config(tmp_path / "ref", 6))
     assert trainer.train(config(tmp_path / "run", 4))["resumed_from"] is None

@@ -261,13 +261,15 @@ ACCEPTED = {
         "warmup_iters": 120, "batch_size": 16, "freeze_layers": 3, "freeze_embeddings": False,
         "epoch_seed": 7778, "log_file": "logs/train/phase3a_operator_packed.jsonl"},
 }
-SATURATION = ("token_accuracy_saturation: not implemented: the upstream scores masked-token "
-              "accuracy on eval_iters train and val batches at each eval (its train batches "
-              "taken from the training stream) and only logs a plateau flag; without the field "
-              "the training is the same")
-GOLD = ("gold_selection: not implemented: the upstream copies a <model_name>_gold checkpoint "
-        "chosen by val loss behind overfit, rising-loss and eval-regression guards, or by an "
-        "external gate script; here keep_best keeps the best checkpoints by val loss")
+# dc62a0c's gold_selection object as phase2_8b_echo_rebalance.json writes it.
+GOLD = {"strategy": "external_gate", "apply_loss_guards": True,
+        "guards": {"overfit_ratio": 6.0, "consecutive_rises": 3, "eval_regression": 0.25},
+        "external_gate": {"enabled": True, "script": "scripts/eval/eval_phase2_8_bridge.py",
+                          "args": ["--model", "{model_name}", "--output", "{output_json}",
+                                   "--no_system_prompt"],
+                          "timeout_s": 1200, "run_interval_evals": 1, "run_on_final_eval": False,
+                          "metric_path": "hard_avg_rate", "metric_goal": "max",
+                          "pass_path": "gate_passed", "require_pass": False, "strict": False}}
 
 
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
@@ -279,7 +281,10 @@ def test_newer_upstream_configs_map_field_by_field(name, tmp_path):
 
     path = FIXTURES / name
     config, translation, _ = _translate(["--config_file", str(path)])
-    assert translation.overrides == ACCEPTED[name]
+    assert translation.overrides == {**ACCEPTED[name], "upstream_semantics": "dc62a0c"}
+    # dc62a0c's cosine to 10% of the peak, and its saturation check on with the loss mask.
+    assert (config.lr_schedule, config.min_lr, config.saturation_check) == (
+        "cosine", 0.1 * ACCEPTED[name]["learning_rate"], True)
     r = cfg_lib.resolve(config, str(tmp_path), num_devices=1, process_count=1, read_files=False)
     model = GPT(r.model_config, rngs=nnx.Rngs(0))  # the shrunk model builds
     assert model.blocks.arrays()["gate_kernel"].shape[0] == 4 and not hasattr(model, "wpe")
@@ -290,33 +295,73 @@ def test_newer_upstream_configs_map_field_by_field(name, tmp_path):
         assert (f"batch_size x grad_accum_steps -> batch_size {batch} in {k} microbatches "
                 "(upstream: per microbatch)") in translation.summary
     assert "ignored here as by the upstream: pad_token_id, epoch_drop_last" in translation.summary
+    assert "upstream_semantics dc62a0c (the file carries " in translation.summary
     assert "\n" not in translation.summary
 
 
-def test_newer_upstream_config_refused_names_the_field_and_why(tmp_path):
-    path = FIXTURES / "phase3_1_restart.json"
-    with pytest.raises(upstream_cli.UpstreamConfigError) as info:
-        _translate(["--config_file", str(path)])
-    assert str(info.value) == f"--config_file {path}: {SATURATION}"
-    # Without it the file maps like phase3_chat_sft.json (its other fields but three).
-    restart = {k: v for k, v in json.loads(path.read_text()).items()
-               if k != "token_accuracy_saturation"}
-    (tmp_path / "c.json").write_text(json.dumps(restart))
-    assert _translate(["--config_file", str(tmp_path / "c.json")])[1].overrides == {
-        **ACCEPTED["phase3_chat_sft.json"], "learning_rate": 1.5e-5, "max_iters": 450,
-        "warmup_iters": 60, "log_file": "logs/train/phase3_1_restart.jsonl"}
+def test_the_recipe_decides_the_semantics_and_a_field_overrides_it(tmp_path):
+    path = tmp_path / "c.json"
+    cases = (({"learning_rate": 1e-4, "eval_sets": {"a": "d"}, "eval_seed": 1}, "24cc3fc"),
+             ({"learning_rate": 1e-4, "freeze_layers": 1}, "dc62a0c"),
+             ({"learning_rate": 1e-4, "freeze_layers": 1, "upstream_semantics": "24cc3fc"},
+              "24cc3fc"))
+    for content, semantics in cases:
+        path.write_text(json.dumps(content))
+        config, translation, _ = _translate(["--config_file", str(path)])
+        assert (config.upstream_semantics, config.lr_schedule) == (
+            semantics, "cosine" if semantics == "dc62a0c" else "constant"), content
+        assert f"upstream_semantics {semantics} (" in translation.summary
+    # --config.upstream_semantics wins over the file, and the file's defaults go with it.
+    path.write_text(json.dumps({"learning_rate": 1e-4, "freeze_layers": 1}))
+    keep = {"upstream_semantics"}
+    preset = base.get_config()
+    config, _, _ = _translate(["--config_file", str(path)], keep, preset)
+    assert (config.upstream_semantics, config.lr_schedule, config.min_lr) == ("24cc3fc", "constant", 0.0)
+    assert _translate(["--max_iters", "5"])[0].upstream_semantics == "24cc3fc"  # flags alone
 
 
-def test_newer_fields_refused_alone_and_save_every(tmp_path):
+def test_saturation_and_gold_objects_map_to_flat_fields(tmp_path):
+    config, translation, _ = _translate(["--config_file", str(FIXTURES / "phase3_1_restart.json")])
+    assert {k: config[k] for k in ("saturation_check", "saturation_window", "saturation_min_steps",
+                                   "saturation_min_delta", "saturation_gap_threshold")} == {
+        "saturation_check": True, "saturation_window": 4, "saturation_min_steps": 200,
+        "saturation_min_delta": 0.002, "saturation_gap_threshold": 0.01}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"learning_rate": 1e-4, "gold_selection": GOLD,
+                                "token_accuracy_saturation": {"enabled": False}}))
+    config = _translate(["--config_file", str(path)])[0]
+    assert not config.saturation_check  # the file's enabled beats the mask default
+    assert {k: config[k] for k in config if k.startswith("gold_")} == {
+        "gold_selection": "external_gate", "gold_loss_guards": True, "gold_overfit_ratio": 6.0,
+        "gold_consecutive_rises": 3, "gold_eval_regression": 0.25,
+        "gold_gate_script": "scripts/eval/eval_phase2_8_bridge.py",
+        "gold_gate_args": ("--model", "{model_name}", "--output", "{output_json}",
+                           "--no_system_prompt"),
+        "gold_gate_python": "", "gold_gate_cwd": "", "gold_gate_timeout_s": 1200,
+        "gold_gate_interval_evals": 1, "gold_gate_on_final": False,
+        "gold_gate_metric_path": "hard_avg_rate", "gold_gate_metric_goal": "max",
+        "gold_gate_pass_path": "gate_passed", "gold_gate_require_pass": False,
+        "gold_gate_strict": False}
+    off = {**GOLD, "external_gate": {**GOLD["external_gate"], "enabled": False}}
+    path.write_text(json.dumps({"gold_selection": off}))
+    assert _translate(["--config_file", str(path)])[0].gold_gate_script == ""  # no gate
+    for content, message in (
+            ({"token_accuracy_saturation": {"action": "stop"}},
+             "token_accuracy_saturation: action 'stop': only 'log_and_flag' exists"),
+            ({"token_accuracy_saturation": {"windows": 3}},
+             "token_accuracy_saturation: unknown key 'windows'"),
+            ({"gold_selection": {"guards": {"overfit": 2}}},
+             "gold_selection.guards: unknown key 'overfit'")):
+        path.write_text(json.dumps(content))
+        with pytest.raises(upstream_cli.UpstreamConfigError) as info:
+            _translate(["--config_file", str(path)])
+        assert str(info.value).startswith(f"--config_file {path}: {message}"), str(info.value)
+
+
+def test_save_every_is_ignored_as_upstream(tmp_path):
     _, translation, _ = _translate(["--config_file", str(FIXTURES / "phase3_chat_sft.json")])
     assert re.search(r"ignored here as by the upstream: [^;]*save_every", translation.summary)
     assert translation.overrides["checkpoint_interval"] == 0
-    path = tmp_path / "c.json"
-    for field, message in (("token_accuracy_saturation", SATURATION), ("gold_selection", GOLD)):
-        path.write_text(json.dumps({"learning_rate": 1e-4, field: {"enabled": True}}))
-        with pytest.raises(upstream_cli.UpstreamConfigError) as info:
-            _translate(["--config_file", str(path)])
-        assert str(info.value) == f"--config_file {path}: {message}"
 
 
 def test_grad_accum_steps_scales_the_upstream_batch(tmp_path):

@@ -150,7 +150,14 @@ def _load_split(kwargs: dict) -> EpisodeSplit:
 
 
 class EpisodeBatchSource:
-    """grain random-access source: item k is this process's rows of global batch k."""
+    """grain random-access source: item k is this process's rows of the global batch that
+    starts at draw k.
+
+    A draw is `draw_rows` stream elements (default: the whole batch, so item k is global
+    batch k). The newer upstream's loop draws microbatches (training/setup/semantics.py):
+    there a batch is `batch_size / draw_rows` consecutive draws, and its evals take draws
+    between two updates' batches.
+    """
 
     def __init__(
         self,
@@ -167,6 +174,7 @@ class EpisodeBatchSource:
         process_count: int = 1,
         split_kwargs: dict | None = None,
         row_stats: bool = False,
+        draw_rows: int | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"batch_sampling_mode must be one of {MODES}, got {mode!r}")
@@ -184,6 +192,9 @@ class EpisodeBatchSource:
         self.use_loss_mask = use_loss_mask
         self.process_index, self.process_count = process_index, process_count
         self.local_batch_size = batch_size // process_count
+        self.draw_rows = draw_rows or batch_size
+        if batch_size % self.draw_rows:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of draw_rows {draw_rows}")
         self.row_stats = row_stats
         self._split_kwargs = split_kwargs  # how to reload `split` after pickling
         self._init_order()
@@ -194,16 +205,18 @@ class EpisodeBatchSource:
         if self.mode == "epoch":
             self._epoch_order = _EpochOrder(n, self.epoch_seed, self.shuffle)
         else:
-            self._random_draws = _RandomDraws(n, self.epoch_seed, self.batch_size)
+            self._random_draws = _RandomDraws(n, self.epoch_seed, self.draw_rows)
 
     def __len__(self) -> int:
         return STREAM_LENGTH
 
     def global_episode_ids(self, batch: int) -> np.ndarray:
-        """Indices into G of every row of global batch `batch`, all processes' in order."""
+        """Indices into G of every row of the global batch at draw `batch`, all processes'
+        in order."""
         if self.mode == "random":
-            return self._random_draws(batch)
-        return self._epoch_order(batch * self.batch_size + np.arange(self.batch_size))
+            draws = range(batch, batch + self.batch_size // self.draw_rows)
+            return np.concatenate([self._random_draws(k) for k in draws])
+        return self._epoch_order(batch * self.draw_rows + np.arange(self.batch_size))
 
     def episode_ids(self, batch: int) -> np.ndarray:
         """Indices into G of this process's rows of global batch `batch`."""
@@ -312,6 +325,7 @@ def make_source(
     process_count: int | None = None,
     val_fallback: str | None = None,
     row_stats: bool = False,
+    draw_rows: int | None = None,
 ) -> EpisodeBatchSource:
     """The random-access stream of a split: item k is this process's rows of global batch k.
 
@@ -322,7 +336,8 @@ def make_source(
     `tokenizer` defaults to the dataset's tokenizer_state.json; a given one must agree with
     it. `val_fallback="train"` lets a missing val split read the train episodes.
     `row_stats=True` adds `global_lengths`/`global_trained` (int32[batch_size]) for
-    `batching.shape_batch`.
+    `batching.shape_batch`. `draw_rows` (default batch_size) is the unit of k: item k
+    starts at stream element k * draw_rows.
     """
     if process_index is None or process_count is None:
         import jax  # only for the defaults; the loader itself is numpy
@@ -350,6 +365,7 @@ def make_source(
         process_count=process_count,
         split_kwargs=split_kwargs,
         row_stats=row_stats,
+        draw_rows=draw_rows,
     )
 
 

@@ -14,6 +14,9 @@ Names: `--model_name X` is the workdir `checkpoints/X`, and `--init_from_model X
 `checkpoints/X` (an absolute path stays), as upstream, so the seed's later phases and
 `python -m mypt_jax.generate --model X` find a run by its name. JSON fields map as `JSON_FIELDS`
 and `_translated` say; a field this module does not know fails, naming the file and field.
+
+Which upstream's loop the run reproduces, seed-era (24cc3fc) or newer (dc62a0c), follows the
+recipe (`upstream_newer.semantics_for`) and is printed in the mapping line.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 
 from ml_collections import config_dict
 
+from mypt_jax.interop import upstream_newer
+
 CHECKPOINTS = "checkpoints"  # where the upstream keeps runs by name
 # JSON fields that are config fields of the same name.
 JSON_FIELDS = (
@@ -40,19 +45,9 @@ JSON_FIELDS = (
     "pos_encoding", "mlp_type", "norm_type", "rope_theta", "rope_scale", "freeze_layers",
     "freeze_embeddings",
 )
-# JSON fields turned into other fields (`_translated`).
-TRANSLATED = ("use_amp", "amp_dtype", "use_checkpoint", "eval_sets", "grad_accum_steps")
-# Newer upstream fields with nothing behind them here: a file holding one is refused.
-REFUSED = {
-    "token_accuracy_saturation": (
-        "not implemented: the upstream scores masked-token accuracy on eval_iters train and val "
-        "batches at each eval (its train batches taken from the training stream) and only logs "
-        "a plateau flag; without the field the training is the same"),
-    "gold_selection": (
-        "not implemented: the upstream copies a <model_name>_gold checkpoint chosen by val loss "
-        "behind overfit, rising-loss and eval-regression guards, or by an external gate script; "
-        "here keep_best keeps the best checkpoints by val loss"),
-}
+# JSON fields turned into other fields (`_translated`; `upstream_newer` for the last three).
+TRANSLATED = ("use_amp", "amp_dtype", "use_checkpoint", "eval_sets", "grad_accum_steps",
+              "token_accuracy_saturation", "gold_selection", "upstream_semantics")
 # Read by the upstream and never used: accepted and left out here too.
 UPSTREAM_IGNORED = {
     "pad_token_id": "the pad is always <myPT_eot>",
@@ -96,6 +91,8 @@ class Translation:
     overrides: dict[str, Any]  # config field -> value
     origins: dict[str, str]  # config field -> the flag or JSON file it came from (for errors)
     summary: str  # one line: where the JSON fields went and what the upstream ignored
+    semantics: str = "24cc3fc"  # the upstream loop it reproduces (upstream_newer)
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)  # the JSON file's fields
 
 
 # ----------------------------------------------------------------------------- flags
@@ -167,8 +164,7 @@ def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
         raise UpstreamConfigError(f"--config_file {path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(data, dict):
         raise UpstreamConfigError(f"--config_file {path}: expected a JSON object of config fields")
-    known = (set(JSON_FIELDS) | set(TRANSLATED) | set(UPSTREAM_IGNORED) | set(NO_COUNTERPART)
-             | set(REFUSED))
+    known = set(JSON_FIELDS) | set(TRANSLATED) | set(UPSTREAM_IGNORED) | set(NO_COUNTERPART)
     unknown = sorted(set(data) - known)
     if unknown:  # the upstream's GPTConfig(**rest) refused them too (TypeError)
         raise UpstreamConfigError(
@@ -206,13 +202,6 @@ def _eval_sets(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
     return ",".join(f"{name}={path}" for name, path in sets.items())
 
 
-def _refuse(data: dict[str, Any], where: str) -> None:
-    """One error naming every refused field of the file, each with its reason."""
-    reasons = [f"{k}: {REFUSED[k]}" for k in REFUSED if k in data]
-    if reasons:
-        raise UpstreamConfigError(f"{where}: {'; '.join(reasons)}")
-
-
 def _grad_accum(data: dict[str, Any], flags: dict[str, Any], where: str) -> dict[str, Any]:
     """The upstream's batch_size is per microbatch (grad_accum_steps of them per update); ours
     is per update, split into grad_accum_steps microbatches."""
@@ -231,9 +220,14 @@ def _grad_accum(data: dict[str, Any], flags: dict[str, Any], where: str) -> dict
 
 def _translated(data: dict[str, Any], flags: dict[str, Any], where: str) -> dict[str, Any]:
     """use_amp/amp_dtype -> precision, use_checkpoint -> remat, grad_accum_steps ->
-    grad_accum_steps and the batch per update, eval_sets (and --eval_dataset_dir) -> eval_sets."""
-    _refuse(data, where)  # first: a refused field is the reason that matters
+    grad_accum_steps and the batch per update, eval_sets (and --eval_dataset_dir) -> eval_sets,
+    the newer upstream's objects -> saturation_* and gold_* (upstream_newer)."""
     out: dict[str, Any] = {}
+    try:
+        out.update(upstream_newer.saturation(data, where))
+        out.update(upstream_newer.gold(data, where))
+    except upstream_newer.RecipeError as e:
+        raise UpstreamConfigError(str(e)) from None
     if any(k in data or k in flags for k in ("use_amp", "amp_dtype")):
         use_amp = flags.get("use_amp", data.get("use_amp", True))  # the upstream defaults
         amp_dtype = flags.get("amp_dtype", data.get("amp_dtype", "bf16"))
@@ -288,6 +282,8 @@ def translate(args: argparse.Namespace) -> Translation:
 
     overrides: dict[str, Any] = {k: data[k] for k in JSON_FIELDS if k in data and data[k] is not None}
     overrides.update(_translated(data, flags, where))
+    semantics, _ = upstream_newer.semantics_for(data)
+    overrides["upstream_semantics"] = semantics
     origins = dict.fromkeys(overrides, where)
     overrides.update(UPSTREAM_CADENCE)
     origins.update(dict.fromkeys(UPSTREAM_CADENCE, "the upstream's save cadence"))
@@ -302,13 +298,14 @@ def translate(args: argparse.Namespace) -> Translation:
         from_flags["batch_size"] = overrides["batch_size"]  # --batch_size is per microbatch too
     overrides.update(from_flags)
     origins.update({k: "flags" for k in from_flags})
-    return Translation(overrides, origins, summary(data, flags, where))
+    return Translation(overrides, origins, summary(data, flags, where), semantics, data)
 
 
 def summary(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
     """One line: which JSON fields went where, which the upstream ignored, which have no use here."""
     if not data:
-        return f"upstream flags: {', '.join(sorted(flags))}"
+        return (f"upstream flags: {', '.join(sorted(flags))}; upstream_semantics 24cc3fc "
+                "(no config file: the seed-era loop)")
     accum = "grad_accum_steps" in data
     same = [k for k in JSON_FIELDS if k in data and not (accum and k == "batch_size")]
     parts = [f"{where}: {', '.join(same)} -> the config fields of the same names"]
@@ -334,13 +331,26 @@ def summary(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
     unused = [k for k in NO_COUNTERPART if k in data]
     if unused:
         parts.append(f"no use here: {', '.join(unused)}")
-    return "; ".join(parts)
+    return "; ".join([*parts, _semantics_part(data)])
+
+
+def _semantics_part(data: dict[str, Any]) -> str:
+    semantics, deciders = upstream_newer.semantics_for(data)
+    why = ("set in the file" if deciders == ["upstream_semantics"] else
+           f"the file carries {', '.join(deciders)}, which only the newer upstream reads"
+           if deciders else "every field of the file is one the seed-era upstream read")
+    text = f"upstream_semantics {semantics} ({why})"
+    if semantics == "dc62a0c":
+        text += (": cosine decay to 10% of learning_rate, the loss a mean of microbatch means, "
+                 "evals of microbatches that also draw eval_iters training microbatches")
+    return text
 
 
 def apply(config: config_dict.ConfigDict, translation: Translation,
           keep: set[str]) -> config_dict.ConfigDict:
     """`config` with the overrides set, except fields in `keep` (set by --config.field)."""
     config = config_dict.ConfigDict(config.to_dict())
+    semantics = translation.overrides.get("upstream_semantics", translation.semantics)
     for field, value in translation.overrides.items():
         if field in keep:
             continue
@@ -352,4 +362,40 @@ def apply(config: config_dict.ConfigDict, translation: Translation,
         except TypeError:
             raise UpstreamConfigError(
                 f"{where}: {field}: expected {type(config[field]).__name__}, got {value!r}") from None
+    semantics = config.upstream_semantics if "upstream_semantics" in keep else semantics
+    upstream_newer.defaults(config, semantics, translation.data, keep)
     return config
+
+
+# ----------------------------------------------------------------------------- a command line
+
+
+def from_argv(argv: Sequence[str], *, check_init: bool = True
+              ) -> tuple[Translation | None, list[str], frozenset[str]]:
+    """A command line's upstream flags, translated (None when it gives none); its other
+    arguments, led by `--config=<configs/base.py>` when it gives upstream flags and no --config;
+    and the fields its `--config.field` arguments set, which `apply` leaves as they are.
+
+    `check_init=False` (the preflight, away from the run's files) takes `--init_from_model X`
+    as checkpoints/X without looking for it there. Raises UpstreamConfigError.
+    """
+    args, rest = split_argv(argv)
+    translation = None
+    if given(args):
+        translation = translate(args) if check_init else _translate_unchecked_init(args)
+        if not any(a == "--config" or a.startswith("--config=") for a in rest):
+            rest.insert(0, f"--config={base_preset()}")
+    return translation, rest, frozenset(config_overrides_in(rest))
+
+
+def _translate_unchecked_init(args: argparse.Namespace) -> Translation:
+    """`translate`, with --init_from_model's checkpoints/<name> not looked for on disk."""
+    flags = given(args)
+    if "init_from_model" not in flags:
+        return translate(args)
+    t = translate(argparse.Namespace(**{**vars(args), "init_from_model": None}))
+    where = f"--config_file {flags['config_file']}" if "config_file" in flags else "flags"
+    init = os.path.join(CHECKPOINTS, flags["init_from_model"])
+    return dataclasses.replace(t, overrides={**t.overrides, "init_from": init},
+                               origins={**t.origins, "init_from": "flags"},
+                               summary=summary(t.data, flags, where))

@@ -57,8 +57,11 @@ def head_ce_rows(
     mask_BxT: jax.Array,
     chunk_size: int = 0,
     mesh: jax.sharding.Mesh | None = None,
-) -> tuple[jax.Array, jax.Array]:
+    accuracy: bool = False,
+) -> tuple[jax.Array, ...]:
     """Per row: (masked CE sum [B], mask count [B]); forward only, the eval's per-episode sums.
+    `accuracy=True` adds (targets predicted [B], targets scored [B]): the argmax of the logits
+    equals the target, counted where the mask (weight) is nonzero.
 
     Every token's loss is computed as in `head_ce_sums` (the same `_head_chunk`, mapped over
     rows), so a batch's sum rebuilt from its rows' sums is the batch's loss sum.
@@ -69,10 +72,20 @@ def head_ce_rows(
     n = T // k
     xs = (h_BxTxC.reshape(B, n, k, C).swapaxes(0, 1),
           targets_BxT.reshape(B, n, k).swapaxes(0, 1), mask_BxT.reshape(B, n, k).swapaxes(0, 1))
-    row_sums = jax.vmap(lambda h_KxC, y_K, m_K: _head_chunk(h_KxC, w_VxC, b_V, y_K, m_K, False))
-    sums_B = jax.lax.scan(lambda acc, x: (acc + row_sums(*x), None),
-                          jnp.zeros((B,), jnp.float32), xs)[0]
-    return sums_B, jnp.sum(mask_BxT, axis=-1)
+
+    def row(h_KxC, y_K, m_K):
+        loss = _head_chunk(h_KxC, w_VxC, b_V, y_K, m_K, False)
+        if not accuracy:
+            return (loss,)
+        scored_K = m_K != 0
+        hit_K = jnp.argmax(_chunk_logits(h_KxC, w_VxC, b_V), axis=-1) == y_K
+        return loss, jnp.sum(hit_K & scored_K, dtype=jnp.float32), jnp.sum(scored_K, dtype=jnp.float32)
+
+    rows = jax.vmap(row)
+    zeros = tuple(jnp.zeros((B,), jnp.float32) for _ in range(3 if accuracy else 1))
+    sums = jax.lax.scan(lambda acc, x: (tuple(a + r for a, r in zip(acc, rows(*x), strict=True)),
+                                        None), zeros, xs)[0]
+    return (sums[0], jnp.sum(mask_BxT, axis=-1), *sums[1:])
 
 
 def _pinned(h_BxTxC, targets_BxT, mask_BxT, mesh):
@@ -83,10 +96,17 @@ def _pinned(h_BxTxC, targets_BxT, mask_BxT, mesh):
     return h_BxTxC, targets_BxT, mask_BxT.astype(jnp.float32)
 
 
+def _chunk_logits(h_NxC, w_VxC, b_V):
+    """float32 logits; the matmul in h's dtype with float32 accumulation."""
+    f32 = jnp.float32
+    return (jnp.einsum("nc,vc->nv", h_NxC, w_VxC.astype(h_NxC.dtype), preferred_element_type=f32)
+            + b_V.astype(f32))
+
+
 def _head_chunk(h_NxC, w_VxC, b_V, y_N, m_N, with_grads: bool):
     f32 = jnp.float32
     w_VxC = w_VxC.astype(h_NxC.dtype)
-    logits_NxV = jnp.einsum("nc,vc->nv", h_NxC, w_VxC, preferred_element_type=f32) + b_V.astype(f32)
+    logits_NxV = _chunk_logits(h_NxC, w_VxC, b_V)
     max_Nx1 = jnp.max(logits_NxV, axis=-1, keepdims=True)
     exp_NxV = jnp.exp(logits_NxV - max_Nx1)
     sum_Nx1 = jnp.sum(exp_NxV, axis=-1, keepdims=True)

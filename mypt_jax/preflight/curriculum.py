@@ -31,6 +31,7 @@ from mypt_jax.preflight import programs as tp
 from mypt_jax.training.compilation import compile_cache, compile_plan
 from mypt_jax.training.evals import val_loss as val_lib
 from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.setup import semantics
 
 
 def makespan(seconds: list[float], threads: int) -> float:
@@ -47,14 +48,16 @@ def _plans(r: cfg_lib.Resolved, mesh, target: pre.Target):
         c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=target.hosts)
     stream = dict(data_inspect.iterator_kwargs(c), tokenizer=r.tokenizer, row_stats=True,
                   process_index=0, process_count=target.hosts)
-    train = data.make_source(c.dataset_dir, "train", **stream)
-    val = val_lib.ValLoss(data.make_source(c.dataset_dir, "val", **stream), None, mesh,
-                             layout, c.eval_iters)
+    train = data.make_source(c.dataset_dir, "train", **stream,
+                             draw_rows=semantics.draw_rows(c))
+    val = val_lib.ValLoss(
+        data.make_source(c.dataset_dir, "val", **dict(stream, batch_size=semantics.eval_rows(c))),
+        None, mesh, layout, c.eval_iters)
     platform = target.chip.platform.replace("cuda", "gpu") if target.chip else "cpu"
     no_measurements = compile_cache.Timings("", "")  # as the run's first time on the target
     cost = compile_plan.cost_for(no_measurements, len(target.devices), platform)
-    planned, _ = compile_plan.plan_run(r, mesh, layout, train, [val], timings=no_measurements,
-                                       cost=cost)
+    planned, _ = compile_plan.plan_run(r, mesh, layout, train, [(val, semantics.val_positions(c))],
+                                       timings=no_measurements, cost=cost)
     return planned
 
 
@@ -68,7 +71,7 @@ def run(configs: list, topology: str | None, *, compile_threads: int = 8,
         mesh = cfg_lib.mesh_for(r, target.devices)
         planned = _plans(r, mesh, target)
         c = r.config
-        evals = len(compile_plan.eval_positions(c))
+        evals = compile_plan.eval_count(c)
         jobs = [(tp.train_program(r, mesh, s), n)
                 for s, n in planned.train.batches_per_program().items()]
         jobs += [(tp.eval_program(r, mesh, s, 0), n / evals)

@@ -2,6 +2,13 @@
 
     python -m mypt_jax.preflight --config=configs/phase3a1_gamma.py --topology v5p-8 \\
         [--config.field=value ...] [--json OUT]
+    python -m mypt_jax.preflight --config_file tests/fixtures/upstream_configs/full/phase3_chat_sft.json \\
+        --topology v5p-8 \\
+        [--batch_size N ...] [--config.field=value ...]
+
+The second form takes the upstream train.py's recipe flags, translated as `mypt_jax.train`
+translates them (interop/upstream_cli.py, same precedence); `--init_from_model` and
+`--dataset_dir` are taken as named, never looked for, since the preflight reads neither.
 
 Compiles what `mypt_jax.train` would run, with the config's mesh, precision, remat and batch:
 the train step for every batch shape the padding-free layout can produce (one per length
@@ -36,6 +43,8 @@ import numpy as np
 from ml_collections import config_dict
 
 from mypt_jax.data import batching
+from mypt_jax.interop import upstream_cli
+from mypt_jax.model.param_table import param_shapes
 from mypt_jax.parallel import device_mesh, sharding
 from mypt_jax.preflight import phase_estimate
 from mypt_jax.preflight import programs as tp
@@ -51,6 +60,7 @@ from mypt_jax.preflight.compiling import (  # noqa: F401 - report.X names kept f
 from mypt_jax.training.setup import config as cfg_lib
 from mypt_jax.training.step import optim
 from mypt_jax.training.step import train_step as ts
+from mypt_jax.training.step.freeze import Freeze
 
 # ----------------------------------------------------------------------------------------
 # The report
@@ -153,7 +163,8 @@ def run(config: config_dict.ConfigDict, topology: str | None = None, *,
         "mesh_dcn": dict(zip(sharding.MESH_AXES, r.mesh_dcn_shape, strict=True)),
         "mesh_devices": mesh_devices(mesh, target),
         "model": {"remat": r.model_config.remat, "dtype": r.model_config.dtype,
-                  "param_dtype": r.model_config.param_dtype},
+                  "param_dtype": r.model_config.param_dtype,
+                  "params": Freeze().count(param_shapes(r.model_config))[1]},  # tied: wte once
         "batch_size": r.config.batch_size, "grad_accum_steps": r.config.grad_accum_steps,
         "freeze": tp.freeze_savings(r, mesh),
         "programs": results,
@@ -215,14 +226,18 @@ def format_mesh_devices(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _params(model: dict[str, Any]) -> str:
+    return f"{model['params'] / 1e6:.1f}M params | " if "params" in model else ""
+
+
 def format_report(report: dict[str, Any]) -> str:
     t = report["target"]
     dcn = report.get("mesh_dcn") or {}
     over_dcn = f" over {t['slices']} slices (dcn {dcn})" if t.get("slices", 1) > 1 else ""
     lines = [f"target {t['name']}: {t['devices']} devices, {t['hosts']} host(s), "
              f"{_gib(t['capacity_per_device'])} GiB per device | mesh {report['mesh']}{over_dcn} | "
-             f"remat {report['model']['remat']} | batch {report['batch_size']} "
-             f"(accum {report['grad_accum_steps']})"]
+             f"{_params(report['model'])}remat {report['model']['remat']} | batch "
+             f"{report['batch_size']} (accum {report['grad_accum_steps']})"]
     if "mesh_devices" in report:
         lines += format_mesh_devices(report["mesh_devices"])
     lines += [f"{'program':34} {'compile s':>9} {'args':>7} {'temp':>7} {'need':>7} {'GiB of':>7} "
@@ -306,10 +321,16 @@ def rounded(tree: Any, digits: int = 4) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     """The preflight's flags; `--config.field=value` overrides are left for `main`."""
-    p = argparse.ArgumentParser(prog="python -m mypt_jax.preflight", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, action="append",
+    upstream = upstream_cli.build_parser().format_help().split("options:\n", 1)[-1]
+    p = argparse.ArgumentParser(
+        prog="python -m mypt_jax.preflight", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="the upstream train.py's recipe flags, as mypt_jax.train takes them "
+        f"(--init_from_model and --dataset_dir are not looked for):\n{upstream.rstrip()}")
+    p.add_argument("--config", action="append",
                    help="preset file (configs/*.py[:arg]); given more than once, the phases of "
-                   "a curriculum in order, and the report is the whole curriculum's wall-clock")
+                   "a curriculum in order, and the report is the whole curriculum's wall-clock; "
+                   "with the upstream's --config_file and flags, configs/base.py by default")
     p.add_argument("--root", default="", help="where relative dataset_dir paths live (the "
                    "pipeline's --root)")
     p.add_argument("--compile_threads", type=int, default=8,
@@ -331,14 +352,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_configs(paths: list[str], overrides: list[str], root: str,
+                 upstream: upstream_cli.Translation | None,
+                 keep: frozenset[str]) -> list[config_dict.ConfigDict]:
+    """The presets with their `--config.field` overrides, under the upstream recipe as
+    `mypt_jax.train` applies it, relative dataset_dir paths under `root`."""
+    from mypt_jax.data import inspect as data_inspect
+
+    configs = [data_inspect.load_config(path, overrides) for path in paths]
+    if upstream is not None:
+        if len(configs) > 1:
+            raise ValueError("the upstream's --config_file and flags are one phase's recipe: "
+                             "give one --config with them, or none (configs/base.py)")
+        configs = [upstream_cli.apply(configs[0], upstream, set(keep))]
+    for c in configs:
+        if root and c.dataset_dir and not os.path.isabs(c.dataset_dir):
+            c.dataset_dir = os.path.join(root, c.dataset_dir)
+    return configs
+
+
 def main(argv: list[str] | None = None) -> int:
     import json
     import sys
 
-    from mypt_jax.data import inspect as data_inspect
-
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:  # the upstream train.py's recipe flags, taken off as mypt_jax.train takes them
+        upstream, ours, keep = upstream_cli.from_argv(argv, check_init=False)
+    except upstream_cli.UpstreamConfigError as e:
+        print(f"preflight: {e}", file=sys.stderr)
+        return 2
     p = build_parser()
-    args, rest = p.parse_known_args(argv)
+    args, rest = p.parse_known_args(ours)
+    if not args.config:
+        p.error("--config is required (or the upstream's --config_file and flags)")
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:
         p.error(f"unrecognized arguments: {bad}")
@@ -355,10 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         print(m, file=sys.stderr, flush=True)
 
     try:
-        configs = [data_inspect.load_config(path, rest) for path in args.config]
-        for c in configs:
-            if args.root and c.dataset_dir and not os.path.isabs(c.dataset_dir):
-                c.dataset_dir = os.path.join(args.root, c.dataset_dir)
+        configs = load_configs(args.config, rest, args.root, upstream, keep)
+        if upstream is not None:
+            print(upstream.summary, file=sys.stderr, flush=True)
         if len(configs) > 1:
             from mypt_jax.preflight import curriculum
 
@@ -375,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     except (cfg_lib.ConfigError, topo_lib.TopologyError, ValueError, FileNotFoundError) as e:
         print(f"preflight: {e}", file=sys.stderr)
         return 2
-    report["command"] = " ".join(["python -m mypt_jax.preflight", *(argv or sys.argv[1:])])
+    report["command"] = " ".join(["python -m mypt_jax.preflight", *argv])
     print(format_report(report))
     if args.json:
         with open(args.json, "w") as f:

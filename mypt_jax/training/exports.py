@@ -37,16 +37,21 @@ def targets(r: cfg_lib.Resolved) -> dict[str, epath.Path]:
 def write(r: cfg_lib.Resolved, params, step: int, only: list[str] | None = None
           ) -> dict[str, str]:
     """Writes the exports (`only` these summary keys) of `params`; returns key -> path."""
+    todo = {key: dst for key, dst in targets(r).items() if only is None or key in only}
+    return write_to(r, params, step, todo)
+
+
+def write_to(r: cfg_lib.Resolved, params, step: int, dirs: dict[str, epath.Path]
+             ) -> dict[str, str]:
+    """Writes `params` as each format key ("model_dir", "upstream_export") into its
+    directory, whole; returns key -> path. Every process calls it (the weights are gathered)."""
     writers = {"model_dir": _write_model_dir, "upstream_export": _write_upstream}
     host = jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
-    written = {}
-    for key, dst in targets(r).items():
-        if only is None or key in only:
-            if jax.process_index() == 0:
-                _replace_dir(dst, lambda path, key=key: writers[key](r, host, step, path))
-            written[key] = str(dst)
+    if jax.process_index() == 0:
+        for key, dst in dirs.items():
+            _replace_dir(dst, lambda path, key=key: writers[key](r, host, step, path))
     multihost_utils.sync_global_devices("mypt_jax exports written")
-    return written
+    return {key: str(dst) for key, dst in dirs.items()}
 
 
 def missing(r: cfg_lib.Resolved) -> list[str]:

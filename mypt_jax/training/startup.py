@@ -20,14 +20,16 @@ from mypt_jax.training.checkpoint import preemption
 from mypt_jax.training.checkpoint.manager import Checkpointer, restore_params
 from mypt_jax.training.checkpoint.run_state import RunState
 from mypt_jax.training.compilation import compile_cache, compile_plan, fit_check
+from mypt_jax.training.evals import gate
 from mypt_jax.training.evals import val_loss as val_lib
+from mypt_jax.training.evals.accuracy import AccuracyPass
 from mypt_jax.training.evals.evaluator import Evaluator, load_eval_prompts
 from mypt_jax.training.observe.metrics import MetricsWriter
 from mypt_jax.training.observe.profiler import Profiler
 from mypt_jax.training.observe.step_log import StepLog
 from mypt_jax.training.saver import Saver
 from mypt_jax.training.setup import config as cfg_lib
-from mypt_jax.training.setup import eval_sets, identity, resume
+from mypt_jax.training.setup import eval_sets, identity, resume, semantics
 from mypt_jax.training.setup.init_params import initial_params
 from mypt_jax.training.step import optim
 from mypt_jax.training.step import train_step as ts
@@ -56,7 +58,9 @@ class Run:
     planned: compile_plan.RunPrograms | None = None  # the shape plans and compiled programs
     timings: Any = None  # compile_cache.Timings: the plan's cost model, remembered at the end
     feed: prefetch.Feed | None = None  # train batches, shaped and placed ahead
+    train_position_of: Any = None  # update -> the train-stream draw its batch starts at
     evaluator: Evaluator | None = None
+    gold: Any = None  # gold_run.GoldRun when gold_selection is set
     saver: Saver | None = None
     step_log: StepLog | None = None
     profiler: Profiler | None = None
@@ -76,6 +80,7 @@ class Run:
 def begin(r: cfg_lib.Resolved, ckpt: Checkpointer, t_start: float) -> Run | dict[str, Any]:
     """Resumes, starts afresh, or (a finished run) returns its summary to report."""
     c = r.config
+    _check_gold(c)
     cache_dir = compile_cache.use(c.compilation_cache_dir)  # before anything compiles
     mesh = cfg_lib.mesh_for(r)
     optimizer = optim.optimizer_spec(c)
@@ -89,10 +94,10 @@ def begin(r: cfg_lib.Resolved, ckpt: Checkpointer, t_start: float) -> Run | dict
         return _report_finished(r, start, mesh)
     restored = start.restored
     if restored is not None:
-        state = RunState.from_meta(restored.meta)
+        state = RunState.from_meta(restored.meta, semantics.draws_per_update(c))
         mdef, train_state = ts.model_def(r.model_config), restored.state
     else:
-        state = RunState()
+        state = RunState(train_per_step=semantics.draws_per_update(c))
         mdef, params = initial_params(r, mesh)
         train_state = ts.init_state(params, tx, r.model_config, mesh)
     # Every checkpoint records this run's config, model, tokenizer and data, as they are now.
@@ -104,6 +109,14 @@ def begin(r: cfg_lib.Resolved, ckpt: Checkpointer, t_start: float) -> Run | dict
         enabled=jax.process_index() == 0, total_steps=c.max_iters, start_step=state.step)
     return Run(r, mesh, ckpt, writer, start, state, train_state, mdef, optimizer, tx, schedule,
                t_start, restore_s, cache_dir, start=state.step)
+
+
+def _check_gold(c) -> None:
+    """The GOLD selection and its gate script, refused before step 0 (not at the first eval)."""
+    try:
+        gate.check(c)
+    except ValueError as e:
+        raise cfg_lib.ConfigError(str(e)) from None
 
 
 def _report_finished(r: cfg_lib.Resolved, start: resume.Start, mesh) -> dict[str, Any]:
@@ -140,18 +153,25 @@ def announce(run: Run) -> None:
 
 def build_evals(run: Run, layout: batching.Layout, stream: dict, eval_row_fn,
                 on_nan) -> Evaluator:
-    """The val loss and each eval set's, at their saved positions, and the eval prompts."""
+    """The val loss and each eval set's, at their saved positions, the accuracy pass and the
+    eval prompts. Eval batches hold `semantics.eval_rows` rows."""
     c, mesh = run.c, run.mesh
-    val_fn = val_lib.ValLoss(data.make_source(c.dataset_dir, "val", **stream), eval_row_fn,
-                             mesh, layout.per_row, c.eval_iters)
+    stream = dict(stream, batch_size=semantics.eval_rows(c))
+
+    def reader(path: str, split: str, name: str = "") -> val_lib.ValLoss:
+        return val_lib.ValLoss(data.make_source(path, split, **stream), eval_row_fn, mesh,
+                               layout.per_row, c.eval_iters, name=name)
+
+    val_fn = reader(c.dataset_dir, "val")
     saved = run.state.set_positions
-    sets = {}
-    for name, path in eval_sets.parse(c.eval_sets).items():  # checked on disk by resolve
-        sets[name] = val_lib.ValLoss(data.make_source(path, "val", **stream), eval_row_fn, mesh,
-                                     layout.per_row, c.eval_iters, name=name)
+    sets = {name: reader(path, "val", name)  # checked on disk by resolve
+            for name, path in eval_sets.parse(c.eval_sets).items()}
     run.state.set_positions = {name: int(saved.get(name, 0)) for name in sets}
+    accuracy = None
+    if semantics.accuracy_on(c) or semantics.train_draws_per_eval(c):
+        accuracy = AccuracyPass(c, reader(c.dataset_dir, "train"), val_fn)
     return Evaluator(run.r, run.mdef, mesh, run.writer, val_fn, sets,
-                     load_eval_prompts(c.eval_prompts_file), run.schedule, on_nan)
+                     load_eval_prompts(c.eval_prompts_file), run.schedule, on_nan, accuracy)
 
 
 def build_programs(run: Run, stack: contextlib.ExitStack, on_nan) -> None:
@@ -160,12 +180,15 @@ def build_programs(run: Run, stack: contextlib.ExitStack, on_nan) -> None:
     layout = batching.layout_from_config(
         c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=jax.process_count())
     stream = dict(data_inspect.iterator_kwargs(c), tokenizer=r.tokenizer, row_stats=True)
-    train_source = data.make_source(c.dataset_dir, "train", **stream)
+    train_source = data.make_source(c.dataset_dir, "train", **stream,
+                                    draw_rows=semantics.draw_rows(c))
     step_fn = ts.make_train_step(
         run.mdef, run.tx, run.schedule, mesh, seed=c.seed, grad_accum_steps=c.grad_accum_steps,
-        loss_chunk_size=c.loss_chunk_size, optimizer=run.optimizer)
+        loss_chunk_size=c.loss_chunk_size, optimizer=run.optimizer,
+        microbatch_means=semantics.microbatch_means(c))
     step_fn.hyper = jax.device_put(step_fn.hyper, ts.replicated(mesh))
-    row_fn = val_lib.make_row_loss_step(run.mdef, mesh, loss_chunk_size=c.loss_chunk_size)
+    row_fn = val_lib.make_row_loss_step(run.mdef, mesh, loss_chunk_size=c.loss_chunk_size,
+                                        accuracy=semantics.accuracy_on(c))
 
     def eval_row_fn(params, batch):  # the evals call the planned programs by batch shape
         return progs.call("eval", batching.shape_of(batch), params, batch)
@@ -173,7 +196,7 @@ def build_programs(run: Run, stack: contextlib.ExitStack, on_nan) -> None:
     run.evaluator = evaluator = build_evals(run, layout, stream, eval_row_fn, on_nan)
     run.timings = compile_plan.timings_for(r, mesh, run.cache_dir)
     planned, train_layout = compile_plan.plan_run(
-        r, mesh, layout, train_source, [evaluator.val_fn, *evaluator.sets.values()],
+        r, mesh, layout, train_source, evaluator.planned_reads(),
         timings=run.timings, print_fn=writer.print)
     progs = planned.programs
     for p in (planned.train, planned.eval):
@@ -192,7 +215,13 @@ def build_programs(run: Run, stack: contextlib.ExitStack, on_nan) -> None:
                 f"remat/grad_accum_steps/mesh_fsdp: {problem}; `python -m mypt_jax.preflight "
                 "--config=<this config>` names the cheapest change that fits")
     run.step_fn, run.planned = step_fn, planned
+    state = run.state
+    position_of = semantics.train_positions(
+        c, run.start, state.train_position,
+        eval_pending=run.start % c.eval_interval == 0 and not state.evaluated_at(run.start))
     run.feed = prefetch.Feed(
-        lambda k: prefetch.device_batch(train_source[k], mesh, train_layout, r.tokenizer.eot_id),
-        run.state.train_position, depth=c.prefetch_batches)
+        lambda u: prefetch.device_batch(train_source[position_of(u)], mesh, train_layout,
+                                        r.tokenizer.eot_id),
+        run.start, depth=c.prefetch_batches)
+    run.train_position_of = position_of
     stack.callback(run.feed.close)

@@ -30,6 +30,7 @@ from mypt_jax.training.checkpoint import preemption
 from mypt_jax.training.checkpoint.manager import Checkpointer
 from mypt_jax.training.checkpoint.policy import SavePolicy
 from mypt_jax.training.compilation import compile_plan
+from mypt_jax.training.gold_run import GoldRun
 from mypt_jax.training.hooks import Hooks, StepInfo
 from mypt_jax.training.observe import goodput
 from mypt_jax.training.observe.profiler import Profiler, step_annotation
@@ -76,6 +77,9 @@ def _setup(r: cfg_lib.Resolved, ckpt: Checkpointer, stack: contextlib.ExitStack,
                            input_wait=run.feed.take_wait_s)
     run.profiler = Profiler(run.c, run.writer, run.start)
     stack.callback(run.profiler.close)
+    if run.c.gold_selection:
+        run.gold = GoldRun(r, run.writer, run.state)
+        run.gold.announce()
     run.startup_s = (time.perf_counter() - t_start - run.restore_s
                      - run.planned.programs.ahead_wall_s)
     return run
@@ -131,6 +135,8 @@ def _loop(run: Run, hooks: Hooks) -> None:
     state, step = run.train_state, run.start
     hooks_at(step, state)
     while step < c.max_iters:
+        # The feed read ahead assuming every eval draws as planned; the evals did.
+        assert run.state.train_position_at(step) == run.train_position_of(step), step
         batch, batch_info = run.feed.next()
         with step_annotation(step):
             state, metrics = progs.call("train", batch_info.shape, state, batch, hyper)
@@ -174,6 +180,9 @@ def _finish(run: Run, hooks: Hooks) -> dict[str, Any]:
 
 def _evaluate(run: Run, info: StepInfo) -> None:
     record = run.evaluator.run(info.step, info.state.params, run.state, final=info.final)
+    train_loss = run.step_log.take_train_loss()  # the steps since the previous eval
+    if run.gold is not None:
+        run.gold.on_eval(info.step, info.state.params, record, train_loss, info.final)
     if info.final:
         run.final_record = record
 

@@ -4,8 +4,10 @@
 record. The record's keys are the ones checkpoints have always carried (a checkpoint written
 before this module resumes), plus `trigger`, `triggers`, `best` and `saves`.
 
-The train stream's position follows from the step: each update reads one global batch, so
-it is `step + train_offset`, and the offset is 0 for every run that started from batch 0.
+The train stream's position follows from the step: each update reads `train_per_step` draws
+(one global batch; grad_accum_steps microbatches under the dc62a0c semantics), so it is
+`step * train_per_step + train_offset`. The offset is 0 for a run that started from draw 0,
+and grows where dc62a0c evals draw from the stream (training/setup/semantics.py).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from typing import Any
 
 META_KEYS = ("step", "config", "model_config", "tokenizer", "evaluated", "metrics",
              "val_history", "first_val_loss", "first_eval_sets", "finished", "summary",
-             "data_identity", "data_position", "trigger", "triggers", "best", "saves")
+             "data_identity", "data_position", "trigger", "triggers", "best", "saves",
+             "accuracy", "gold")
 
 
 @dataclasses.dataclass
 class RunState:
     step: int = 0  # updates done
-    train_offset: int = 0  # the train stream's next global batch minus `step`
+    train_offset: int = 0  # the train stream's next draw minus `step * train_per_step`
+    train_per_step: int = 1  # train-stream draws an update reads
     val_position: int = 0  # the val stream's next global batch
     set_positions: dict[str, int] = dataclasses.field(default_factory=dict)  # eval set -> next batch
     val_history: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, val)
@@ -30,6 +34,11 @@ class RunState:
     last_eval: dict[str, Any] = dataclasses.field(default_factory=dict)  # newest eval record, no gen
     best: tuple[int, float] | None = None  # (step, val loss) of the lowest-loss save
     saves: list[dict] = dataclasses.field(default_factory=list)  # {step, trigger}, oldest first
+    accuracy_position: int = 0  # our accuracy pass's own train reader (evals/accuracy.py)
+    # The saturation flags' history and first step (evals/saturation.py).
+    saturation: dict = dataclasses.field(
+        default_factory=lambda: {"history": [], "first_step": None})
+    gold: dict | None = None  # the GOLD selection's state (evals/gold.py)
     last_saved: int | None = None
     finished: bool = False
     summary: dict | None = None  # the finished run's summary
@@ -41,7 +50,12 @@ class RunState:
 
     @property
     def train_position(self) -> int:
-        return self.step + self.train_offset
+        return self.train_position_at(self.step)
+
+    def train_position_at(self, step: int) -> int:
+        """The train stream's next draw once `step` updates are done (`step` is only
+        recorded at a save)."""
+        return step * self.train_per_step + self.train_offset
 
     def evaluated_at(self, step: int) -> bool:
         """The newest eval is of the weights of `step`."""
@@ -92,6 +106,8 @@ class RunState:
             "triggers": list(triggers),
             "best": None if self.best is None else list(self.best),
             "saves": self.saves,
+            "accuracy": {"position": self.accuracy_position, **self.saturation},
+            "gold": self.gold,
         }
 
     @staticmethod
@@ -102,18 +118,21 @@ class RunState:
         return tuple(meta.get("triggers") or ("eval",)), val
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> RunState:
+    def from_meta(cls, meta: dict[str, Any], train_per_step: int = 1) -> RunState:
         """A checkpoint's record; one written before `data_position` existed reads its
-        positions from `meta["data_position"]` filled in by the checkpointer."""
+        positions from `meta["data_position"]` filled in by the checkpointer.
+        `train_per_step`: the run's draws per update (the semantics it resumes with)."""
         step = int(meta["step"])
         position = meta.get("data_position") or {}
         metrics = dict(meta.get("metrics") or {})
         if meta.get("evaluated") and metrics:
             metrics.setdefault("iter", step)  # written before records carried their step
         best = meta.get("best")
+        accuracy = meta.get("accuracy") or {}
         return cls(
             step=step,
-            train_offset=int(position.get("train", step)) - step,
+            train_offset=int(position.get("train", step * train_per_step)) - step * train_per_step,
+            train_per_step=train_per_step,
             val_position=int(position.get("val", 0)),
             set_positions={k.removeprefix("val/"): int(v) for k, v in position.items()
                            if k.startswith("val/")},
@@ -123,6 +142,10 @@ class RunState:
             last_eval=metrics,
             best=None if best is None else (int(best[0]), float(best[1])),
             saves=list(meta.get("saves") or []),
+            accuracy_position=int(accuracy.get("position", 0)),
+            saturation={"history": [list(x) for x in accuracy.get("history", [])],
+                        "first_step": accuracy.get("first_step")},
+            gold=meta.get("gold"),
             last_saved=step,
             finished=bool(meta.get("finished")),
             summary=meta.get("summary"),

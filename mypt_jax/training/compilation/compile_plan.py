@@ -31,7 +31,7 @@ from mypt_jax.data import batching
 from mypt_jax.training.compilation import compile_cache, shape_plan
 from mypt_jax.training.compilation.fit_check import sharded_batch
 from mypt_jax.training.compilation.program_set import Job, Programs
-from mypt_jax.training.setup import agreement
+from mypt_jax.training.setup import agreement, semantics
 from mypt_jax.training.step import train_step as ts
 
 
@@ -70,10 +70,15 @@ def process0_cost(cost: shape_plan.Cost) -> shape_plan.Cost:
     return shape_plan.Cost(float(got[0]), float(got[1]))
 
 
-def eval_positions(c) -> list[int]:
-    """The val stream position of every eval of the whole run (steps 0, interval, ..., final)."""
-    evals = len(range(0, c.max_iters, c.eval_interval)) + 1
-    return [k * c.eval_iters for k in range(evals)]
+def eval_count(c) -> int:
+    """Evals of a whole run: steps 0, interval, ..., and the final one."""
+    return len(semantics.eval_steps(c))
+
+
+def train_positions(c) -> list[int]:
+    """The train-stream draw of every update of a run from step 0."""
+    at = semantics.train_positions(c, 0, 0, True)
+    return [at(u) for u in range(c.max_iters)]
 
 
 @dataclasses.dataclass
@@ -95,10 +100,11 @@ class RunPrograms:
         return hashlib.sha256(json.dumps(plans).encode()).hexdigest()
 
 
-def plan_run(r, mesh, layout: batching.Layout, train_source, val_losses: list, *,
+def plan_run(r, mesh, layout: batching.Layout, train_source, eval_reads: list, *,
              timings: compile_cache.Timings, cost: shape_plan.Cost | None = None,
              print_fn=print) -> tuple[RunPrograms, batching.Layout]:
-    """The train and eval plans (the eval losses are told their programs); returns the train
+    """The train and eval plans (`eval_reads`: (eval reader, its window starts), as
+    `Evaluator.planned_reads`; the readers are told their programs); returns the train
     layout with its planned programs. `cost` defaults to `cost_for(timings)`; with several
     processes, process 0's is used by all, and all must arrive at the same plans (raises
     agreement.HostsDisagree)."""
@@ -111,20 +117,20 @@ def plan_run(r, mesh, layout: batching.Layout, train_source, val_losses: list, *
             cost.compile_s, kind=kind, max_extra=shape_plan.MAX_EXTRA_POSITIONS,
             exact=c.compile_plan == "exact")
 
-    train = planned("train", shape_plan.count_shapes(train_source, layout, range(c.max_iters)))
+    train = planned("train", shape_plan.count_shapes(train_source, layout, train_positions(c)))
     eval_plan = None
-    if val_losses:
+    if eval_reads:
         counts: dict[batching.BatchShape, int] = {}
-        for val in val_losses:
-            for s, n in val.shape_counts(eval_positions(c)).items():
+        for reader, positions in eval_reads:
+            for s, n in reader.shape_counts(positions).items():
                 counts[s] = counts.get(s, 0) + n
         eval_plan = planned("eval", counts)
     run = RunPrograms(Programs(print_fn), train, eval_plan, cost)
     agreement.check_values({"the shape plan": run.digest()}, hint=(
         "each host plans from its own copy of the dataset's episode index: every host needs "
         "identical dataset files and the same mypt_jax version"))
-    for val in val_losses:
-        val.use_programs(eval_plan.programs)
+    for reader, _ in eval_reads:
+        reader.use_programs(eval_plan.programs)
     return run, dataclasses.replace(layout, programs=train.programs)
 
 

@@ -14,8 +14,10 @@ from mypt_jax.parallel import device_memory as dm
 from mypt_jax.training.checkpoint.run_state import RunState
 from mypt_jax.training.evals import decode_layout as layout_lib
 from mypt_jax.training.evals import health
+from mypt_jax.training.evals.accuracy import AccuracyPass
 from mypt_jax.training.evals.val_loss import ValLoss
 from mypt_jax.training.observe.metrics import MetricsWriter
+from mypt_jax.training.setup import semantics
 
 
 def load_eval_prompts(path: str):
@@ -38,11 +40,31 @@ def generate(model, tokenizer, eval_prompts, max_new_tokens: int) -> list[dict]:
 class Evaluator:
     def __init__(self, r, mdef, mesh, writer: MetricsWriter, val_fn: ValLoss,
                  sets: dict[str, ValLoss], eval_prompts, schedule,
-                 on_nan: Callable[[str, float, int], None]):
+                 on_nan: Callable[[str, float, int], None], accuracy: AccuracyPass | None = None):
         self.r, self.c, self.mdef, self.mesh, self.writer = r, r.config, mdef, mesh, writer
         self.val_fn, self.sets, self.eval_prompts = val_fn, sets, eval_prompts
+        self.accuracy = accuracy
         self.schedule, self.on_nan = schedule, on_nan
         self._decode_plan: layout_lib.DecodePlan | None = None
+
+    def planned_reads(self) -> list[tuple[ValLoss, list[int]]]:
+        """(eval reader, the window start of each of its reads over the whole run) of every
+        eval of a run from step 0 (steps 0, interval, ..., final): the eval shape plan's."""
+        c = self.c
+        steps = semantics.eval_steps(c)
+        val_at = semantics.val_positions(c)
+        reads = [(self.val_fn, val_at), *((fn, [k * c.eval_iters for k in range(len(steps))])
+                                          for fn in self.sets.values())]
+        if self.accuracy is not None and self.accuracy.scores:
+            newer = semantics.newer(c)
+            # The j-th eval of a dc62a0c run reads after s updates' draws and j evals' draws.
+            per_update = semantics.draws_per_update(c)
+            reads.append((self.accuracy.train_fn,
+                          [(s * per_update if newer else 0) + j * c.eval_iters
+                           for j, s in enumerate(steps)]))
+            if newer:
+                reads.append((self.val_fn, [p + c.eval_iters for p in val_at]))
+        return reads
 
     def decode_plan(self) -> layout_lib.DecodePlan:
         """Whether the eval-prompt decode gathers the weights (`decode_layout.plan`), decided
@@ -67,10 +89,12 @@ class Evaluator:
         """Evaluates the weights of `step`, advances the val streams, logs the record."""
         c = self.c
         t0 = time.perf_counter()
-        v, v_tok = self.val_fn(params, run.val_position)
-        run.val_position += c.eval_iters
+        val_start = run.val_position
+        v, v_tok = self.val_fn(params, val_start)
+        run.val_position += semantics.val_draws_per_eval(c)
         if not math.isfinite(v):
             self.on_nan("val loss", v, step)
+        scores = self.accuracy.run(params, run, step, val_start) if self.accuracy else {}
         t1 = time.perf_counter()
         results = self.generations(params)
         t2 = time.perf_counter()
@@ -79,7 +103,7 @@ class Evaluator:
             set_losses[name] = set_fn(params, run.set_positions[name])[0]
             run.set_positions[name] += c.eval_iters
         record: dict[str, Any] = {"iter": step, "val_loss": v, "val_loss_token_weighted": v_tok,
-                                  **{f"val_loss/{n}": x for n, x in set_losses.items()}}
+                                  **{f"val_loss/{n}": x for n, x in set_losses.items()}, **scores}
         run.record_eval(step, v, set_losses)
         findings = health.check(
             run.val_history, results, step=step, tag_strings=list(self.r.tokenizer.id_by_string),
@@ -113,7 +137,7 @@ class Evaluator:
         lr = float(jax.device_get(self.schedule(min(step, self.c.max_iters - 1))))
         sets_text = "".join(f" | {n} {x:.4f}" for n, x in set_losses.items())
         self.writer.print(f"step {step}: val {v:.4f} (token-weighted {v_tok:.4f}){sets_text} | "
-                          f"lr {lr:.2e}")
+                          f"lr {lr:.2e}{AccuracyPass.describe(record)}")
         for g in results:
             mark = "ok" if g.get("exact") or g.get("normalized") else "--"
             self.writer.print(f"  [{mark}] {g['name']}: {g['completion']!r}")

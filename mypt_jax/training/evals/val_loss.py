@@ -30,8 +30,9 @@ from mypt_jax.model.param_table import param_shardings
 from mypt_jax.training.step.train_step import batch_sharding, replicated
 
 
-def make_row_loss_step(mdef, mesh, *, loss_chunk_size: int = 0):
-    """`rows(params, batch) -> (masked CE sum [B], mask count [B])`, deterministic."""
+def make_row_loss_step(mdef, mesh, *, loss_chunk_size: int = 0, accuracy: bool = False):
+    """`rows(params, batch) -> (masked CE sum [B], mask count [B])`, deterministic;
+    `accuracy=True` adds (targets predicted [B], targets scored [B]) (`loss.head_ce_rows`)."""
 
     def rows(params, batch):
         model = mdef.merge(params)
@@ -45,7 +46,7 @@ def make_row_loss_step(mdef, mesh, *, loss_chunk_size: int = 0):
         n = h.shape[1]
         chunk = loss_chunk_size if 0 < loss_chunk_size < n and n % loss_chunk_size == 0 else 0
         return loss_lib.head_ce_rows(h, *model.output_head(), batch["targets"],
-                                     batch["loss_mask"], chunk, mesh)
+                                     batch["loss_mask"], chunk, mesh, accuracy=accuracy)
 
     return jax.jit(rows, in_shardings=(param_shardings(mdef.config, mesh), batch_sharding(mesh)),
                    out_shardings=replicated(mesh))
@@ -53,7 +54,9 @@ def make_row_loss_step(mdef, mesh, *, loss_chunk_size: int = 0):
 
 class ValLoss:
     """`val(params, position) -> (val_loss, token-weighted val loss)` over batches
-    `position .. position + eval_iters - 1` of the val stream."""
+    `position .. position + eval_iters - 1` of the val stream; `accuracy(params, position)`
+    counts predicted and scored targets over the same kind of window (a row function made
+    with `accuracy=True`)."""
 
     def __init__(self, source: data.EpisodeBatchSource, row_fn, mesh, layout: batching.Layout,
                  eval_iters: int, name: str = ""):
@@ -114,8 +117,9 @@ class ValLoss:
             placed.append((chunk, data.global_batch(shaped, self.mesh)))
         return placed
 
-    def episode_sums(self, params, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(loss sum, token count) of each episode in `ids`, as arrays over the split's G."""
+    def episode_sums(self, params, ids: np.ndarray) -> list[np.ndarray]:
+        """Per episode in `ids`, as arrays over the split's G: the row function's outputs
+        (loss sum, token count[, targets predicted, targets scored])."""
         if self.resident:
             if self._resident is None:
                 self._resident = self._place(self._eval_ids(0))
@@ -124,19 +128,29 @@ class ValLoss:
             placed = self._place(self._by_length(np.unique(ids)))
         out = jax.device_get([self.row_fn(params, batch) for _, batch in placed])
         n = len(self.source.split)
-        sum_G, count_G = np.zeros(n, np.float64), np.zeros(n, np.float64)
-        for (chunk, _), (sums_B, counts_B) in zip(placed, out, strict=True):
-            sum_G[chunk] = sums_B  # a repeated last episode writes the same value again
-            count_G[chunk] = counts_B
-        return sum_G, count_G
+        stats_G = [np.zeros(n, np.float64) for _ in out[0]] if out else [np.zeros(n)] * 2
+        for (chunk, _), rows in zip(placed, out, strict=True):
+            for stat_G, stat_B in zip(stats_G, rows, strict=True):
+                stat_G[chunk] = stat_B  # a repeated last episode writes the same value again
+        return stats_G
+
+    def _window(self, position: int) -> np.ndarray:
+        return np.stack([self.source.global_episode_ids(position + k)
+                         for k in range(self.eval_iters)])
 
     def __call__(self, params, position: int) -> tuple[float, float]:
-        ids_KxB = np.stack([self.source.global_episode_ids(position + k)
-                            for k in range(self.eval_iters)])
-        sum_G, count_G = self.episode_sums(params, ids_KxB)
+        ids_KxB = self._window(position)
+        sum_G, count_G = self.episode_sums(params, ids_KxB)[:2]
         s_K, c_K = sum_G[ids_KxB].sum(axis=1), count_G[ids_KxB].sum(axis=1)
         per_batch_K = s_K / np.maximum(c_K, 1.0)
         return float(per_batch_K.mean()), float(s_K.sum() / max(c_K.sum(), 1.0))
+
+    def accuracy(self, params, position: int) -> tuple[int, int]:
+        """(targets predicted, targets scored) over the window's batches, an episode counted
+        once per batch that holds it (the upstream's sums over its batches)."""
+        ids_KxB = self._window(position)
+        hit_G, scored_G = self.episode_sums(params, ids_KxB)[2:]
+        return int(hit_G[ids_KxB].sum()), int(scored_G[ids_KxB].sum())
 
 
 def batchwise_val_loss(eval_fn, params, source: data.EpisodeBatchSource, position: int,

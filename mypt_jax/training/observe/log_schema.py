@@ -20,6 +20,14 @@ _TIMES = {"step_time": "float", "tokens_per_s": "float", "real_tokens_per_s": "f
           "trained_tokens_per_s": "float", "computed_positions_per_s": "float"}
 
 COMMON = {"time": "float"}  # on every line: the Unix time it was written
+# The masked-token accuracy and saturation flags of an eval (evals/accuracy.py), where scored.
+_ACCURACY = {"train_masked_token_acc": "float|null", "val_masked_token_acc": "float|null",
+             "train_masked_token_count": "int", "val_masked_token_count": "int",
+             "masked_acc_gap": "float|null", "saturation_detected": "bool",
+             "saturation_reason": "str|null", "saturation_step": "int|null"}
+_GOLD = ({"iter": "int", "strategy": "str", "val_loss": "float", "best_gold_val_loss": "float|null",
+          "best_gate_metric": "float|null", "gate_pass": "bool", "gate_metric": "float|null",
+          "selected": "bool"}, {"reason": "str", "gate": "dict"})
 # kind -> (description, required fields, optional fields); each field -> type
 SCHEMA: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
     "step": ("a log window's last train step (every `log_interval` steps)", {
@@ -29,7 +37,7 @@ SCHEMA: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
         "iter": "int", "val_loss": "float", "val_loss_token_weighted": "float",
         "eval_time": "float", "val_s": "float", "generate_s": "float", "eval_sets_s": "float"}, {
         "val_loss/*": "float", "gen": "dict", "gen_scores": "dict", "red_lines": "list",
-        "final": "bool"}),
+        "final": "bool", **_ACCURACY}),
     "start": ("a train() call begins (a resume too)", {
         "iter": "int", "resumed": "bool", "notes": "list", "mesh": "dict", "devices": "int",
         "processes": "int"}, {}),
@@ -53,6 +61,9 @@ SCHEMA: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
         "iter": "int", "signal": "str", "checkpoint": "str"}, {}),
     "goodput": ("where the run's wall-clock went (training/observe/goodput.py)", {
         "iter": "int", "wall_s": "float", "seconds": "dict", "share": "dict"}, {}),
+    "gold_checkpoint": ("an eval's weights became the GOLD copy (training/gold_run.py)", *_GOLD),
+    "gold_blocked": ("a GOLD candidate blocked by a guard or the gate, with the reason", *_GOLD),
+    "gold_kept": ("an eval no better than the GOLD copy, which stays", *_GOLD),
     "finished": ("the run ended at max_iters", {
         "iter": "int", "final_val_loss": "float", "wall_time_s": "float"}, {}),
 }

@@ -47,6 +47,7 @@ class StepLog:
         self.input_wait = input_wait  # seconds the loop waited for batches since the last call
         self.pending: list[tuple[int, Any, BatchInfo]] = []  # dispatched, not fetched
         self.window = StepWindow()
+        self._losses: list[float] = []  # train losses since `take_train_loss` last ran
         self.rates: list[float] = []  # model FLOP/s of each log window
         self.step_times: list[float] = []  # seconds per step of each log window
         self.input_wait_s = 0.0  # the run's total
@@ -66,6 +67,7 @@ class StepLog:
             if bad is not None:
                 self.on_nan(*bad, step)
             self.window.add(info)
+            self._losses.append(m["train_loss"])
             if (step + 1) % self.log_interval == 0 or step + 1 == self.max_iters:
                 self._line(step, m)
 
@@ -93,6 +95,12 @@ class StepLog:
                 f"{record['real_tokens_per_s']:.0f} real, {record['trained_tokens_per_s']:.0f} "
                 f"trained | {record['buckets'][-1]}"
             )
+
+    def take_train_loss(self) -> float | None:
+        """The mean train loss of the steps fetched since the last call (None: no step);
+        the GOLD overfit guard compares an eval's val loss with it."""
+        losses, self._losses = self._losses, []
+        return sum(losses) / len(losses) if losses else None
 
     def steady(self) -> tuple[float | None, float | None]:
         """(seconds per step, model FLOP/s): medians over the log windows, evals and saves

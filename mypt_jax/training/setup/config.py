@@ -33,7 +33,7 @@ from mypt_jax.model.config import ModelConfig
 from mypt_jax.model.param_table import param_logical_axes, param_shapes
 from mypt_jax.parallel import sharding
 from mypt_jax.parallel.device_mesh import DCN_FIELDS
-from mypt_jax.training.setup import eval_sets
+from mypt_jax.training.setup import eval_sets, semantics
 from mypt_jax.training.setup.init_source import (
     INHERITED_FIELDS,
     InitSource,
@@ -62,6 +62,9 @@ _CHOICES = {
     "batch_sampling_mode": ("epoch", "random"),
     "async_checkpointing": ("auto", "on", "off"),
     "compile_plan": ("auto", "exact"),
+    "upstream_semantics": semantics.CHOICES,
+    "gold_selection": ("", "val_loss", "hybrid", "external_gate"),
+    "gold_gate_metric_goal": ("max", "min"),
 }
 
 
@@ -139,7 +142,9 @@ def _check_fields(config: config_dict.ConfigDict) -> None:
                  "eval_max_new_tokens",
                  "loss_chunk_size", "checkpoint_interval", "keep_best", "adam_eps",
                  "prefetch_batches", "forgetting_factor", "compile_threads", "checkpoint_minutes",
-                 "profiler_start_step", "profiler_num_steps"):
+                 "profiler_start_step", "profiler_num_steps", "saturation_min_steps",
+                 "saturation_min_delta", "saturation_gap_threshold", "gold_overfit_ratio",
+                 "gold_consecutive_rises", "gold_eval_regression"):
         if config[name] < 0:
             raise ConfigError(f"{name}: must be >= 0, got {config[name]}")
     if not 0 <= config.profiler_port <= 65535:
@@ -169,6 +174,20 @@ def _check_fields(config: config_dict.ConfigDict) -> None:
         batching.check_length_buckets(config.length_buckets, config.block_size)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    _check_accuracy(config)
+
+
+def _check_accuracy(config) -> None:
+    """The accuracy pass, its saturation flags, and what the dc62a0c loop cannot run with."""
+    if (config.token_accuracy or config.saturation_check) and not config.use_loss_mask:
+        field = "token_accuracy" if config.token_accuracy else "saturation_check"
+        raise ConfigError(f"{field}: scores the trained (masked) tokens; needs use_loss_mask=True")
+    if config.saturation_window < 2:
+        raise ConfigError(f"saturation_window: expected >= 2 evals, got {config.saturation_window}")
+    if semantics.microbatch_means(config) and config.pack_episodes:
+        raise ConfigError(
+            "pack_episodes: the dc62a0c loss averages each microbatch's rows (upstream_semantics); "
+            "packing episodes into shared rows would mix its microbatches; set it False")
 
 
 def _check_dcn(config, num_devices: int) -> tuple[int, ...]:
@@ -219,6 +238,9 @@ def _check_mesh(config, mc: ModelConfig, num_devices: int, process_count: int
         )
     if config.batch_size % process_count:
         raise ConfigError(f"batch_size: {config.batch_size} not divisible by {process_count} processes")
+    if semantics.eval_rows(config) % process_count:
+        raise ConfigError(f"batch_size: the dc62a0c evals read microbatches of {micro} rows, "
+                          f"not divisible by {process_count} processes")
     # Every sharded parameter dimension must split evenly over its mesh axes.
     shapes, axes = param_shapes(mc), param_logical_axes(mc)
     flat = [("", shapes, axes)]

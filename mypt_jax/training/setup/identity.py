@@ -23,7 +23,9 @@ from typing import Any
 from mypt_jax.data import episodes
 from mypt_jax.data.inspect import LOADER_CONFIG_FIELDS
 
-STREAM_FIELDS = tuple(LOADER_CONFIG_FIELDS)  # the config fields the loader reads
+# The config fields the loader reads, and the loop semantics that decide which of its
+# batches are trained on (dc62a0c evals take some: training/setup/semantics.py).
+STREAM_FIELDS = (*LOADER_CONFIG_FIELDS, "upstream_semantics")
 SPLITS = ("train", "val")
 SHARD_FILES = (episodes.TOKENS_FILE, episodes.MASK_FILE, episodes.INDEX_FILE,
                episodes.SEGMENT_IDS_FILE, episodes.WEIGHTS_FILE)

@@ -163,6 +163,27 @@ def _loss_sums(mdef: ModelDef, params: Params, batch: Batch, key, loss_chunk_siz
                                  mesh)
 
 
+def _microbatches(batch: Batch, k: int, micro_sh: NamedSharding, means: bool) -> Batch:
+    """The batch as [k, B/k, ...] (microbatch i = rows i::k, so each stays spread over the
+    data shards), the mask weighted first for the mean of microbatch means (`means`)."""
+    if means:
+        batch = dict(batch, loss_mask=microbatch_weights(batch["loss_mask"], k))
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1),
+                         batch)
+    return jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sh, micro))
+
+
+def microbatch_weights(mask_BxT: jax.Array, k: int) -> jax.Array:
+    """The mask scaled so that its weighted loss sum is the mean of k microbatch means:
+    row r of microbatch m = r // (B/k) weighs 1 / (k * max(count_m, 1)), count_m its
+    microbatch's mask sum (the upstream's clamp). The counts are data, so the gradient is
+    the upstream's too (each microbatch's mean divided by k, summed)."""
+    B = mask_BxT.shape[0]
+    count_K = jnp.sum(mask_BxT.reshape(k, B // k, -1), axis=(1, 2), dtype=jnp.float32)
+    weight_B = jnp.repeat(1.0 / (k * jnp.maximum(count_K, 1.0)), B // k)
+    return mask_BxT * weight_B[:, None].astype(mask_BxT.dtype)
+
+
 def update_norm(updates: Any) -> jax.Array:
     """The applied update's global L2 norm, summed in float32: the step's finite-check input.
 
@@ -205,6 +226,7 @@ def make_train_step(
     grad_accum_steps: int = 1,
     loss_chunk_size: int = 0,
     optimizer: optim.Optimizer | None = None,
+    microbatch_means: bool = False,
 ):
     """`step(state, batch) -> (state, metrics)`, jitted over `mesh` with the state donated.
 
@@ -212,7 +234,9 @@ def make_train_step(
 
     The global batch is cut into `grad_accum_steps` microbatches (rows i::k) and scanned;
     loss numerators and mask counts are summed and divided once by max(total mask, 1), so
-    any k gives the loss and gradient of the whole batch. The dropout key of update i is
+    any k gives the loss and gradient of the whole batch. `microbatch_means=True` is the
+    newer upstream's loss instead (`microbatch_weights`): the mean of the k microbatch means,
+    its microbatch m being rows [m*B/k, (m+1)*B/k). The dropout key of update i is
     fold_in(key(seed), i): no RNG state to checkpoint, and resume is exact.
 
     A `tx` that freezes parameters (freeze.py) gets the trainable view of the gradients
@@ -231,10 +255,8 @@ def make_train_step(
         run_tx, run_schedule = (tx, schedule) if hyper is None else optimizer.build(hyper)
         freeze, inner_tx = freeze_lib.split(run_tx)
         key = jax.random.fold_in(base_key, state.step)
-        micro = jax.tree.map(
-            lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch
-        )
-        micro = jax.lax.with_sharding_constraint(micro, jax.tree.map(lambda _: micro_sh, micro))
+        tokens = jnp.sum(batch["loss_mask"], dtype=jnp.float32)
+        micro = _microbatches(batch, k, micro_sh, microbatch_means)
         grad_fn = jax.value_and_grad(
             lambda p, b, kk: _loss_sums(mdef, freeze.stop_gradient(p), b, kk, loss_chunk_size,
                                         mesh),
@@ -254,7 +276,8 @@ def make_train_step(
         (g_sum, loss_sum, count), _ = jax.lax.scan(
             body, (zeros, zero, zero), (jnp.arange(k), micro)
         )
-        denom = jnp.maximum(count, 1.0)
+        # The weighted mask already divides each microbatch by its count.
+        denom = jnp.ones((), jnp.float32) if microbatch_means else jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), g_sum, trainable)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = inner_tx.update(grads, state.opt_state, trainable)
@@ -263,11 +286,16 @@ def make_train_step(
             "train_loss": loss_sum / denom,
             "grad_norm": grad_norm,
             "lr": run_schedule(state.step),
-            "loss_tokens": count,
+            "loss_tokens": tokens,
             "update_norm": update_norm(updates),
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
+    return _jitted(step, state_sh, mesh, optimizer)
+
+
+def _jitted(step, state_sh: TrainState, mesh: Mesh, optimizer: optim.Optimizer | None):
+    """`step` jitted with the state donated; with `optimizer`, a TrainStep over its inputs."""
     metrics_sh = replicated(mesh)
     if optimizer is None:
         return jax.jit(step, in_shardings=(state_sh, batch_sharding(mesh)),
