@@ -122,21 +122,15 @@ def cli(argv: list[str]) -> None:
     if any(a in _HELP_FLAGS for a in argv[1:]):
         print(usage())
         sys.exit(0)
-    upstream_args, rest = upstream_cli.split_argv(argv[1:])
-    translation = None
-    if upstream_cli.given(upstream_args):
-        try:
-            translation = upstream_cli.translate(upstream_args)
-        except upstream_cli.UpstreamConfigError as e:
-            print(f"config error: {e}", file=sys.stderr)
-            sys.exit(2)
-        if not any(a == "--config" or a.startswith("--config=") for a in rest):
-            rest.insert(0, f"--config={upstream_cli.base_preset()}")
+    try:
+        translation, rest, keep = upstream_cli.from_argv(argv[1:])
+    except upstream_cli.UpstreamConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
     message = unknown_override(rest)
     if message:
         print(message, file=sys.stderr)
         sys.exit(2)
-    keep = frozenset(upstream_cli.config_overrides_in(rest))
     app.run(functools.partial(main, upstream=translation, keep=keep), argv=[argv[0], *rest])
 
 

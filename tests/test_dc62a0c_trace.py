@@ -4,7 +4,10 @@ loss, every eval's val, eval-set and accuracy numbers, and the final val loss.
 
 The native case runs the same recipe with our own loop semantics against the same reference
 with its four dc62a0c switches off, which checks the reference's stream and eval bookkeeping
-against a loop already verified elsewhere."""
+against a loop already verified elsewhere.
+
+The fast test holds ours to the upstream's own train.py at dc62a0c, run once on this tree and
+committed as numbers (tests/fixtures/dc62a0c_trace/README.md)."""
 
 from __future__ import annotations
 
@@ -47,6 +50,20 @@ RECIPE = {
     "epoch_shuffle": True,
     "eval_sets": SETS,
     "eval_seed": 1337,
+}
+# The upstream command line, for the upstream's train.py and ours alike.
+ARGV = ["--model_name", "run", "--dataset_dir", "data/sft", "--init_from_model", "init",
+        "--config_file", "recipe.json"]
+UPSTREAM_TRACE = Path(__file__).parent / "fixtures" / "dc62a0c_trace" / "upstream_trace.json"
+# Each eval field of the upstream's JSONL log -> our log's name for it, and the tolerance (the
+# upstream rounds to 6 decimals; counts are exact).
+UPSTREAM_EVAL_FIELDS = {
+    "val_loss": ("val_loss", 1e-4),
+    **{f"eval_{name}": (f"val_loss/{name}", 1e-4) for name in SETS},
+    "train_masked_token_acc": ("train_masked_token_acc", 1e-5),
+    "val_masked_token_acc": ("val_masked_token_acc", 1e-5),
+    "train_masked_token_count": ("train_masked_token_count", 0),
+    "val_masked_token_count": ("val_masked_token_count", 0),
 }
 # Our eval record's accuracy fields (the upstream's names).
 ACC_FIELDS = ("train_masked_token_acc", "val_masked_token_acc")
@@ -111,10 +128,8 @@ def test_the_recipe_trains_as_the_reference_loop(tmp_path, monkeypatch, case):
     dc62a0c, overrides = CASES[case]
     monkeypatch.chdir(_tree(tmp_path))
     # The suite's process has 8 CPU devices; the microbatch of 2 rows splits 2 ways.
-    _train_ours(["--model_name", "run", "--dataset_dir", "data/sft", "--init_from_model", "init",
-                 "--config_file", "recipe.json"],
-                {**overrides, "log_interval": 1, "tensorboard": False, "mesh_data": 2,
-                 "mesh_tensor": 4, "checkpoint_at_eval": False})
+    _train_ours(ARGV, {**overrides, "log_interval": 1, "tensorboard": False, "mesh_data": 2,
+                       "mesh_tensor": 4, "checkpoint_at_eval": False})
     ours = _ours(train_helpers.read_log(tmp_path / "checkpoints" / "run" / "log.jsonl"))
     r = RECIPE
     theirs = dc62a0c_trace(
@@ -142,3 +157,24 @@ def test_the_recipe_trains_as_the_reference_loop(tmp_path, monkeypatch, case):
         for name in SETS:
             np.testing.assert_allclose(ours["final"][f"val_loss/{name}"],
                                        theirs["sets"][name][r["max_iters"]], atol=1e-4, rtol=0)
+
+
+def test_ours_matches_the_upstreams_recorded_trace(tmp_path, monkeypatch):
+    """Every step's train loss and every eval's numbers against the upstream's own train.py,
+    recorded once (tests/fixtures/dc62a0c_trace/README.md)."""
+    upstream = json.loads(UPSTREAM_TRACE.read_text())
+    monkeypatch.chdir(_tree(tmp_path))
+    # The suite's 8 CPU devices, as the reference case runs; the upstream ran on one.
+    _train_ours(ARGV, {"log_interval": 1, "tensorboard": False, "mesh_data": 2, "mesh_tensor": 4,
+                       "checkpoint_at_eval": False})
+    ours = _ours(train_helpers.read_log(tmp_path / "checkpoints" / "run" / "log.jsonl"))
+
+    np.testing.assert_allclose(ours["train_loss"], upstream["train_loss"], atol=1e-4, rtol=0)
+    assert sorted(ours["evals"]) == sorted(map(int, upstream["evals"])) == [0, 4, 8, 12]
+    for step, theirs in upstream["evals"].items():
+        assert set(theirs) == set(UPSTREAM_EVAL_FIELDS)
+        for field, (our_field, atol) in UPSTREAM_EVAL_FIELDS.items():
+            np.testing.assert_allclose(ours["evals"][int(step)][our_field], theirs[field],
+                                       atol=atol, rtol=0, err_msg=f"{field} at step {step}")
+    np.testing.assert_allclose(ours["final"]["val_loss"], upstream["final_val_loss"], atol=1e-4,
+                               rtol=0)

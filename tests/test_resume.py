@@ -1,5 +1,6 @@
 """SIGKILL a CPU training run at a random step, rerun the same command: bit-identical params."""
 
+import json
 import random
 import signal
 
@@ -60,11 +61,14 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
 
 # dc62a0c: evals draw training microbatches, so the train stream's position is not a function
 # of the step alone; the resume point must carry it (training/setup/semantics.py).
+# Its accuracy history and GOLD selection state continue across the resume too.
 NEWER = {"upstream_semantics": "dc62a0c", "grad_accum_steps": 2, "batch_size": 16,
-         "eval_interval": 2, "eval_iters": 1}
+         "eval_interval": 2, "eval_iters": 1, "saturation_check": True, "saturation_window": 2,
+         "saturation_min_steps": 0, "gold_selection": "val_loss"}
 
 
-@pytest.mark.parametrize("loop", [{"eval_interval": 100}, NEWER], ids=["ours", "dc62a0c"])
+@pytest.mark.parametrize("loop", [{"eval_interval": 2, "token_accuracy": True}, NEWER],
+                         ids=["ours", "dc62a0c"])
 def test_a_resumed_run_takes_the_uninterrupted_runs_next_batches(tmp_path, loop):
     """In-process and short, the fast tier's resume check: 4 steps, then a rerun of the same
     config to 6, against 6 steps in one go; the resumed steps' losses are the same numbers."""
@@ -86,3 +90,10 @@ def test_a_resumed_run_takes_the_uninterrupted_runs_next_batches(tmp_path, loop)
         losses[name] = {r["iter"]: r["train_loss"] for r in log if "train_loss" in r}
     assert sorted(losses["run"]) == list(range(6))
     assert [losses["run"][i] for i in (4, 5)] == [losses["ref"][i] for i in (4, 5)]
+    if "gold_selection" in loop:
+        metas = {name: json.loads((tmp_path / name / "checkpoints" / "6" / "meta" / "metadata"
+                                   ).read_text()) for name in ("ref", "run")}
+        for key in ("accuracy", "gold"):
+            assert metas["run"][key] == metas["ref"][key], key
+        assert len(metas["run"]["gold"]["val_history"]) == 4  # steps 0, 2, 4 and the final 6
+        assert len(metas["run"]["accuracy"]["history"]) == 4

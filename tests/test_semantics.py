@@ -69,3 +69,16 @@ def test_saturation_flags(history, found):
     c = config_dict.ConfigDict(dict(saturation_window=2, saturation_min_steps=5,
                                     saturation_min_delta=0.002, saturation_gap_threshold=0.01))
     assert [r.split()[0] for r in saturation.reasons(c, history)] == found
+
+
+def test_our_accuracy_reads_its_own_batches_and_dc62a0c_the_runs():
+    from mypt_jax.training.checkpoint.run_state import RunState
+    from mypt_jax.training.evals.accuracy import AccuracyPass
+
+    ours, state = AccuracyPass(_c(upstream_semantics="24cc3fc", token_accuracy=True), None,
+                               None), RunState()
+    assert ours.positions(state, step=4, val_start=6) == (0, 6)  # the val loss's own window
+    assert (state.train_position_at(4), state.accuracy_position) == (4, 2)  # stream untouched
+    newer, state = AccuracyPass(_c(), None, None), RunState(train_per_step=3)
+    assert newer.positions(state, step=4, val_start=6) == (12, 8)  # after the val loss's 2
+    assert state.train_position_at(4) == 14  # training resumes after the 2 drawn

@@ -99,3 +99,39 @@ def test_every_dc62a0c_recipe_trains_with_its_loop(stand_in):
             assert len(gold) == 2 and (stand_in / "checkpoints" / f"{name}_gold").is_dir(), name
             assert all(r["gate"]["ok"] and r["gate"]["metric_value"] == 50.0 for r in gold
                        if config.gold_gate_script and r["iter"] < 1), name
+
+
+@pytest.mark.slow
+def test_a_saturation_and_val_loss_gold_recipe_trains(stand_in):
+    """phase3_1_restart.json (token_accuracy_saturation) with dc62a0c's default GOLD strategy:
+    accuracy and the saturation fields at every eval, and checkpoints/<name>_gold written."""
+    from mypt_jax.training import trainer
+
+    recipe = json.loads((FIXTURES / "phase3_1_restart.json").read_text())
+    recipe["gold_selection"] = {"strategy": "val_loss"}
+    recipe["token_accuracy_saturation"].update(min_steps_before_check=1, window=2)
+    path = stand_in / "phase3_1_gold.json"
+    path.write_text(json.dumps(recipe))
+    args, _ = upstream_cli.split_argv([
+        "--model_name", "restart", "--dataset_dir", "data/sft", "--config_file",
+        str(path), "--max_iters", "2", "--eval_interval", "1", "--eval_iters", "1", "--warmup_iters", "1",
+        "--batch_size", "8", "--use_amp", "false"])
+    config = upstream_cli.apply(base.get_config(), upstream_cli.translate(args), set())
+    summary = trainer.train(config)
+    log = train_helpers.read_log(stand_in / config.log_file)
+    evals = [r for r in log if "val_loss" in r and "event" not in r]
+    assert [r["iter"] for r in evals] == [0, 1, 2]
+    assert summary["val_masked_token_acc"] == evals[-1]["val_masked_token_acc"]
+    assert all(0.0 <= r["train_masked_token_acc"] <= 1.0 and 0.0 <= r["val_masked_token_acc"]
+               <= 1.0 and "saturation_detected" in r for r in evals)
+    assert evals[0]["saturation_reason"] is None  # one eval is no window
+    gold = [r for r in log if r.get("event", "").startswith("gold_")]
+    assert [r["iter"] for r in gold] == [0, 1, 2] and gold[0]["event"] == "gold_checkpoint"
+    chosen = max((r for r in gold if r["selected"]), key=lambda r: r["iter"])
+    assert chosen["val_loss"] == min(r["val_loss"] for r in gold)
+    source = json.loads((stand_in / "checkpoints" / "restart_gold" / "source.json").read_text())
+    assert source["step"] == chosen["iter"]
+    assert (stand_in / "checkpoints" / "restart_gold" / "upstream" / "model.pt").is_file()
+    state = json.loads((stand_in / "checkpoints" / "restart" / "gold_selection_state.json"
+                        ).read_text())
+    assert state["gold_step"] == summary["gold"]["step"] == chosen["iter"]

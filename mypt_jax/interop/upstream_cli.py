@@ -91,7 +91,6 @@ class Translation:
     overrides: dict[str, Any]  # config field -> value
     origins: dict[str, str]  # config field -> the flag or JSON file it came from (for errors)
     summary: str  # one line: where the JSON fields went and what the upstream ignored
-    semantics: str = "24cc3fc"  # the upstream loop it reproduces (upstream_newer)
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  # the JSON file's fields
 
 
@@ -268,8 +267,9 @@ def resolve_model_path(name: str, legacy_checkpoint: str | None = None) -> Path:
 # ----------------------------------------------------------------------------- translation
 
 
-def translate(args: argparse.Namespace) -> Translation:
-    """The upstream flags (and the JSON file they name) as config overrides, lowest first."""
+def translate(args: argparse.Namespace, *, check_init: bool = True) -> Translation:
+    """The upstream flags (and the JSON file they name) as config overrides, lowest first.
+    `check_init=False` takes `--init_from_model X` as checkpoints/X without looking there."""
     flags = given(args)
     if "input_file" in flags:
         raise UpstreamConfigError(
@@ -293,12 +293,14 @@ def translate(args: argparse.Namespace) -> Translation:
     if "model_name" in flags:
         from_flags["workdir"] = os.path.join(CHECKPOINTS, flags["model_name"])
     if "init_from_model" in flags:
-        from_flags["init_from"] = resolve_init(flags["init_from_model"])
+        name = flags["init_from_model"]
+        from_flags["init_from"] = (resolve_init(name) if check_init
+                                   else os.path.join(CHECKPOINTS, name))
     if "grad_accum_steps" in overrides and "batch_size" in from_flags:
         from_flags["batch_size"] = overrides["batch_size"]  # --batch_size is per microbatch too
     overrides.update(from_flags)
     origins.update({k: "flags" for k in from_flags})
-    return Translation(overrides, origins, summary(data, flags, where), semantics, data)
+    return Translation(overrides, origins, summary(data, flags, where), data)
 
 
 def summary(data: dict[str, Any], flags: dict[str, Any], where: str) -> str:
@@ -350,7 +352,6 @@ def apply(config: config_dict.ConfigDict, translation: Translation,
           keep: set[str]) -> config_dict.ConfigDict:
     """`config` with the overrides set, except fields in `keep` (set by --config.field)."""
     config = config_dict.ConfigDict(config.to_dict())
-    semantics = translation.overrides.get("upstream_semantics", translation.semantics)
     for field, value in translation.overrides.items():
         if field in keep:
             continue
@@ -362,8 +363,7 @@ def apply(config: config_dict.ConfigDict, translation: Translation,
         except TypeError:
             raise UpstreamConfigError(
                 f"{where}: {field}: expected {type(config[field]).__name__}, got {value!r}") from None
-    semantics = config.upstream_semantics if "upstream_semantics" in keep else semantics
-    upstream_newer.defaults(config, semantics, translation.data, keep)
+    upstream_newer.defaults(config, config.upstream_semantics, translation.data, keep)
     return config
 
 
@@ -382,20 +382,7 @@ def from_argv(argv: Sequence[str], *, check_init: bool = True
     args, rest = split_argv(argv)
     translation = None
     if given(args):
-        translation = translate(args) if check_init else _translate_unchecked_init(args)
+        translation = translate(args, check_init=check_init)
         if not any(a == "--config" or a.startswith("--config=") for a in rest):
             rest.insert(0, f"--config={base_preset()}")
     return translation, rest, frozenset(config_overrides_in(rest))
-
-
-def _translate_unchecked_init(args: argparse.Namespace) -> Translation:
-    """`translate`, with --init_from_model's checkpoints/<name> not looked for on disk."""
-    flags = given(args)
-    if "init_from_model" not in flags:
-        return translate(args)
-    t = translate(argparse.Namespace(**{**vars(args), "init_from_model": None}))
-    where = f"--config_file {flags['config_file']}" if "config_file" in flags else "flags"
-    init = os.path.join(CHECKPOINTS, flags["init_from_model"])
-    return dataclasses.replace(t, overrides={**t.overrides, "init_from": init},
-                               origins={**t.origins, "init_from": "flags"},
-                               summary=summary(t.data, flags, where))

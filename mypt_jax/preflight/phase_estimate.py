@@ -14,6 +14,7 @@ from mypt_jax.data import batching
 from mypt_jax.preflight import chips
 from mypt_jax.training.compilation.shape_plan import count_shapes
 from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.setup import semantics
 
 
 def bucket_mix(r: cfg_lib.Resolved, layout: batching.Layout,
@@ -29,6 +30,12 @@ def bucket_mix(r: cfg_lib.Resolved, layout: batching.Layout,
                               **data_inspect.iterator_kwargs(r.config))
     counts = count_shapes(source, layout, range(batches))  # from the episode index alone
     return {k: v / batches for k, v in counts.items()}
+
+
+def eval_batches(c) -> int:
+    """Batches one eval reads for its val loss and, where scored, its accuracy (eval_iters
+    train and eval_iters val batches more; eval sets are not counted)."""
+    return c.eval_iters * (3 if semantics.accuracy_on(c) else 1)
 
 
 def phase_time(r: cfg_lib.Resolved, chip: chips.Chip | None, devices: int, results: list[dict],
@@ -54,7 +61,7 @@ def phase_time(r: cfg_lib.Resolved, chip: chips.Chip | None, devices: int, resul
     def step_s(roof: dict) -> float:
         return roof["step_s_bound"] if bound_only else roof["step_s"]
 
-    per_eval = sum(step_s(p["roofline"]) * (c.eval_iters if p["kind"] == "eval" else 1)
+    per_eval = sum(step_s(p["roofline"]) * (eval_batches(c) if p["kind"] == "eval" else 1)
                    for p in results if p["kind"] in ("eval", "decode") and "roofline" in p)
     decode_s = sum(step_s(p["roofline"]) for p in results if p["kind"] == "decode"
                    and "roofline" in p)
@@ -78,8 +85,10 @@ def phase_time(r: cfg_lib.Resolved, chip: chips.Chip | None, devices: int, resul
         # The rebuilt val loss (training/evals/val_loss.py): each distinct episode of the eval's
         # batches once, at padding-free shapes. Its forward pass is costed as a third of a
         # padding-free train step (forward + backward = 3 forwards), per batch of rows.
-        rows = min(val_episodes(r) or c.eval_iters * c.batch_size, c.eval_iters * c.batch_size)
-        out["eval_batches_rebuilt"] = -(-rows // c.batch_size)
+        b = semantics.eval_rows(c)
+        rows = min(val_episodes(r) or c.eval_iters * b, c.eval_iters * b)
+        # The accuracy's batches are read as they come (train batches are rarely repeated).
+        out["eval_batches_rebuilt"] = -(-rows // b) + eval_batches(c) - c.eval_iters
         out["eval_s_padding_free"] = out["eval_batches_rebuilt"] * mean / 3 + decode_s
     padding_free = "padding_free_train_s" in out
     run_s = (out["padding_free_train_s"] + evals * out["eval_s_padding_free"] if padding_free

@@ -23,6 +23,7 @@ from mypt_jax.model.param_table import param_shapes
 from mypt_jax.preflight import chips
 from mypt_jax.training.compilation.fit_check import bytes_per_device, sharded_batch, train_shapes
 from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.setup import semantics
 from mypt_jax.training.step import optim
 from mypt_jax.training.step import train_step as ts
 from mypt_jax.training.step.freeze import Freeze
@@ -81,10 +82,13 @@ def eval_program(r: cfg_lib.Resolved, mesh, shape: batching.BatchShape, resident
     from mypt_jax.training.evals import val_loss as val_lib
 
     c, mc = r.config, r.model_config
+    # An eval batch is a microbatch under the dc62a0c semantics (training/setup/semantics.py).
+    shape = dataclasses.replace(shape, rows=semantics.eval_rows(c), flat=False)
 
     def lower():
         step = val_lib.make_row_loss_step(ts.model_def(mc), mesh,
-                                             loss_chunk_size=c.loss_chunk_size)
+                                             loss_chunk_size=c.loss_chunk_size,
+                                             accuracy=semantics.accuracy_on(c))
         return step.lower(ts.abstract_params(mc, mesh), sharded_batch(shape, mesh))
 
     flops = chips.forward_flops(mc, shape.rows, shape.length, shape.positions or None)

@@ -96,6 +96,11 @@ class GoldRun:
         self._report(decision)
         return decision
 
+    def summary(self) -> dict[str, Any]:
+        """The run summary's GOLD entry: which step's weights, and where."""
+        return {"strategy": self.c.gold_selection, "step": self.st.gold_step,
+                "val_loss": self.st.to_dict()["best_gold_val_loss"], "dir": str(self.dir)}
+
     def _report(self, decision: dict[str, Any]) -> None:
         event, step = decision["event"], decision["iter"]
         if event == "gold_checkpoint":

@@ -40,6 +40,8 @@ from mypt_jax.training.setup import config as cfg_lib
 from mypt_jax.training.startup import Run
 
 log = logging.getLogger(__name__)
+ACCURACY_KEYS = ("train_masked_token_acc", "val_masked_token_acc", "saturation_detected",
+                 "saturation_step")
 
 
 def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
@@ -254,4 +256,7 @@ def _summary(run: Run, step_time_s: float | None, flops_per_s: float | None) -> 
         "model_flops_per_s": flops_per_s,
         "shape_plan": run.planned.summary(),
         "damaged_checkpoints": run.begin.warnings,
+        # The final eval's masked-token accuracy and saturation flags, where scored.
+        **{k: record[k] for k in ACCURACY_KEYS if k in record},
+        "gold": None if run.gold is None else run.gold.summary(),
     }
