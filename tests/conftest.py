@@ -32,7 +32,8 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # would leave the other worker idle at the end (tests/test_cpu_curriculum.py takes 4-6 min).
 LONGEST_FIRST = ("test_cpu_curriculum.py", "test_host_work.py", "test_multihost.py",
                  "test_preemption.py", "test_benchmarks.py", "test_preflight.py", "test_trace.py",
-                 "test_freeze.py", "test_pipeline.py", "test_upstream_cli.py")
+                 "test_freeze.py", "test_pipeline.py", "test_upstream_cli.py",
+                 "test_upstream_configs.py")
 
 
 def pytest_collection_modifyitems(config, items):
