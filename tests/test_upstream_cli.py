@@ -378,32 +378,3 @@ def test_grad_accum_steps_scales_the_upstream_batch(tmp_path):
         path.write_text(json.dumps(content))
         with pytest.raises(upstream_cli.UpstreamConfigError, match=f"^--config_file {path}: {message}"):
             _translate(["--config_file", str(path)])
-
-
-@pytest.mark.slow
-def test_newer_upstream_configs_train_from_the_command_line(tmp_path):
-    from mypt_jax.data.prepare import prepare
-
-    chat = train_helpers.write_chat_jsonl(tmp_path / "chat.jsonl", 40)
-    prepare(chat, tmp_path / "data" / "sft", val_split=0.2, progress=False)
-    sets = json.loads((FIXTURES / "phase3_chat_sft.json").read_text())["eval_sets"]
-    for path in sets.values():  # the eval sets at the file's paths
-        shutil.copytree(tmp_path / "data" / "sft", tmp_path / path)
-    for name, micro, fields in (("phase1_format_lock", "2", {"grad_accum_steps": 4, "remat": "full"}),
-                                ("750M_phase3a_operator_packed", "4", {"freeze_layers": 3}),
-                                ("phase3_chat_sft", "2", {"checkpoint_at_eval": True,
-                                                          "eval_sets": ",".join(
-                                                              f"{k}={v}" for k, v in sets.items())})):
-        out = _train(tmp_path, ["--model_name", name, "--dataset_dir", "data/sft", "--config_file",
-                                str(FIXTURES / f"{name}.json"), "--max_iters", "2",
-                                "--eval_interval", "2", "--eval_iters", "1", "--warmup_iters", "1",
-                                "--batch_size", micro, "--use_amp", "false"])
-        assert out.returncode == 0, out.stderr[-3000:]
-        meta = json.loads(sorted((tmp_path / "checkpoints" / name / "checkpoints").glob(
-            "*/meta/metadata"))[-1].read_text())
-        c = meta["config"]
-        assert {k: c[k] for k in fields} == fields and c["batch_size"] == int(micro) * c[
-            "grad_accum_steps"]
-        assert (c["pos_encoding"], c["mlp_type"], c["norm_type"]) == ("rope", "swiglu", "rmsnorm")
-        frozen = "note: frozen: blocks 0-2 of 4, embeddings trained;" in out.stdout + out.stderr
-        assert frozen == ("freeze_layers" in fields), name

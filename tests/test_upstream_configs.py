@@ -137,10 +137,12 @@ def stand_in(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_every_dc62a0c_recipe_trains_with_its_loop(stand_in):
+    """Each recipe, and the archived one, through the upstream command line (in-process)."""
     from mypt_jax.training import trainer
     from mypt_jax.training.setup.config import ConfigError
 
-    for name in DC62A0C_SFT:
+    for name in (*DC62A0C_SFT, ARCHIVE.removesuffix(".json")):
+        recipe = json.loads((FIXTURES / f"{name}.json").read_text())
         config, translation = _config(name)
         assert config.upstream_semantics == "dc62a0c", name
         assert translation.summary.count("upstream_semantics dc62a0c") == 1, name
@@ -155,6 +157,18 @@ def test_every_dc62a0c_recipe_trains_with_its_loop(stand_in):
         assert len(evals) == 2, name  # step 0 and the final 1
         assert all(r["train_masked_token_count"] > 0 and r["val_masked_token_count"] > 0
                    for r in evals), name
+        # What the run saved is the recipe: its microbatches, remat, model, eval sets, freezing.
+        c = json.loads((stand_in / config.workdir / "checkpoints" / "1" / "meta" / "metadata"
+                        ).read_text())["config"]
+        assert (c["batch_size"], c["remat"]) == (
+            8 * recipe.get("grad_accum_steps", 1),
+            "full" if recipe.get("use_checkpoint") else "none"), name
+        assert (c["pos_encoding"], c["mlp_type"], c["norm_type"]) == ("rope", "swiglu", "rmsnorm")
+        assert c["eval_sets"] == ",".join(f"{k}={v}" for k, v in
+                                          (recipe.get("eval_sets") or {}).items()), name
+        notes = next(r for r in log if r.get("event") == "start")["notes"]
+        frozen = any(n.startswith("frozen: blocks 0-2 of 4, embeddings trained;") for n in notes)
+        assert frozen == ("freeze_layers" in recipe), name
         if config.gold_selection:  # the gate passed: the first eval is GOLD
             gold = [r for r in log if r.get("event", "").startswith("gold_")]
             assert gold[0]["event"] == "gold_checkpoint", (name, gold[0])
