@@ -75,10 +75,10 @@ def test_our_accuracy_reads_its_own_batches_and_dc62a0c_the_runs():
     from mypt_jax.training.checkpoint.run_state import RunState
     from mypt_jax.training.evals.accuracy import AccuracyPass
 
-    ours, state = AccuracyPass(_c(upstream_semantics="24cc3fc", token_accuracy=True), None,
+    ours, state = AccuracyPass(_c(upstream_semantics="24cc3fc", token_accuracy=True),
                                None), RunState()
     assert ours.positions(state, step=4, val_start=6) == (0, 6)  # the val loss's own window
     assert (state.train_position_at(4), state.accuracy_position) == (4, 2)  # stream untouched
-    newer, state = AccuracyPass(_c(), None, None), RunState(train_per_step=3)
+    newer, state = AccuracyPass(_c(), None), RunState(train_per_step=3)
     assert newer.positions(state, step=4, val_start=6) == (12, 8)  # after the val loss's 2
     assert state.train_position_at(4) == 14  # training resumes after the 2 drawn

@@ -169,7 +169,7 @@ def build_evals(run: Run, layout: batching.Layout, stream: dict, eval_row_fn,
     run.state.set_positions = {name: int(saved.get(name, 0)) for name in sets}
     accuracy = None
     if semantics.accuracy_on(c) or semantics.train_draws_per_eval(c):
-        accuracy = AccuracyPass(c, reader(c.dataset_dir, "train"), val_fn)
+        accuracy = AccuracyPass(c, reader(c.dataset_dir, "train"))
     return Evaluator(run.r, run.mdef, mesh, run.writer, val_fn, sets,
                      load_eval_prompts(c.eval_prompts_file), run.schedule, on_nan, accuracy)
 
@@ -218,7 +218,7 @@ def build_programs(run: Run, stack: contextlib.ExitStack, on_nan) -> None:
     state = run.state
     position_of = semantics.train_positions(
         c, run.start, state.train_position,
-        eval_pending=run.start % c.eval_interval == 0 and not state.evaluated_at(run.start))
+        eval_pending=state.eval_due(run.start, c.eval_interval))
     run.feed = prefetch.Feed(
         lambda u: prefetch.device_batch(train_source[position_of(u)], mesh, train_layout,
                                         r.tokenizer.eot_id),

@@ -108,7 +108,7 @@ def register_hooks(run: Run) -> Hooks:
     hooks.add("profiler", run.profiler.on_step, every=1, at_end=True, category="profile")
     hooks.add("preemption", lambda i: _check_preemption(run, i), every=1)
     hooks.add("eval", lambda i: _evaluate(run, i), at_end=True, sync=True, category="eval",
-              when=lambda i: i.step % c.eval_interval == 0 and not run.state.evaluated_at(i.step))
+              when=lambda i: run.state.eval_due(i.step, c.eval_interval))
     hooks.add("late_compile", lambda i: _warn_late(run, i.step), every=1, at_end=True)
 
     def save(info: StepInfo) -> None:

@@ -61,6 +61,11 @@ class RunState:
         """The newest eval is of the weights of `step`."""
         return bool(self.last_eval) and self.last_eval.get("iter") == step
 
+    def eval_due(self, step: int, eval_interval: int) -> bool:
+        """The loop evaluates the weights of `step` (before the next update): an eval step not
+        evaluated yet (a resume after an eval's save does not repeat it)."""
+        return step % eval_interval == 0 and not self.evaluated_at(step)
+
     def record_eval(self, step: int, val_loss: float, set_losses: dict[str, float]) -> None:
         """The val history and the run's first losses; the eval's whole record (`last_eval`)
         is its evaluator's to set, once the record is complete."""

@@ -28,11 +28,12 @@ def _acc(hit: int, scored: int) -> float | None:
 
 
 class AccuracyPass:
-    """`run(params, state, val_start)` scores (or, under dc62a0c without a mask, only draws)
-    the eval's accuracy batches and returns the record's fields."""
+    """At an eval: `positions` draws the accuracy's windows (and, under dc62a0c, moves the
+    streams on), `record` scores them. The val window is scored in the val loss's own pass
+    (`ValLoss.evaluate`); the train window here."""
 
-    def __init__(self, c, train_fn: ValLoss, val_fn: ValLoss):
-        self.c, self.train_fn, self.val_fn = c, train_fn, val_fn
+    def __init__(self, c, train_fn: ValLoss):
+        self.c, self.train_fn = c, train_fn
         self.scores = semantics.accuracy_on(c)
 
     def positions(self, state: RunState, step: int, val_start: int) -> tuple[int, int]:
@@ -46,12 +47,10 @@ class AccuracyPass:
         state.accuracy_position += c.eval_iters
         return train, val_start
 
-    def run(self, params, state: RunState, step: int, val_start: int) -> dict[str, Any]:
-        train_at, val_at = self.positions(state, step, val_start)
-        if not self.scores:
-            return {}
-        (t_hit, t_n), (v_hit, v_n) = (self.train_fn.accuracy(params, train_at),
-                                      self.val_fn.accuracy(params, val_at))
+    def record(self, params, state: RunState, step: int, train_at: int,
+               val_counts: tuple[int, int]) -> dict[str, Any]:
+        """The eval record's accuracy and saturation fields (val: its (predicted, scored))."""
+        (t_hit, t_n), (v_hit, v_n) = self.train_fn.accuracy(params, train_at), val_counts
         train, val = _acc(t_hit, t_n), _acc(v_hit, v_n)
         gap = None if train is None or val is None else train - val
         return {"train_masked_token_acc": train, "val_masked_token_acc": val,

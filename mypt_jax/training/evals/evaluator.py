@@ -89,12 +89,15 @@ class Evaluator:
         """Evaluates the weights of `step`, advances the val streams, logs the record."""
         c = self.c
         t0 = time.perf_counter()
-        val_start = run.val_position
-        v, v_tok = self.val_fn(params, val_start)
+        val_start, acc = run.val_position, self.accuracy
+        train_at, val_acc_at = acc.positions(run, step, val_start) if acc else (None, None)
+        scoring = acc is not None and acc.scores
+        v, v_tok, val_counts = self.val_fn.evaluate(params, val_start,
+                                                    val_acc_at if scoring else None)
         run.val_position += semantics.val_draws_per_eval(c)
         if not math.isfinite(v):
             self.on_nan("val loss", v, step)
-        scores = self.accuracy.run(params, run, step, val_start) if self.accuracy else {}
+        scores = acc.record(params, run, step, train_at, val_counts) if scoring else {}
         t1 = time.perf_counter()
         results = self.generations(params)
         t2 = time.perf_counter()

@@ -139,18 +139,34 @@ class ValLoss:
                          for k in range(self.eval_iters)])
 
     def __call__(self, params, position: int) -> tuple[float, float]:
+        return self.evaluate(params, position)[:2]
+
+    def evaluate(self, params, position: int, accuracy_at: int | None = None
+                 ) -> tuple[float, float, tuple[int, int] | None]:
+        """The loss pair of the window at `position` and, with `accuracy_at`, the accuracy
+        counts of the window there (`accuracy`), from one pass over both windows' episodes:
+        the two windows share most of them, or all (the same window, or the resident split)."""
         ids_KxB = self._window(position)
-        sum_G, count_G = self.episode_sums(params, ids_KxB)[:2]
+        acc_KxB = None if accuracy_at is None else self._window(accuracy_at)
+        stats_G = self.episode_sums(
+            params, ids_KxB if acc_KxB is None else np.concatenate([ids_KxB, acc_KxB]))
+        sum_G, count_G = stats_G[:2]
         s_K, c_K = sum_G[ids_KxB].sum(axis=1), count_G[ids_KxB].sum(axis=1)
         per_batch_K = s_K / np.maximum(c_K, 1.0)
-        return float(per_batch_K.mean()), float(s_K.sum() / max(c_K.sum(), 1.0))
+        counts = None if acc_KxB is None else _counts(stats_G, acc_KxB)
+        return float(per_batch_K.mean()), float(s_K.sum() / max(c_K.sum(), 1.0)), counts
 
     def accuracy(self, params, position: int) -> tuple[int, int]:
         """(targets predicted, targets scored) over the window's batches, an episode counted
         once per batch that holds it (the upstream's sums over its batches)."""
         ids_KxB = self._window(position)
-        hit_G, scored_G = self.episode_sums(params, ids_KxB)[2:]
-        return int(hit_G[ids_KxB].sum()), int(scored_G[ids_KxB].sum())
+        return _counts(self.episode_sums(params, ids_KxB), ids_KxB)
+
+
+def _counts(stats_G: list[np.ndarray], ids_KxB: np.ndarray) -> tuple[int, int]:
+    """(targets predicted, targets scored) of the batches `ids_KxB` from per-episode stats."""
+    hit_G, scored_G = stats_G[2:]
+    return int(hit_G[ids_KxB].sum()), int(scored_G[ids_KxB].sum())
 
 
 def batchwise_val_loss(eval_fn, params, source: data.EpisodeBatchSource, position: int,
