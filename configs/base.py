@@ -136,6 +136,10 @@ def get_config() -> config_dict.ConfigDict:
     c.compilation_cache_dir = "auto"
     c.compile_plan = "auto"  # "auto": rare batch shapes run padded up to compiled ones | "exact"
     c.compile_threads = 0  # programs compiled at once before step 0; 0 = one per two CPU cores
+    # Train programs past the first compile behind the steps, each in the order the run
+    # reaches it; a batch waits only for its own. "auto": on accelerators, whose host cores
+    # idle while the devices step; off on CPU, whose cores are the ones stepping | "on" | "off"
+    c.compile_background = "auto"
     c.prefetch_batches = 2  # train batches shaped and placed on the devices ahead; 0 = in the loop
     c.allow_data_change = False  # resume although the dataset files or batch-stream fields changed
     c.export_upstream = False  # also write the final weights as an upstream checkpoint dir

@@ -194,6 +194,39 @@ def trainer_argv(
     return argv + list(extra)
 
 
+# The curriculum's phases in order, mirroring mypt_jax/curriculum/phases.py (a test keeps them
+# equal): `run --phase all --process_per_phase` starts one pipeline process per phase.
+CURRICULUM_PHASES = ("3a1_alpha", "3a1_beta", "3a1_gamma", "3a2")
+
+
+def pipeline_argv(
+    phase: str,
+    root: str,
+    init_from: str | None,
+    extra: Sequence[str],
+    distributed: bool = False,
+    process_per_phase: bool = False,
+) -> Command:
+    """The curriculum's train steps (the data prepared beforehand) as one job: `phase` "all"
+    runs every phase in one process, each starting from the previous one's weights on the
+    devices. `process_per_phase`: a process per phase, one after another, each reading the
+    previous phase's weights back from its run directory. `extra` comes last (pipeline
+    flags, `--set field=value`)."""
+    def one(name: str, first: bool) -> list[str]:
+        argv = [VENV_PYTHON, "-m", "mypt_jax.pipeline", "--phase", name, "--steps", "train",
+                f"--root={root}"]
+        if distributed:
+            argv.append("--distributed")
+        if init_from and first:
+            argv.append(f"--init_from={init_from}")
+        return argv + list(extra)
+
+    if not process_per_phase or phase != "all":
+        return one(phase, True)
+    chain = " && ".join(shlex.join(one(name, i == 0)) for i, name in enumerate(CURRICULUM_PHASES))
+    return ["bash", "-c", chain]
+
+
 def restart_loop_script(run_name: str, command: str, max_restarts: int) -> str:
     """Runs `command` again while it exits 75 and nobody stopped the run, or exits 74 (up to
     STORAGE_RERUNS times, STORAGE_PAUSE_S apart); then writes <run>.rc.
@@ -313,8 +346,13 @@ def run_command(
         raise LaunchError(f"--run_name {LATEST!r} is reserved (it names the newest run)")
     if args.max_restarts < 0:
         raise LaunchError(f"--max_restarts {args.max_restarts}: expected 0 or more")
-    workdir = workdir or args.workdir or default_workdir(args.run_name)
-    argv = trainer_argv(args.config, workdir, args.dataset_dir, args.init_from, extra, distributed)
+    if getattr(args, "phase", None):  # the curriculum: `workdir` is the pipeline's root
+        argv = pipeline_argv(args.phase, workdir or ".", args.init_from, extra, distributed,
+                             args.process_per_phase)
+    else:
+        workdir = workdir or args.workdir or default_workdir(args.run_name)
+        argv = trainer_argv(args.config, workdir, args.dataset_dir, args.init_from, extra,
+                            distributed)
     return target.shell(start_script(remote_dir, args.run_name, argv, env, args.max_restarts))
 
 

@@ -149,17 +149,39 @@ def checked_workdir(args: argparse.Namespace, workers: int, recreated: bool = Fa
     )
 
 
+def curriculum_root(args: argparse.Namespace, workers: int) -> str:
+    """Where `run --phase` keeps the pipeline's data/, runs/ and logs/: the checkout, or a
+    filesystem every worker mounts, which a slice of several workers needs."""
+    if args.dataset_dir or args.workdir:
+        flag = "--dataset_dir" if args.dataset_dir else "--workdir"
+        raise ll.LaunchError(f"{flag}: with --phase the pipeline names each phase's dataset "
+                             "and run directory under its root (--shared_workdir, or the "
+                             "checkout); set fields with `-- --set field=value`")
+    if args.shared_workdir:
+        return checked_workdir(args, workers)
+    if workers > 1:
+        raise ll.LaunchError(
+            f"--phase on {workers} workers: they write each phase's checkpoints together, so "
+            "the pipeline's root must be a filesystem every worker mounts: pass "
+            "--shared_workdir /PATH (NFS, Filestore) with the prepared data/ under it")
+    return "."
+
+
 def run_commands(
     args: argparse.Namespace, extra: Sequence[str], recreated: bool = False
 ) -> list[ll.Command]:
     workers = slice_workers(args)
+    if getattr(args, "phase", None):
+        workdir = curriculum_root(args, workers)
+    else:
+        workdir = checked_workdir(args, workers, recreated)
     command = ll.run_command(
         ll.TpuTarget.from_args(args),
         args.remote_dir,
         args,
         extra,
         ll.parse_env(args.env),
-        workdir=checked_workdir(args, workers, recreated),
+        workdir=workdir,
         distributed=workers > 1,  # one trainer process per worker, joined by jax.distributed
     )
     return [command]
@@ -249,6 +271,19 @@ def _run_flags() -> argparse.ArgumentParser:
         help="workers in the slice, for an --accelerator_type this script does not know",
     )
     p.add_argument("--dataset_dir", help="sets --config.dataset_dir")
+    p.add_argument(
+        "--phase",
+        choices=[*ll.CURRICULUM_PHASES, "all"],
+        help="run the curriculum's train steps (`python -m mypt_jax.pipeline --steps train`, the "
+        "data prepared under the root beforehand) instead of one --config: `all` is the four "
+        "phases as one job, each starting from the previous one's weights on the devices",
+    )
+    p.add_argument(
+        "--process_per_phase",
+        action="store_true",
+        help="with --phase all: a process per phase, each reading the previous phase's weights "
+        "back from its run directory (the path before the one-job curriculum)",
+    )
     p.add_argument(
         "--env",
         action="append",

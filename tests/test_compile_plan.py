@@ -4,6 +4,8 @@ concurrently as planned, a failure stops the run before step 0, a resume compile
 from __future__ import annotations
 
 import shutil
+import threading
+import types
 
 import numpy as np
 import pytest
@@ -113,3 +115,94 @@ def test_a_failed_compile_names_its_shape_and_stops_before_step_0(dataset, tmp_p
     log = train_helpers.read_log(tmp_path / "run" / "log.jsonl")
     assert not [r for r in log if "train_loss" in r or "val_loss" in r]
     assert not list((tmp_path / "run" / "checkpoints").glob("[0-9]*"))
+
+
+# ----------------------------------------------------------------------------- behind the steps
+
+
+def _job(kind, shape, gate=None, fail=False):
+    def lower():
+        if gate is not None:
+            assert gate.wait(30), "the test never released this compile"
+        if fail:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+        return types.SimpleNamespace(compile=lambda: (lambda *a: (kind, shape, a)))
+
+    return programs.Job(kind, shape, lower)
+
+
+def test_later_programs_compile_behind_and_a_batch_waits_for_its_own_only():
+    gate_late, gate_never = threading.Event(), threading.Event()
+    progs = programs.Programs(print_fn=lambda m: None)
+    progs.compile_ahead([_job("eval", "e"), _job("train", "a"), _job("train", "b", gate_late),
+                         _job("train", "c", gate_never)], threads=4, first=2)
+    # Returned with the first two compiled, the other two still going.
+    assert set(progs.compiled) == {("eval", "e"), ("train", "a")} and progs.ahead_wall_s > 0
+    assert progs.call("train", "a", 1) == ("train", "a", (1,))
+    gate_late.set()  # "b" can finish; calling it waits for it alone, never for "c"
+    assert progs.call("train", "b", 2) == ("train", "b", (2,))
+    assert ("train", "c") not in progs.compiled and progs.waited_s >= 0
+    assert [r["shape"] for r in progs.behind] == ["b"]
+    gate_never.set()
+    progs.join()
+    assert [r["shape"] for r in progs.behind] == ["b", "c"] and not progs.late
+
+
+def test_a_compile_that_fails_behind_the_steps_stops_before_its_first_batch():
+    progs = programs.Programs(print_fn=lambda m: None)
+    progs.compile_ahead([_job("train", "a"), _job("train", "b", fail=True)], threads=2, first=1)
+    assert progs.call("train", "a") == ("train", "a", ())
+    with pytest.raises(programs.CompileError, match="train b: RuntimeError: RESOURCE_EXHAUSTED"):
+        progs.call("train", "b")
+    # The memory check runs as each compile ends: a program that does not fit stops there.
+    def check(kind, shape, compiled):
+        if shape == "big":
+            raise ValueError(f"{kind} {shape} needs more than the device holds")
+
+    progs = programs.Programs(print_fn=lambda m: None, check=check)
+    progs.compile_ahead([_job("train", "a"), _job("train", "big")], threads=2, first=1)
+    with pytest.raises(ValueError, match="train big needs more"):
+        progs.call("train", "big")
+    progs.close()
+
+
+@pytest.mark.slow
+def test_a_run_with_compiles_behind_the_steps_trains_as_one_without(dataset, tmp_path):
+    """Background compiles change when programs are ready, never what they compute."""
+    off = trainer.train(_config(dataset, tmp_path / "off", compilation_cache_dir="",
+                                compile_plan="exact", compile_background="off"))
+    on = trainer.train(_config(dataset, tmp_path / "on", compilation_cache_dir="",
+                               compile_plan="exact", compile_background="on", compile_threads=1))
+    a = _losses(train_helpers.read_log(tmp_path / "off" / "log.jsonl"))
+    b = _losses(train_helpers.read_log(tmp_path / "on" / "log.jsonl"))
+    assert len(a) == 8 and a == b and on["final_val_loss"] == off["final_val_loss"]
+    assert {(r["program"], r["shape"]) for r in on["compiles"]} == {
+        (r["program"], r["shape"]) for r in off["compiles"]}
+    # Two train programs: the second one compiled behind the steps, logged as such.
+    log = train_helpers.read_log(tmp_path / "on" / "log.jsonl")
+    behind = [r for r in log if r.get("event") == "compile" and r.get("behind")]
+    assert len(on["shape_plan"]["train"]["programs"]) >= 2 and behind
+    assert all(r["program"] == "train" for r in behind)
+
+
+@pytest.mark.slow
+def test_the_next_phase_compiles_ahead_into_the_cache_it_starts_from(dataset, tmp_path):
+    """What `pipeline --phase all` compiles for phase k+1 while phase k trains is what k+1's
+    own start-up plans: every one of its train and eval programs is then a cache hit."""
+    from mypt_jax.training import next_phase
+    from mypt_jax.training.compilation import compile_cache
+
+    config = _config(dataset, tmp_path / "next", compilation_cache_dir=str(tmp_path / "xla"),
+                     compile_plan="exact", compile_background="on")
+    compile_cache.use(str(tmp_path / "other"))  # a phase running with another cache: not there
+    assert not next_phase.wanted(config)
+    compile_cache.use(config.compilation_cache_dir)  # the running phase's, as in the pipeline
+    assert next_phase.wanted(config)
+    assert not next_phase.wanted(_config(dataset, tmp_path / "x", compile_background="auto"))
+    ahead = next_phase.NextPhase(config)
+    compiled = {(r["program"], r["shape"]) for r in ahead.wait()}
+    assert ahead.error is None and {p for p, _ in compiled} == {"train", "eval"}
+    summary = trainer.train(config)
+    ran = {(r["program"], r["shape"]): r["cache_hit"] for r in summary["compiles"]}
+    assert compiled == set(ran)
+    assert all(ran.values()), ran

@@ -95,6 +95,65 @@ def test_hand_written_module():
     assert b.async_copy == 4 * out + out  # the HBM side of each prefetch, once
     assert b.total == b.matmul + b.async_copy + b.collective + b.other
     assert b.overlapped == b.matmul + b.async_copy
+    # Over the links: the all-reduce's input twice (no group given: the whole of it).
+    assert b.link_sync == 2 * 4 * out and b.link_async == 0
+
+
+# Collectives as TPU's compiler writes them: a reduce-scatter as an all-reduce in an
+# `all-reduce-scatter` fusion (synchronous), an all-gather started asynchronously and waited
+# for later, an all-gather carried by an async collective fusion beside a matmul, its done
+# fusion (nothing more moves), and a collective-permute pair. Groups of 4 devices.
+_COLLECTIVES = """HloModule c, entry_computation_layout={()->()}
+
+%all-reduce-scatter.1 (g: bf16[1024,256]) -> bf16[256,256] {
+  %g = bf16[1024,256]{1,0} parameter(0)
+  %r = bf16[1024,256]{1,0} all-reduce(%g), replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %s = bf16[256,256]{1,0} slice(%r), slice={[0:256], [0:256]}
+}
+
+%gather (w: bf16[256,256]) -> bf16[1024,256] {
+  %w = bf16[256,256]{1,0} parameter(0)
+  ROOT %ag = bf16[1024,256]{1,0} all-gather(%w), replica_groups=mesh['axis_0'=4,'axis_1'=1] {'axis_0'}, dimensions={0}
+}
+
+%async_collective_fusion.7 (x: bf16[8,256], w: bf16[256,256], v: bf16[256,256]) -> (bf16[8,256], bf16[1024,256]) {
+  %x = bf16[8,256]{1,0} parameter(0)
+  %w = bf16[256,256]{1,0} parameter(1)
+  %v = bf16[256,256]{1,0} parameter(2)
+  %dot = bf16[8,256]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %ag = bf16[1024,256]{1,0} all-gather(%v), replica_groups=[1,4]<=[4], dimensions={0}
+  ROOT %t = (bf16[8,256]{1,0}, bf16[1024,256]{1,0}) tuple(%dot, %ag)
+}
+
+ENTRY %main (g: bf16[1024,256], w: bf16[256,256], x: bf16[8,256]) -> bf16[256,256] {
+  %g = bf16[1024,256]{1,0} parameter(0)
+  %w = bf16[256,256]{1,0} parameter(1)
+  %x = bf16[8,256]{1,0} parameter(2)
+  %rs = bf16[256,256]{1,0} fusion(%g), kind=kCustom, calls=%all-reduce-scatter.1
+  %start = ((bf16[256,256]{1,0}), bf16[1024,256]{1,0}) async-start(%w), calls=%gather
+  %done = bf16[1024,256]{1,0} async-done(%start)
+  %fused = (bf16[8,256]{1,0}, bf16[1024,256]{1,0}) fusion(%x, %w, %w), kind=kOutput, calls=%async_collective_fusion.7
+  %async-collective-done.1 = bf16[1024,256]{1,0} fusion(%w), kind=kCustom, calls=%gather
+  %cp = (bf16[256,256]{1,0}, bf16[256,256]{1,0}, u32[]{:S(2)}) collective-permute-start(%w), source_target_pairs={{0,1},{1,2},{2,3},{3,0}}
+  ROOT %cpd = bf16[256,256]{1,0} collective-permute-done(%cp)
+}
+"""
+
+
+def test_collectives_count_as_the_compiler_scheduled_them():
+    b = hlo_cost.hbm_bytes(_COLLECTIVES)
+    full, shard = 1024 * 256 * 2, 256 * 256 * 2
+    # Synchronous: the reduce-scatter sends 3/4 of its input.
+    assert b.link_sync == pytest.approx(0.75 * full)
+    # Asynchronous, each once: the started all-gather and the fused one receive 3/4 of
+    # their output; the permute sends its output; the done fusion adds nothing.
+    assert b.link_async == pytest.approx(0.75 * full + 0.75 * full + shard)
+    # The link bytes are not HBM bytes: the fusions' own operands and outputs are.
+    assert b.total == b.matmul + b.async_copy + b.collective + b.other
+    assert hlo_cost._group_size("replica_groups={{0,1},{2,3}}") == 2
+    assert hlo_cost._group_size("replica_groups=mesh['a'=2,'b'=4] {'a','b'}, x") == 8
+    assert hlo_cost._group_size("replica_groups=[2,4]<=[8]") == 4
+    assert hlo_cost._group_size("channel_id=1") == 1
 
 
 def test_unreadable_trip_count_counts_once_and_says_so():

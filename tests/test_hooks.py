@@ -34,6 +34,7 @@ class Fakes:
         self.window = types.SimpleNamespace(exclude=lambda s: None)
         self.signal_name = "SIGTERM"
         self.late: list = []
+        self.waited_s = 0.0  # the programs' waits for compiles behind the steps
 
     # --- the step log
     def dispatched(self, step, metrics, info):
@@ -111,7 +112,7 @@ def _run(calls, *, max_iters=8, log_interval=4, eval_interval=4, policy=None, na
         planned=types.SimpleNamespace(programs=fakes), step_fn=types.SimpleNamespace(hyper=None),
         profiler=types.SimpleNamespace(on_step=lambda i: None),
         evaluator=types.SimpleNamespace(run=evaluate), writer=None, late_compile_s=0.0,
-        gold=None, train_position_of=lambda update: update)
+        gold=None, train_position_of=lambda update: update, hand_off=False)
     run.saver = FakeSaver(calls, state, policy)
     return run
 

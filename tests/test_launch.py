@@ -759,7 +759,16 @@ def test_readme_trainer_flags_are_accepted_by_the_trainer(capsys):
     """The trainer command lines the README's runs start parse with the real trainer flags and
     give the documented mesh (and --distributed where the slice has more than one worker)."""
     runs = [w for w in readme_commands() if w[2] in ("run", "supervise")]
-    assert len(runs) == 4
+    curricula = [w for w in runs if "--phase" in w]
+    runs = [w for w in runs if "--phase" not in w]
+    assert len(runs) == 4 and curricula
+    from mypt_jax.curriculum import pipeline
+
+    for words in curricula:  # the pipeline's own parser takes what the launcher starts
+        start = dry(tpu.main, [words[2], "--dry_run", *words[3:]], capsys)[-1]
+        argv = trainer_argv_in(script_of(start))
+        assert argv[1:3] == ["-m", "mypt_jax.pipeline"], words
+        assert pipeline.build_parser().parse_args(argv[3:]).steps == "train"
     # (mesh_data, mesh_fsdp, mesh_tensor, batch_size, grad_accum_steps, remat, distributed): the
     # table's choice, FSDP over every device with remat "dots", is the phase configs' own.
     expected = {
@@ -792,3 +801,34 @@ def test_readme_trainer_flags_are_accepted_by_the_trainer(capsys):
         )
         assert result.returncode == 0, (words, result.stderr[-2000:])
         assert tuple(json.loads(result.stdout.splitlines()[-1])) == expected[machine], words
+
+
+def test_tpu_run_of_the_curriculum_is_one_job_on_every_worker(capsys):
+    from mypt_jax.curriculum import pipeline
+
+    assert launchlib.CURRICULUM_PHASES == tuple(pipeline.PHASES)
+    base = ["run", "--name", "t", "--zone", "z", "--run_name", "c", "--dry_run"]
+    one = ["--accelerator_type", "v5p-8"]
+    (command,) = dry(tpu.main, [*base, *one, "--phase", "all", "--", "--set", "max_iters=5"],
+                     capsys)
+    assert trainer_argv_in(script_of(command)) == [
+        ".venv/bin/python", "-m", "mypt_jax.pipeline", "--phase", "all", "--steps", "train",
+        "--root=.", "--set", "max_iters=5"]
+    # The flag keeps a process per phase, one after another; the first takes --init_from.
+    (command,) = dry(tpu.main, [*base, *one, "--phase", "all", "--process_per_phase",
+                                "--init_from", "checkpoints/base"], capsys)
+    argv = trainer_argv_in(script_of(command))
+    assert argv[:2] == ["bash", "-c"]
+    steps = [shlex.split(part) for part in argv[2].split(" && ")]
+    assert [s[s.index("--phase") + 1] for s in steps] == list(pipeline.PHASES)
+    assert ["--init_from=checkpoints/base" in s for s in steps] == [True, False, False, False]
+    # A slice of several workers joins them and needs a root every worker mounts.
+    slice_ = [*base, "--phase", "all", "--accelerator_type", "v5p-32"]
+    with pytest.raises(launchlib.LaunchError, match="--shared_workdir"):
+        tpu.run_commands(tpu.build_parser().parse_args(slice_), [])
+    (command,) = dry(tpu.main, [*slice_, "--shared_workdir", "/mnt/fs/mypt"], capsys)
+    argv = trainer_argv_in(script_of(command))
+    assert "--root=/mnt/fs/mypt" in argv and "--distributed" in argv
+    with pytest.raises(launchlib.LaunchError, match="--dataset_dir: with --phase"):
+        tpu.run_commands(tpu.build_parser().parse_args([*base, *one, "--phase", "all",
+                                                        "--dataset_dir", "d"]), [])

@@ -105,7 +105,7 @@ def test_suggestion_is_the_first_change_that_fits(monkeypatch):
 def test_local_cpu_report_counts_host_memory_without_a_staged_copy():
     # CPU runs save synchronously, so the host peak is the largest program on every local
     # device, with no checkpoint copy beside it.
-    report = preflight.run(_tiny(), None, mix_batches=0, find_fix=False, kinds=("train",),
+    report = preflight.run(_tiny(), None, find_fix=False, kinds=("train",),
                            largest_only=True)
     host, train = report["host"], report["programs"][0]
     local = len(jax.devices())
@@ -136,7 +136,7 @@ def test_gpu_memory_fraction_is_the_launch_scripts():
 @pytest.mark.slow
 def test_tiny_model_on_v5e_4(tmp_path):
     proc, report = _cli(
-        tmp_path, "--config=configs/cpu_tiny.py", "--topology", "v5e-4", "--mix_batches", "0",
+        tmp_path, "--config=configs/cpu_tiny.py", "--topology", "v5e-4",
         "--config.eval_prompts_file=configs/sft_eval/phase3a1_alpha_test_prompts.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fits" in proc.stdout.splitlines()[-1]
@@ -163,7 +163,8 @@ def test_tiny_model_on_v5e_4(tmp_path):
     assert 0 < train["roofline"]["mfu"] <= train["roofline"]["mfu_bound"] <= 1
     # Eval and generation run while the optimizer state stays in memory.
     assert report["programs"][1]["memory"]["resident"] > 0
-    assert report["phase"]["max_iters"] == 40 and report["phase"]["padded_train_s"] > 0
+    assert report["phase"]["max_iters"] == 40 and report["phase"]["padded"]
+    assert report["phase"]["train_s"] > 0
     assert report["host"]["checkpoint_staging_bytes"] == report["host"]["state_bytes"]
 
 
@@ -172,7 +173,7 @@ def test_a_batch_too_big_for_the_chip_fails(tmp_path):
     # 16384 rows x 64 positions x 50304 logits in float32 is ~200 GiB of temporaries.
     proc, report = _cli(tmp_path, "--config=configs/cpu_tiny.py", "--topology", "v5e-4",
                         "--config.batch_size=16384", "--programs", "train", "--no_suggest",
-                        "--mix_batches", "0")
+                        )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "DOES NOT FIT" in proc.stdout
     assert not report["fits"] and not report["programs"][0]["fits"]
@@ -182,7 +183,7 @@ def test_a_batch_too_big_for_the_chip_fails(tmp_path):
 @pytest.mark.slow
 def test_device_order_on_v5p_32_and_two_v5p_8_slices(tmp_path):
     common = ("--config=configs/cpu_tiny.py", "--programs", "train", "--largest_shape_only",
-              "--no_suggest", "--mix_batches", "0", "--config.mesh_data=1",
+              "--no_suggest", "--config.mesh_data=1",
               "--config.mesh_fsdp=-1")
     proc, report = _cli(tmp_path, *common, "--topology", "v5p-32", "--config.batch_size=16")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -238,69 +239,11 @@ def test_fsdp_temporaries_do_not_exceed_data_parallel(tmp_path):
         proc, report = _cli(tmp_path, f"--config={preset}", "--topology", "v5e-8",
                             f"--config.mesh_data={d}", f"--config.mesh_fsdp={f}",
                             "--programs", "train", "--no_suggest",
-                            "--mix_batches", "0", name=f"{name}.json")
+                            name=f"{name}.json")
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert report["mesh"]["fsdp"] == f
         temps[name] = report["programs"][0]["memory"]["temporaries"]
     assert temps["fsdp"] <= temps["data"], temps
-
-
-def test_phase_times_from_a_report(tmp_path):
-    import train_helpers
-
-    from mypt_jax.preflight import chips
-
-    # A report as the preflight writes it, for a v5p-8 whose steps cost 30 ms (block 512) and
-    # 10 ms (bucket 64); each phase's dataset is a tiny prepared one.
-    chip = chips.CHIPS["v5p"]
-
-    def train(length, step_s):
-        hbm = (step_s - 1e12 / 4 / chip.bf16_flops) * chip.hbm_bandwidth
-        roof = chips.roofline(chip, model_flops=1e12, executed_flops=1e12, hbm_bytes=hbm,
-                              devices=4)
-        return {"kind": "train", "fits": True, "roofline": roof, "hbm_bytes": hbm,
-                "shape": {"rows": 16, "length": length, "positions": 0, "packed": False}}
-
-    report = {"target": {"name": "v5p-8", "devices": 4, "hosts": 1, "chip": {"name": "v5p"},
-                         "capacity_per_device": 95e9},
-              "mesh": {"data": 1, "fsdp": 4, "tensor": 1},
-              "model": {"remat": "none"}, "batch_size": 16, "grad_accum_steps": 1,
-              "programs": [train(512, 0.030), train(64, 0.010)]}
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    dataset = train_helpers.make_dataset(tmp_path)
-    for phase in ("phase3a1_alpha", "phase3a1_beta", "phase3a1_gamma", "phase3a2"):
-        (tmp_path / "root" / "data" / "sft_ready").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "root" / "data" / "sft_ready" / phase).symlink_to(dataset)
-    out = subprocess.run([sys.executable, "benchmarks/phase_times.py", "--report",
-                          str(tmp_path / "report.json"), "--root", str(tmp_path / "root"),
-                          "--batches", "20"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    phases = json.loads(out.stdout)["phases"]
-    gamma = phases["3a1_gamma"]
-    assert gamma["max_iters"] == 2500
-    assert gamma["padded_train_s"] == pytest.approx(2500 * 0.030, rel=1e-3)
-    # Every row of the tiny dataset fits the 64 bucket, and projects few positions.
-    assert all(k.startswith("16x64/") for k in gamma["shape_mix"])
-    assert sum(gamma["shape_mix"].values()) == pytest.approx(1.0)
-    # The 64 bucket's memory term, plus the 750M model's FLOPs of each shape.
-    assert 2500 * 0.009 < gamma["padding_free_train_s"] < gamma["padded_train_s"]
-    assert phases["3a2"]["max_iters"] == 4000
-    # Evals: the tiny dataset's 12 val episodes are one padding-free batch per eval (the
-    # rebuilt val loss computes each distinct episode once), a forward pass = a third of a step.
-    assert gamma["eval_batches_rebuilt"] == 1 and gamma["evals"] == 26
-    assert gamma["eval_s_padding_free"] == pytest.approx(
-        gamma["padding_free_train_s"] / 2500 / 3, rel=1e-2)
-    # Saves under the default policy: the phase is shorter than checkpoint_minutes, so the
-    # final save alone, 7.76 GiB of 750M weights + AdamW moments (launch/README.md) at the
-    # stated 10 GB/s copy and 1 GB/s write per host, counted whole: the run waits for it.
-    assert gamma["saves_by_trigger"] == {"final": 1, "time": 0} and gamma["save_async"]
-    assert gamma["state_bytes"] / 2**30 == pytest.approx(7.76, abs=0.01)
-    copy_s, write_s = gamma["state_bytes"] / 10e9, gamma["state_bytes"] / 1e9
-    assert gamma["save_write_s"] == pytest.approx(copy_s + write_s, rel=1e-3)
-    assert gamma["save_total_blocking_s"] == pytest.approx(copy_s + write_s, rel=1e-3)
-    assert gamma["total_padding_free_s"] == pytest.approx(
-        gamma["padding_free_train_s"] + 26 * gamma["eval_s_padding_free"]
-        + gamma["save_total_blocking_s"], rel=1e-3)
 
 
 def _gamma(**fields):
@@ -312,40 +255,117 @@ def _gamma(**fields):
 
 
 def test_predicted_saves_follow_the_policy_in_force():
-    from mypt_jax.preflight import phase_estimate
+    from mypt_jax.preflight.run_model import save_time
 
-    state_bytes = phase_estimate.save_time(_gamma(), 600.0)["state_bytes"]
+    state_bytes = save_time(_gamma(), 600.0)["state_bytes"]
     copy_s, write_s = state_bytes / 10e9, state_bytes / 1e9
+    # 750M weights + AdamW moments (launch/README.md).
+    assert state_bytes / 2**30 == pytest.approx(7.76, abs=0.01)
     # The upstream's cadence: a save at each eval before the end (steps 0, 100, ..., 2400)
     # plus the final one. 600 s of steps between 26 saves cover ~23 s each, more than an 8 s
-    # write: each blocks for its copy only.
-    upstream = phase_estimate.save_time(
-        _gamma(checkpoint_at_eval=True, checkpoint_minutes=0.0), 600.0)
+    # write: each blocks for its copy only, the final one too; then the end waits for the
+    # rest of the final write and model/.
+    upstream = save_time(_gamma(checkpoint_at_eval=True, checkpoint_minutes=0.0), 600.0)
     assert upstream["saves_by_trigger"] == {"final": 1, "eval": 25}
     assert upstream["save_blocking_s"] == pytest.approx(copy_s, rel=1e-3)
-    assert upstream["save_total_blocking_s"] == pytest.approx(25 * copy_s + copy_s + write_s,
-                                                              rel=1e-3)
+    assert upstream["save_loop_s"] == pytest.approx(26 * copy_s, rel=1e-3)
+    weights_s = state_bytes / 3 / 1e9  # float32 weights: a third of the state
+    assert upstream["export_s"] == pytest.approx(weights_s, rel=1e-3)
+    assert upstream["save_end_s"] == pytest.approx(write_s + weights_s, rel=1e-3)
     # 60 s of steps between them cover ~2 s of the write: the loop waits for the rest.
-    tight = phase_estimate.save_time(
-        _gamma(checkpoint_at_eval=True, checkpoint_minutes=0.0), 60.0)
+    tight = save_time(_gamma(checkpoint_at_eval=True, checkpoint_minutes=0.0), 60.0)
     assert copy_s < tight["save_blocking_s"] < copy_s + write_s
     # Time saves: 3 hours at 15 minutes = 12; permanent ones every 1000 of 2500 steps = 2.
-    timed = phase_estimate.save_time(_gamma(checkpoint_interval=1000), 3 * 3600.0)
+    timed = save_time(_gamma(checkpoint_interval=1000), 3 * 3600.0)
     assert timed["saves_by_trigger"] == {"final": 1, "interval": 2, "time": 12}
     assert timed["saves"] == 15
+    # The default: shorter than checkpoint_minutes, the final save alone.
+    assert save_time(_gamma(), 600.0)["saves_by_trigger"] == {"final": 1, "time": 0}
     # On CPU saves are synchronous: each blocks its whole write.
-    sync = phase_estimate.save_time(_gamma(), 600.0, accelerator=False)
-    assert not sync["save_async"] and sync["save_total_blocking_s"] == pytest.approx(
-        copy_s + write_s, rel=1e-3)
+    sync = save_time(_gamma(checkpoint_interval=1000), 600.0, accelerator=False)
+    assert not sync["save_async"] and sync["save_loop_s"] == pytest.approx(
+        3 * (copy_s + write_s), rel=1e-3)
+    assert sync["save_end_s"] == pytest.approx(weights_s, rel=1e-3)
+    # Handing off to the next phase: the final writes go on behind it.
+    assert save_time(_gamma(), 600.0, hands_off=True)["save_end_s"] == 0
 
 
-def test_compile_wall_clock_is_the_longest_first_makespan():
-    from mypt_jax.preflight import curriculum
+def _program(name: str, kind: str):
+    from mypt_jax.preflight import programs as tp
 
-    assert curriculum.makespan([], 4) == 0.0
-    assert curriculum.makespan([10, 9, 8, 1], 1) == 28
-    assert curriculum.makespan([10, 9, 8, 1], 2) == 17  # 10+1 | 9+8
-    assert curriculum.makespan([10, 9, 8, 1], 8) == 10
+    return tp.Program(name, kind, None, None, 0.0, 0.0, None, 0, {"rows": 1, "length": 1})
+
+
+def test_one_model_of_a_run_from_its_programs():
+    from mypt_jax.preflight import run_model
+
+    r = _gamma()  # 2500 updates, an eval every 100: 26 evals
+    jobs = [run_model.Job(_program("generate", "decode"), 26, 0),
+            run_model.Job(_program("eval 16x64", "eval"), 26 * 4, 0),
+            run_model.Job(_program("train 16x64", "train"), 2000, 0),
+            run_model.Job(_program("train 16x512", "train"), 500, 1250)]  # reached halfway
+
+    def result(step_s, compile_s):
+        return {"compile_s": compile_s, "roofline": {"step_s": step_s}}
+
+    results = {"generate": result(0.5, 20.0), "eval 16x64": result(0.004, 10.0),
+               "train 16x64": result(0.012, 30.0), "train 16x512": result(0.04, 60.0)}
+
+    def row(config=r, new=frozenset(results), **kw):
+        plan = run_model.PhasePlan(config, 26, jobs, False, None)
+        return run_model.phase_row(plan, results, set(new), hosts=1, accelerator=True,
+                                   compile_threads=2, **kw)
+
+    alone = row()
+    assert alone["train_s"] == pytest.approx(2000 * 0.012 + 500 * 0.04)
+    assert alone["eval_s"] == pytest.approx(26 * 0.5 + 104 * 0.004)
+    # Two threads in order: generate 0-20, eval 0-10, train 16x64 10-40, train 16x512 20-80.
+    # Step 0 waits for the first three (40 s); the 16x512 program is reached halfway through
+    # the run's steps and evals, and waits for whatever of its compile is left.
+    run_s = alone["train_s"] + alone["eval_s"]
+    assert alone["compile_before_step0_s"] == pytest.approx(40.0)
+    assert alone["compile_waits_s"] == pytest.approx(max(80.0 - (40.0 + run_s / 2), 0.0))
+    assert alone["compile_waits_s"] > 0 and alone["compile_serial_s"] == pytest.approx(120.0)
+    # Without background compiles everything is waited for before step 0.
+    off = row(_gamma(compile_background="off"))
+    assert off["compile_wall_s"] == pytest.approx(80.0) and off["compile_waits_s"] == 0
+    # Programs an earlier phase compiled load from the cache: no time.
+    assert row(new=())["compile_wall_s"] == 0
+    # In a curriculum the train and eval programs compile one after another while the phase
+    # before runs (not the generation, which runs on weights). Given 25 s: the eval (10 s)
+    # is ready, the 16x64 step (30 s) still compiling at the start, which waits 15 s for it;
+    # the 16x512 step compiles at the start, behind the steps.
+    early = row(ahead_s=25.0)
+    assert early["compile_before_step0_s"] == pytest.approx(15.0 + 20.0)  # + the generation
+    assert early["compile_serial_s"] == alone["compile_serial_s"]
+    everything = row(ahead_s=1000.0)
+    assert everything["compile_before_step0_s"] == pytest.approx(20.0)
+    assert everything["compile_waits_s"] == 0
+    # The phase's total is the same whether it hands off or not; the end differs: alone, the
+    # rest of the final write and the exports; handing off, none (they overlap the next).
+    handing = row(hands_off=True)
+    sv = alone["saves"]
+    copy_s = sv["state_bytes"] / 10e9
+    assert alone["save_s"] == handing["save_s"] == pytest.approx(copy_s)  # the final save's
+    assert alone["end_s"] == pytest.approx(sv["save_write_s"] - copy_s + sv["export_s"])
+    assert handing["end_s"] == 0
+    for key in ("compile_wall_s", "train_s", "eval_s", "save_s", "total_s"):
+        assert handing[key] == alone[key]
+    assert alone["total_s"] == pytest.approx(alone["compile_wall_s"] + run_s + alone["save_s"])
+    assert "behind the next phase" in run_model.describe(handing)
+    assert "until the final save and the exports are written" in run_model.describe(alone)
+
+
+def test_compile_wall_waits_for_step_zero_and_for_what_is_late():
+    from mypt_jax.preflight.run_model import compile_wall
+
+    assert compile_wall([], [], 4) == (0.0, 0.0)
+    assert compile_wall([10, 9, 8, 1], [0.0] * 4, 1) == (28, 0.0)  # one after another
+    assert compile_wall([10, 9, 8, 1], [0.0] * 4, 2) == (17, 0.0)  # in order: 10+1 | 9+8
+    # Behind the steps: ready at 10 + 5 = 15, reached at 10 + 3: waits 2 s.
+    assert compile_wall([10, 5], [0.0, 3.0], 1) == (10, 2.0)
+    assert compile_wall([10, 5], [0.0, 30.0], 1) == (10, 0.0)  # ready before it is needed
+    assert compile_wall([10, 5], [0.0, None], 1) == (10, 0.0)  # never called: not waited
 
 
 @pytest.mark.slow
@@ -369,14 +389,28 @@ def test_a_curriculum_compiles_each_program_once_and_sums_its_phases(tmp_path):
     assert second["programs"] == first["programs"] and second["new_programs"] == 0
     assert second["compile_serial_s"] == second["compile_wall_s"] == 0
     assert 0 < first["compile_wall_s"] <= first["compile_serial_s"]
-    for key in ("compile_wall_s", "train_s", "eval_s", "save_s", "total_s"):
+    for key in ("compile_wall_s", "train_s", "eval_s", "save_s", "end_s"):
         assert report["total"][key] == pytest.approx(first[key] + second[key], rel=1e-3)
+    # The first phase hands off (its final writes go on behind the second); the job waits
+    # for the last one's.
+    assert first["end_s"] == 0 < second["end_s"]
+    assert report["total"]["total_s"] == pytest.approx(
+        first["total_s"] + second["total_s"] + second["end_s"], rel=1e-3)
     assert first["train_s"] > 0 and first["eval_s"] > 0
     assert second["max_iters"] == 20 and second["train_s"] < first["train_s"]
     # Four data-parallel chips all-reduce the gradients: the roofline counts the link time.
     train = next(p for p in report["programs"] if p["kind"] == "train")
     assert train["hbm"]["collective"] > 0 and train["roofline"]["collective_s"] > 0
     assert "four-phase wall-clock" in proc.stdout
+    # One model of a run: the single-config form of the second phase names the same train
+    # programs and, its compiles aside, the same phase total as the curriculum's row.
+    proc, alone = _cli(tmp_path, f"--config={second_phase}", *common, name="alone.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trains = sorted(p["name"] for p in alone["programs"] if p["kind"] == "train")
+    assert trains == sorted(p for p in second["programs"] if p.startswith("train_step"))
+    assert alone["phase"]["total_less_compile_s"] == pytest.approx(
+        second["total_less_compile_s"], rel=1e-3)
+    assert alone["phase"]["end_s"] > 0 and alone["phase"]["compile_wall_s"] > 0
 
 
 # ----------------------------------------------------------------------------- upstream recipes
@@ -417,7 +451,7 @@ def test_the_upstream_phase3_recipe_at_full_size_on_v5p_8(tmp_path):
     proc, report = _cli(tmp_path, "--config_file", FULL_PHASE3, "--topology", "v5p-8",
                         "--init_from_model", "phase2_gold", "--dataset_dir", "data/absent",
                         "--programs", "train", "--largest_shape_only", "--no_suggest",
-                        "--mix_batches", "0")
+                        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("batch_size x grad_accum_steps -> batch_size 12 in 3 microbatches (upstream: per "
             "microbatch)") in proc.stderr

@@ -2,7 +2,8 @@
 
     python -m mypt_jax.pipeline --phase 3a1_alpha|3a1_beta|3a1_gamma|3a2|all
         [--preset real|cpu] [--root DIR] [--init_from PATH] [--replay_share F]
-        [--steps generate,mix,prepare,train,test] [--set field=value ...]
+        [--steps generate,mix,prepare,train,test] [--handoff memory|disk] [--distributed]
+        [--set field=value ...]
 
 Per phase: Step 1 generates its datasets (and those it replays) and mixes them, Step 2
 prepares the episode files, Step 3 trains (from the previous phase's run, or `--init_from`),
@@ -12,6 +13,15 @@ sidecar names the same inputs and whose line count matches, a prepared dataset w
 metadata names the same input and record count, a run whose checkpoint at max_iters is
 marked finished. Everything lives under `--root` (default: the current directory) in the
 seed document's layout (`data/sft_format_lock_alpha/...`, `data/sft_ready/phase3a1_alpha`).
+
+`--phase all` is one job: every phase's Steps 1-2 first, then each phase's Steps 3-4 in
+order. Each phase starts from the previous one's weights as they are on the devices, and
+answers its test prompts from them, while the previous phase's exports and final checkpoint
+are written in the background (training/handoff.py), and (on accelerators) the next phase's
+programs compile (training/next_phase.py); a phase's summary is made once its writes are on
+disk. That is bit-identical to reading the weights back from the previous run (`--handoff
+disk`, what a process per phase does). With several processes, pass `--steps train`
+(`--distributed` forces jax.distributed on).
 
 Mixes: the seed commands concatenate their inputs whole (100% + 100%) and shuffle, and so
 do we by default; `--replay_share 0.15` makes the replayed inputs 15% of the mix instead.
@@ -34,6 +44,7 @@ read back from the files the steps wrote.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -42,6 +53,14 @@ from pathlib import Path
 from typing import Any
 
 from mypt_jax.curriculum import replay
+from mypt_jax.curriculum.model_steps import (
+    SKIPPED,
+    PhaseRun,
+    is_main,
+    question,
+    test_step,
+    train_step,
+)
 from mypt_jax.curriculum.phases import (
     BASE_CHECKPOINT,
     GENERATED,
@@ -57,28 +76,20 @@ from mypt_jax.curriculum.phases import (
     parse_overrides,
     phase_config,
     repo_file,
-    test_results_path,
 )
-from mypt_jax.curriculum.summary import format_summary, phase_summary, write_summary
-from mypt_jax.data.paths import write_json_atomic
+from mypt_jax.curriculum.summary import format_summary, write_summary
 from mypt_jax.training.checkpoint.run_meta import finished_run
 
 STEPS = ("generate", "mix", "prepare", "train", "test")
-SKIPPED = "skipped (complete)"
+HANDOFFS = ("memory", "disk")  # how a phase gets the previous phase's weights (run_phases)
 
 
 def _newer_or_same(path: Path, inputs: Sequence[Path]) -> bool:
     return all(path.stat().st_mtime >= p.stat().st_mtime for p in inputs)
 
 
-def _is_main() -> bool:
-    import jax
-
-    return jax.process_index() == 0
-
-
 def _log(msg: str) -> None:
-    if _is_main():
+    if is_main():
         print(msg, flush=True)
 
 
@@ -157,44 +168,6 @@ def prepare_step(root: Path, phase: Phase) -> dict[str, Any]:
     return {"status": "done", "dir": str(out)}
 
 
-def train_step(config) -> dict[str, Any]:
-    from mypt_jax.training import trainer
-
-    if finished_run(config.workdir, config.max_iters):
-        return {"status": SKIPPED, "workdir": config.workdir}
-    trainer.train(config)
-    return {"status": "done", "workdir": config.workdir}
-
-
-# ----------------------------------------------------------------------------- Step 4
-
-
-def _question(prompt: str) -> str:
-    start, end = prompt.rfind("<myPT_user>"), prompt.rfind("</myPT_user>")
-    return prompt[start + len("<myPT_user>"):end] if 0 <= start < end else prompt
-
-
-def test_step(config, prompts_file: str) -> dict[str, Any]:
-    """Greedy answers to the phase's test prompts from the run's final model directory."""
-    from mypt_jax.decoding import eval_prompts
-    from mypt_jax.interop import model_io
-
-    model_dir = Path(config.workdir) / model_io.RUN_MODEL_DIR
-    out = test_results_path(config.workdir)
-    if not (model_dir / "config.json").is_file():
-        raise PipelineError(f"{model_dir}: no final model; run the train step first")
-    if out.is_file() and out.stat().st_mtime >= (model_dir / "config.json").stat().st_mtime:
-        saved = json.loads(out.read_text(encoding="utf-8"))
-        if saved.get("prompts_file") == prompts_file:
-            return {"status": SKIPPED, "results": saved["results"]}
-    module, _, tokenizer = model_io.load_model(model_dir, dtype="float32", compute_dtype="float32")
-    results = eval_prompts.evaluate(module, tokenizer, eval_prompts.load_eval_prompts(prompts_file),
-                                    max_new_tokens=config.eval_max_new_tokens or None)
-    write_json_atomic(out, {"model_dir": str(model_dir), "prompts_file": prompts_file,
-                            "results": results})
-    return {"status": "done", "results": results}
-
-
 # ----------------------------------------------------------------------------- the driver
 
 
@@ -222,50 +195,110 @@ def replay_step(root: Path, name: str) -> dict[str, Any]:
     return {"status": "done" if changed else SKIPPED, "path": str(path), "records": records}
 
 
-def run_phase(root: Path, phase: Phase, config, steps: Sequence[str],
-              replay_share: float | None, replays: Sequence[tuple[str, float]]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    status: dict[str, dict] = {}
+class _Steps:
+    """One phase's steps, each logged and its status kept for the summary."""
 
-    def step(name: str, fn: Callable[[], dict]) -> dict | None:
-        if name not in steps:
+    def __init__(self, phase: Phase, steps: Sequence[str]):
+        self.phase, self.steps = phase, steps
+        self.status: dict[str, dict] = {}
+        self.seconds = 0.0
+
+    def run(self, name: str, fn: Callable[[], dict]) -> dict | None:
+        if name not in self.steps:
             return None
-        _log(f"[{phase.name}] {name} ...")
+        _log(f"[{self.phase.name}] {name} ...")
         result = _timed(fn)
-        status[name] = {k: v for k, v in result.items() if k != "results"}
-        _log(f"[{phase.name}] {name}: {result['status']} ({result['seconds']}s)")
+        self.status[name] = {k: v for k, v in result.items() if k not in ("results", "handoff")}
+        _log(f"[{self.phase.name}] {name}: {result['status']} ({result['seconds']}s)")
         return result
 
+    def note(self, key: str, result: dict, line: str) -> None:
+        self.status[key] = result
+        _log(f"[{self.phase.name}] {line}")
+
+
+def data_steps(root: Path, done: _Steps, replay_share: float | None,
+               replays: Sequence[tuple[str, float]]) -> None:
+    """Steps 1 and 2 of a phase: its datasets (and the train splits it replays), its mix,
+    its prepared episodes."""
+    t0, phase, steps = time.perf_counter(), done.phase, done.steps
     for key in replay.mixed_datasets(phase, replays):
         if "generate" in steps:
             result = _timed(lambda key=key: generate_step(root, key))
-            status[f"generate {key}"] = result
-            _log(f"[{phase.name}] generate {GENERATED[key].path}: {result['status']} "
-                 f"({result['records']} records)")
+            done.note(f"generate {key}", result, f"generate {GENERATED[key].path}: "
+                      f"{result['status']} ({result['records']} records)")
     for name, ratio in replays if "mix" in steps else ():
         result = _timed(lambda name=name: replay_step(root, name))
-        status[f"replay {name}"] = result
-        _log(f"[{phase.name}] replay {name}'s train split x{ratio:g}: {result['path']}: "
-             f"{result['status']} ({result['records']} records)")
+        done.note(f"replay {name}", result, f"replay {name}'s train split x{ratio:g}: "
+                  f"{result['path']}: {result['status']} ({result['records']} records)")
     if phase.mix_output:
-        step("mix", lambda: mix_step(root, phase, replay_share, replays))
-    step("prepare", lambda: prepare_step(root, phase))
-    step("train", lambda: train_step(config))
+        done.run("mix", lambda: mix_step(root, phase, replay_share, replays))
+    done.run("prepare", lambda: prepare_step(root, phase))
+    done.seconds += time.perf_counter() - t0
+
+
+def model_steps(root: Path, done: _Steps, config, replays: Sequence[tuple[str, float]], *,
+                init=None, hand_off: bool = False) -> PhaseRun:
+    """Steps 3 and 4 of a phase; `init`/`hand_off` as `train_step` takes them."""
+    t0, phase = time.perf_counter(), done.phase
+    trained = done.run("train", lambda: train_step(config, init, hand_off)) or {}
+    handed = trained.get("handoff")
     prompts_file = repo_file(root, phase.test_prompts)
-    tested = step("test", lambda: test_step(config, prompts_file))
+    tested = done.run("test", lambda: test_step(config, prompts_file,
+                                                None if handed is None else handed.init))
     if tested:
         _log(f"[{phase.name}] test prompts ({prompts_file}):")
         for r in tested["results"]:
             verdict = "ok" if r["exact"] else ("ok (normalized)" if r["normalized"] else "WRONG")
             expected = "" if r["expected"] is None else f"   expected {r['expected']!r}: {verdict}"
-            _log(f"  {_question(r['prompt'])!r} -> {r['completion']!r}{expected}")
-    summary = phase_summary(root, phase, config, prompts_file, status, replays)
-    summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
-    if "train" in summary and _is_main():
-        log_path = Path(config.log_file)
-        target = log_path.with_name(log_path.name.removesuffix(".jsonl") + ".summary.json")
-        summary["summary_file"] = str(write_summary(target, summary))
-    return summary
+            _log(f"  {question(r['prompt'])!r} -> {r['completion']!r}{expected}")
+    done.seconds += time.perf_counter() - t0
+    return PhaseRun(root, phase, config, prompts_file, replays, done.status,
+                    round(done.seconds, 2), handed, tested)
+
+
+def run_phases(root: Path, names: Sequence[str], configs: dict, steps: Sequence[str],
+               replay_share: float | None, replays: dict, handoff: str) -> list[dict[str, Any]]:
+    """The phases in order, as one job. Every phase's data first, then each phase trains
+    and tests. With `handoff="memory"` a phase starts from the previous one's weights on the
+    devices while the previous one's final writes go on, and the next phase's programs
+    compile while it trains (`next_phase.py`); a phase's summary is made once its writes
+    are done. "disk": each phase's writes are waited for, and the next reads its weights
+    back from them (the process-per-phase path)."""
+    from mypt_jax.training import next_phase
+
+    phases = {name: _Steps(PHASES[name], steps) for name in names}
+    for name in names:
+        data_steps(root, phases[name], replay_share, replays[name])
+    summaries: list[dict[str, Any]] = []
+    done: PhaseRun | None = None
+    running: list[PhaseRun] = []  # their final writes may be in flight
+    ahead: dict[str, next_phase.NextPhase] = {}  # a phase's programs compiling ahead of it
+    memory = handoff == "memory" and "train" in steps
+    try:
+        for i, name in enumerate(names):
+            if name in ahead:  # the compile in flight ends; the rest compile at its start
+                ahead.pop(name).stop()
+            later = names[i + 1] if i + 1 < len(names) else None
+            if memory and later and next_phase.wanted(configs[later]):
+                ahead[later] = next_phase.NextPhase(configs[later])
+            init = done.handoff.init if done is not None and done.handoff is not None else None
+            current = model_steps(root, phases[name], configs[name], replays[name], init=init,
+                                  hand_off=memory and i < len(names) - 1)
+            running.append(current)
+            if done is not None:  # its writes went on while this phase trained
+                summaries.append(done.finish())
+                running.remove(done)
+            done = current
+        summaries.append(done.finish())
+        running.remove(done)
+    finally:  # a failure or a stop: the finished phases' writes still land
+        for compiling in ahead.values():
+            compiling.stop()
+        for phase in running:
+            with contextlib.suppress(Exception):
+                phase.wait()
+    return summaries
 
 
 def run(
@@ -277,8 +310,10 @@ def run(
     replay_share: float | None = None,
     steps: Sequence[str] = STEPS,
     overrides: dict[str, Any] | None = None,
+    handoff: str = "memory",
 ) -> list[dict[str, Any]]:
-    """Runs one phase (or `all`, in order) and returns the per-phase summaries."""
+    """Runs one phase (or `all`, in order, as one job: `run_phases`) and returns the
+    per-phase summaries."""
     if preset not in PRESETS:
         raise PipelineError(f"--preset: expected one of {PRESETS}, got {preset!r}")
     names = list(PHASES) if phase == "all" else [phase]
@@ -287,6 +322,8 @@ def run(
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         raise PipelineError(f"--steps: unknown {unknown}; expected a subset of {STEPS}")
+    if handoff not in HANDOFFS:
+        raise PipelineError(f"--handoff: expected one of {HANDOFFS}, got {handoff!r}")
     if replay_share is not None and not 0.0 < replay_share < 1.0:
         raise PipelineError(f"--replay_share: expected 0 < F < 1, got {replay_share}")
     # Absolute: orbax refuses relative checkpoint paths, and the summary should say where.
@@ -334,11 +371,7 @@ def run(
         _log("[3a1_alpha] --preset cpu: training a tiny model from scratch (the real recipe "
              f"starts from {BASE_CHECKPOINT}; see --init_from)")
 
-    summaries = []
-    for name in names:
-        summaries.append(run_phase(root, PHASES[name], configs[name], steps, replay_share,
-                                   replays[name]))
-    return summaries
+    return run_phases(root, names, configs, steps, replay_share, replays, handoff)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay_share", type=float, default=None,
                    help="replayed inputs' share of each mix (default: whole files, as the seed doc)")
     p.add_argument("--steps", default=",".join(STEPS), help="comma list, subset of " + ",".join(STEPS))
+    p.add_argument("--handoff", default="memory", choices=HANDOFFS,
+                   help="between phases: memory = the previous phase's weights as they are on "
+                   "the devices, its final writes in the background (one job); disk = wait "
+                   "for them and read them back, as a process per phase does")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (one process per host; "
+                   "with --steps train)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a training config field in every phase (repeatable)")
     return p
@@ -369,11 +409,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     hostmem.keep_freed_memory()
     try:
-        distributed.maybe_initialize()
+        distributed.maybe_initialize(force=args.distributed)
         summaries = run(args.phase, root=args.root, preset=args.preset, init_from=args.init_from,
                         replay_share=args.replay_share,
                         steps=[s for s in args.steps.split(",") if s],
-                        overrides=parse_overrides(args.overrides))
+                        overrides=parse_overrides(args.overrides), handoff=args.handoff)
     except (PipelineError, distributed.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -385,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(known[1], file=sys.stderr)
         return known[0]
-    if not _is_main():
+    if not is_main():
         return 0
     print(format_summary(summaries), flush=True)
     if len(summaries) > 1:

@@ -216,6 +216,16 @@ def load_model(
     return model, config, tokenizer
 
 
+def in_memory_model(params: Mapping[str, Any], config: ModelConfig, *, dtype: str | None = None,
+                    compute_dtype: str | None = None) -> GPT:
+    """The model `load_model` reads back from a model dir that `save_model` wrote from
+    `params` (a run's weights on its devices), without the disk: host copies in their own
+    dtype, then built as `load_model` builds it."""
+    host = jax.tree.map(np.asarray, jax.device_get(params))
+    return from_params(config.replace(param_dtype=dtype or config.param_dtype,
+                                      dtype=compute_dtype or config.dtype), host)
+
+
 def read_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """DST's tokenizer.json (local or remote)."""
     file = as_path(path) / "tokenizer.json"

@@ -28,9 +28,11 @@ Roofline of one compiled program, per device:
     compute_s    = executed FLOPs / bf16 peak
     overlap_s    = HBM bytes of matmul instructions and async copies / HBM bandwidth
     memory_s     = HBM bytes of all instructions / HBM bandwidth
-    collective_s = bytes of the collectives (all-gather, reduce-scatter, all-reduce, ...)
-                   / interconnect bandwidth (TPU ICI, NVLink)
-    step_s       = max(compute_s, overlap_s) + (memory_s - overlap_s) + collective_s
+    collective_s = bytes of the synchronous collectives (all-gather, reduce-scatter,
+                   all-reduce, ...) / interconnect bandwidth (TPU ICI, NVLink)
+    async_s      = bytes of the collectives the compiled schedule runs asynchronously
+                   (a -start ... -done pair) / interconnect bandwidth
+    step_s       = max(compute_s, overlap_s, async_s) + (memory_s - overlap_s) + collective_s
     MFU       = model FLOPs / (step_s * bf16 peak)
 
 Executed FLOPs are the model FLOPs plus the forward pass that remat "full" recomputes
@@ -40,8 +42,11 @@ the policy does not save them). XLA runs a step's instructions one after another
 (with the elementwise work fused into it) streams its operands while the MXU computes, and
 the compiler's asynchronous copies between HBM and on-chip memory prefetch the next
 operands meanwhile, so their bytes overlap the FLOPs; the other instructions
-(normalisation, softmax, dropout, the optimizer update, copies, collectives) run at HBM
-bandwidth, so their time adds. `step_s_bound` =
+(normalisation, softmax, dropout, the optimizer update, copies) run at HBM bandwidth, so
+their time adds. A collective is counted as XLA scheduled it: one it started
+asynchronously moves over the links while the instructions up to its -done compute, and
+is assumed hidden under the compute (the step is at least as long as it); a synchronous
+one stalls the instructions after it and adds its time. `step_s_bound` =
 max(compute_s, memory_s) is the optimistic bound. Bytes come from the compiled program
 (`hlo_cost.py`: HBM only, every loop iteration counted); FLOPs never do: XLA counts a
 scanned layer body once.
@@ -132,27 +137,33 @@ def published_bf16_peak(device_kind: str) -> float | None:
 # ----------------------------------------------------------------------------------------
 
 def roofline(chip: Chip, *, model_flops: float, executed_flops: float, hbm_bytes: float | None,
-             devices: int, overlapped_bytes: float = 0.0,
-             collective_bytes: float = 0.0) -> dict[str, float | None]:
+             devices: int, overlapped_bytes: float = 0.0, collective_bytes: float = 0.0,
+             async_collective_bytes: float = 0.0) -> dict[str, float | None]:
     """Predicted seconds and MFU of one program run on `devices` devices of `chip`.
 
     FLOPs are the whole program's (all devices); `hbm_bytes` is per device, None when the
     compiler gave no byte count (the memory term is then left out); `overlapped_bytes` is the
     part of it that moves while the compute runs (matmul instructions, async copies);
     `collective_bytes` (per device) cross the interconnect at `chip.link_bandwidth`, added
-    to the step (FSDP's weight gathers and the gradient reductions are not free).
+    to the step (FSDP's weight gathers and the gradient reductions are not free), and
+    `async_collective_bytes` cross it beside the compute (scheduled asynchronously).
     """
     compute_s = executed_flops / devices / chip.bf16_flops
-    link_s = (collective_bytes / chip.link_bandwidth
-              if collective_bytes and chip.link_bandwidth else 0.0)
+
+    def over_links(nbytes: float) -> float:
+        return nbytes / chip.link_bandwidth if nbytes and chip.link_bandwidth else 0.0
+
+    link_s, async_s = over_links(collective_bytes), over_links(async_collective_bytes)
     memory_s = None if hbm_bytes is None else hbm_bytes / chip.hbm_bandwidth
-    bound_s = max(compute_s, memory_s or 0.0, link_s)
+    bound_s = max(compute_s, memory_s or 0.0, link_s + async_s)
     peak = devices * chip.bf16_flops
     if memory_s is None:  # only the compute bound is known
-        return {"compute_s": compute_s, "memory_s": None, "collective_s": link_s, "step_s": None,
-                "step_s_bound": bound_s, "mfu": None, "mfu_bound": model_flops / (bound_s * peak)}
+        return {"compute_s": compute_s, "memory_s": None, "collective_s": link_s,
+                "collective_async_s": async_s, "step_s": None, "step_s_bound": bound_s,
+                "mfu": None, "mfu_bound": model_flops / (bound_s * peak)}
     overlap_s = min(overlapped_bytes / chip.hbm_bandwidth, memory_s)
-    step_s = max(compute_s, overlap_s) + memory_s - overlap_s + link_s
+    step_s = max(compute_s, overlap_s, async_s) + memory_s - overlap_s + link_s
     return {"compute_s": compute_s, "memory_s": memory_s, "overlapped_memory_s": overlap_s,
-            "collective_s": link_s, "step_s": step_s, "step_s_bound": bound_s,
+            "collective_s": link_s, "collective_async_s": async_s, "step_s": step_s,
+            "step_s_bound": bound_s,
             "mfu": model_flops / (step_s * peak), "mfu_bound": model_flops / (bound_s * peak)}

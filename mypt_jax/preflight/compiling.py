@@ -61,6 +61,11 @@ def target_for(name: str | None, slices: int = 1) -> Target:
                   dm.device_capacity(devices[0]), host_memory_bytes())
 
 
+def platform_of(target: Target) -> str:
+    """The backend name the run's cost prior is keyed by ("cpu", "gpu", "tpu")."""
+    return target.chip.platform.replace("cuda", "gpu") if target.chip else "cpu"
+
+
 # ----------------------------------------------------------------------------------------
 # Compiling
 # ----------------------------------------------------------------------------------------
@@ -120,17 +125,17 @@ def add_roofline(result: dict[str, Any], program: tp.Program, target: Target) ->
     """Model FLOPs and the roofline; HBM bytes from the program's HLO (or its own model)."""
     result["model_flops"] = program.model_flops
     result["executed_flops"] = program.executed_flops
-    hbm, overlapped, collective = program.hbm_bytes_model, 0.0, 0.0
+    hbm, overlapped, collective, async_collective = program.hbm_bytes_model, 0.0, 0.0, 0.0
     if hbm is None and "hbm" in result:
         hbm, overlapped = result["hbm"]["total"], result["hbm"]["overlapped"]
     if "hbm" in result:
-        collective = result["hbm"]["collective"]
+        collective, async_collective = result["hbm"]["link_sync"], result["hbm"]["link_async"]
     result["hbm_bytes"] = hbm
     if target.chip is not None:
         result["roofline"] = chips.roofline(
             target.chip, model_flops=program.model_flops, executed_flops=program.executed_flops,
             hbm_bytes=hbm, overlapped_bytes=overlapped, devices=len(target.devices),
-            collective_bytes=collective)
+            collective_bytes=collective, async_collective_bytes=async_collective)
 
 
 def resolve_for(config: config_dict.ConfigDict, target: Target) -> cfg_lib.Resolved:

@@ -18,10 +18,23 @@ from HBM. This module walks the compiled module instead:
 - instructions are split into `matmul` (a dot or convolution, alone or inside the fusion,
   or a matmul kernel: splash attention, cuBLAS, cuDNN), `async_copy` (the prefetches and
   evictions between HBM and on-chip memory that run beside other instructions),
-  `collective` (all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute) and
-  `other` (elementwise, normalisation, softmax, the optimizer update, copies). The roofline
-  in `chips.py` overlaps the matmuls' and async copies' traffic with the compute and adds
-  the rest.
+  `collective` (all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute,
+  as synchronous instructions) and `other` (elementwise, normalisation, softmax, the
+  optimizer update, copies). The roofline in `chips.py` overlaps the matmuls' and async
+  copies' traffic with the compute and adds the rest;
+- a collective inside a fusion (TPU's reduce-scatter is an `all-reduce-scatter` custom
+  fusion around an all-reduce) is a collective too: its bytes cross the links, and the
+  fusion's own HBM bytes stay the fusion's;
+- `link_sync` and `link_async` count, apart from the HBM bytes, what the collectives send
+  over the interconnect per device, as ring algorithms do over a group of n devices
+  (`link_bytes`): an all-gather (n-1)/n of its output, a reduce-scatter (TPU's is an
+  all-reduce inside an `all-reduce-scatter` fusion) and an all-to-all (n-1)/n of their
+  input, an all-reduce twice that, a collective-permute its output. Asynchronous are those
+  XLA started asynchronously, counted once, where they start: a `*-start` op, an `async-start`
+  wrapping one, or TPU's async collective fusions (`async-collective-start` and the
+  `async_collective_fusion` computations that carry the transfer beside a matmul; the
+  `async-collective-done` adds nothing). The roofline hides their link time under the
+  compute; the synchronous ones add theirs.
 """
 
 from __future__ import annotations
@@ -51,8 +64,12 @@ _FREE_TARGET = re.compile(r'custom_call_target="AllocateBuffer"')
 class HloBytes:
     matmul: float = 0.0  # HBM bytes of dot/convolution instructions and custom kernels
     async_copy: float = 0.0  # copy-start / slice-start between HBM and on-chip memory
-    collective: float = 0.0
+    collective: float = 0.0  # collective instructions outside fusions
     other: float = 0.0
+    # Bytes over the interconnect (not HBM, not in `total`): the collectives the instructions
+    # after them wait for, wherever they sit; and those XLA started asynchronously.
+    link_sync: float = 0.0
+    link_async: float = 0.0
     unknown_loops: int = 0  # while loops counted once because their trip count was not read
 
     @property
@@ -67,6 +84,7 @@ class HloBytes:
     def to_dict(self) -> dict[str, float]:
         return {"matmul": self.matmul, "async_copy": self.async_copy,
                 "collective": self.collective, "other": self.other, "total": self.total,
+                "link_sync": self.link_sync, "link_async": self.link_async,
                 "overlapped": self.overlapped, "unknown_loops": self.unknown_loops}
 
 
@@ -156,6 +174,21 @@ def _called(attrs: str, key: str) -> list[str]:
     return re.findall(r"%?([\w.\-]+)", m.group(1))
 
 
+def _group_size(attrs: str) -> int:
+    """Devices in each replica group: `{{0,1,2,3},...}`, `mesh['axis_0'=4,'axis_1'=2]
+    {'axis_0'}` (the named axes' sizes multiplied), or an iota `[groups,size]<=[...]`;
+    1 when not given."""
+    m = re.search(r"replica_groups=\{\{([^}]*)\}", attrs)
+    if m:
+        return len(m.group(1).split(","))
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
+    if m:
+        sizes = dict(re.findall(r"'(\w+)'=(\d+)", m.group(1)))
+        return math.prod(int(sizes.get(a, 1)) for a in re.findall(r"'(\w+)'", m.group(2)))
+    m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", attrs)
+    return int(m.group(2)) if m else 1
+
+
 def _is_matmul(i: _Instr) -> bool:
     return i.op in ("dot", "convolution") or _KERNEL_TARGET.search(i.attrs) is not None
 
@@ -181,6 +214,42 @@ class _Module:
         self.comps, self.entry = parse(text)
         self.shapes = {i.name: i.shape for instrs in self.comps.values() for i in instrs}
         self._matmul: dict[str, bool] = {}
+
+    def is_async_collective(self, i: _Instr) -> bool:
+        """A collective's `*-start`, or an `async-start` of a computation running one."""
+        if i.op.endswith("-start") and any(i.op.startswith(c) for c in _COLLECTIVE):
+            return True
+        return i.op == "async-start" and any(
+            any(j.op.startswith(c) for c in _COLLECTIVE)
+            for comp in _called(i.attrs, "calls") for j in self.comps.get(comp, []))
+
+    def collective_bytes(self, comp: str) -> float:
+        """Link bytes of the collectives in a fused computation (and in those it calls)."""
+        total = 0.0
+        for i in self.comps.get(comp, []):
+            if any(i.op.startswith(c) for c in _COLLECTIVE):
+                total += self.link_bytes(i, scatter=comp.startswith("all-reduce-scatter"))
+            elif i.op == "fusion":
+                total += sum(self.collective_bytes(c) for c in _called(i.attrs, "calls"))
+        return total
+
+    def link_bytes(self, i: _Instr, scatter: bool = False) -> float:
+        """Bytes one device sends for collective `i` over its group of n (ring algorithms);
+        `scatter`: an all-reduce whose fusion keeps one shard of the result."""
+        n = _group_size(i.attrs)
+        share = (n - 1) / n if n > 1 else 1.0
+        elements = _top_elements(i.shape)
+        # A -start's output sits second in its tuple (operands, output, context...).
+        started = i.op.endswith("-start") and len(elements) > 1
+        out = array_bytes(elements[1] if started else i.shape, hbm_only=False)
+        into = sum(array_bytes(self.shapes.get(o, ""), hbm_only=False) for o in i.operands)
+        if i.op.startswith("all-gather"):
+            return share * out
+        if i.op.startswith("all-reduce"):
+            return share * into * (1 if scatter else 2)
+        if i.op.startswith(("reduce-scatter", "all-to-all")):
+            return share * into
+        return out  # collective-permute: its output, from one neighbour
 
     def has_matmul(self, comp: str) -> bool:
         """Whether a (fused) computation runs a dot, a convolution or a matmul kernel."""
@@ -209,6 +278,8 @@ class _Module:
         total, in_place = 0.0, set()
         for k, name in enumerate(outputs):
             element = body.get(name)
+            if name in params and root.op == "tuple":
+                continue  # a parameter passed through, aliased to its operand: nothing moves
             buffer = element and element.op == "dynamic-update-slice" and _source(body, element.operands[0])
             if buffer in params:
                 in_place.add(buffer)  # updated where it lies: only the update moves
@@ -232,6 +303,10 @@ class _Module:
                 total += array_bytes(u.shape, hbm_only=False)
             elif u.op == "bitcast":
                 total += self._read(u.name, users, full)
+            elif u.op == "tuple" and not users.get(u.name):
+                continue  # the root tuple passing it through: not read
+            elif u.op == "tuple":
+                return full
             elif u.op == "fusion":
                 inner = next(iter(_called(u.attrs, "calls")), "")
                 body = self.comps.get(inner, [])
@@ -297,8 +372,22 @@ class _Module:
             else:
                 nbytes = self.plain_bytes(i)
                 matmul = _is_matmul(i)
-            if any(i.op.startswith(c) for c in _COLLECTIVE):
+            if i.op == "fusion" and not i.name.startswith("async-collective-done"):
+                comps = _called(i.attrs, "calls")
+                nested = sum(self.collective_bytes(c) for c in comps)
+                if i.name.startswith("async-collective-start") or any(
+                        c.startswith("async_collective_fusion") for c in comps):
+                    out.link_async += times * nested
+                else:
+                    out.link_sync += times * nested
+            if self.is_async_collective(i):
+                out.link_async += times * (
+                    sum(self.collective_bytes(c) for c in _called(i.attrs, "calls"))
+                    if i.op == "async-start" else self.link_bytes(i))
+                out.async_copy += times * nbytes  # its HBM side moves beside the compute
+            elif any(i.op.startswith(c) for c in _COLLECTIVE):
                 out.collective += times * nbytes
+                out.link_sync += times * self.link_bytes(i)
             elif matmul:
                 out.matmul += times * nbytes
             elif overlapped:

@@ -42,18 +42,18 @@ from typing import Any
 import numpy as np
 from ml_collections import config_dict
 
-from mypt_jax.data import batching
 from mypt_jax.interop import upstream_cli
 from mypt_jax.model.param_table import param_shapes
 from mypt_jax.parallel import device_mesh, sharding
-from mypt_jax.preflight import phase_estimate
 from mypt_jax.preflight import programs as tp
+from mypt_jax.preflight import run_model
 from mypt_jax.preflight import topology as topo_lib
 from mypt_jax.preflight.compiling import (  # noqa: F401 - report.X names kept for callers
     Target,
     add_roofline,
     compile_program,
     host_memory_bytes,
+    platform_of,
     resolve_for,
     target_for,
 )
@@ -137,23 +137,40 @@ def mesh_devices(mesh, target: Target) -> dict[str, Any]:
     return out
 
 
+def _display_order(result: dict[str, Any]) -> tuple:
+    """Train programs first, largest first; then evals, then the generation."""
+    shape = result["shape"]
+    return (tp.PROGRAM_KINDS.index(result["kind"]),
+            -shape.get("rows", 0) * shape.get("length", 0))
+
+
 def run(config: config_dict.ConfigDict, topology: str | None = None, *,
-        mix_batches: int = 200, find_fix: bool = True,
-        kinds: tuple[str, ...] = tp.PROGRAM_KINDS, largest_only: bool = False,
-        progress: Callable[[str], None] | None = None, slices: int = 1) -> dict[str, Any]:
-    """The whole preflight: every program compiled and checked, as one JSON-able dict."""
+        find_fix: bool = True, kinds: tuple[str, ...] = tp.PROGRAM_KINDS,
+        largest_only: bool = False, progress: Callable[[str], None] | None = None,
+        slices: int = 1, compile_threads: int = 8) -> dict[str, Any]:
+    """The whole preflight: the programs the run compiles (its shape plan, where the
+    dataset is there) compiled and checked, and the run's wall-clock as the curriculum
+    preflight models each phase (`run_model`), as one JSON-able dict."""
     target = target_for(topology, slices)
     r = resolve_for(config, target)
     mesh = cfg_lib.mesh_for(r, target.devices)
+    plan = run_model.plan_phase(r, mesh, target.hosts, platform_of(target), target.capacity,
+                                largest_only)
     results: list[dict[str, Any]] = []
-    for program in tp.programs(r, mesh, target.hosts, kinds, largest_only, target.capacity):
+    for program in plan.programs:
+        if program.kind not in kinds:
+            continue
         results.append(compile_program(program, target))
         if progress:
             progress(f"{program.name}: compiled in {results[-1]['compile_s']:.1f} s, "
                      + ("fits" if results[-1]["fits"] else "does not fit"))
-    layout = batching.layout_from_config(
-        r.config, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=target.hosts)
+    results.sort(key=_display_order)
     host = host_report(r, mesh, target, results)
+    phase = None
+    if target.chip is not None:
+        by_name = {p["name"]: p for p in results}
+        phase = run_model.phase_row(plan, by_name, set(by_name), hosts=target.hosts,
+                                    accelerator=True, compile_threads=compile_threads)
     report: dict[str, Any] = {
         "target": {"name": target.name, "devices": len(target.devices), "hosts": target.hosts,
                    "slices": target.slices,
@@ -169,8 +186,7 @@ def run(config: config_dict.ConfigDict, topology: str | None = None, *,
         "freeze": tp.freeze_savings(r, mesh),
         "programs": results,
         "host": host,
-        "phase": phase_estimate.phase_time(r, target.chip, len(target.devices), results,
-                                            phase_estimate.bucket_mix(r, layout, mix_batches)),
+        "phase": phase,
     }
     report["fits"] = all(p["fits"] for p in results) and host.get("fits", True)
     if not report["fits"] and find_fix:
@@ -271,28 +287,8 @@ def format_report(report: dict[str, Any]) -> str:
         line += (f", peak {_gib(h['peak_bytes'])} GiB (programs; saves are synchronous) of "
                  f"{_gib(h['host_memory_bytes'])} GiB RAM")
     lines.append(line)
-    ph = report.get("phase")
-    if ph:
-        text = (f"phase: {ph['max_iters']} steps padded {ph['padded_train_s'] / 60:.1f} min")
-        if ph["compute_bound_only"]:
-            text = text.replace("phase:", "phase (compute bound, no bytes from XLA):")
-        if "padding_free_train_s" in ph:
-            text += f", padding-free {ph['padding_free_train_s'] / 60:.1f} min"
-        text += f"; {ph['evals']} evals {ph['evals'] * ph['eval_s'] / 60:.1f} min"
-        if "eval_s_padding_free" in ph:
-            text += (f" ({ph['evals'] * ph['eval_s_padding_free'] / 60:.1f} min rebuilt from "
-                     f"{ph['eval_batches_rebuilt']} padding-free batches each)")
-        kinds = ", ".join(f"{n} {k}" for k, n in ph["saves_by_trigger"].items() if n)
-        text += (f"; {ph['saves']} saves ({kinds}) of {_gib(ph['state_bytes'])} GiB, "
-                 f"{ph['save_total_blocking_s'] / 60:.1f} min blocking"
-                 f" ({'async' if ph['save_async'] else 'sync'}, the final save whole, "
-                 f"{ph['saves'] * ph['save_write_s'] / 60:.1f} min writing)")
-        for form in ("padded", "padding_free"):
-            total = ph.get(f"total_{form}_s")
-            if total:
-                text += (f"; total {form.replace('_', '-')} {total / 60:.1f} min, saves "
-                         f"{ph['save_total_blocking_s'] / total:.0%}")
-        lines.append(text)
+    if report.get("phase"):
+        lines.append(run_model.describe(report["phase"]))
     if report["fits"]:
         lines.append("fits")
     else:
@@ -334,15 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="", help="where relative dataset_dir paths live (the "
                    "pipeline's --root)")
     p.add_argument("--compile_threads", type=int, default=8,
-                   help="curriculum: concurrent compiles assumed for the compile wall-clock")
+                   help="concurrent compiles assumed for the compile wall-clock (a TPU VM host "
+                   "has the cores)")
     p.add_argument("--topology", default="", help=f"one of {sorted(topo_lib.TOPOLOGIES)}; "
                    "empty = this machine's devices")
     p.add_argument("--slices", type=int, default=1,
                    help="compile for this many slices of --topology joined over DCN (TPU only; "
                    "set the --config.mesh_dcn_* fields to match)")
     p.add_argument("--json", default="", help="also write the report here")
-    p.add_argument("--mix_batches", type=int, default=200,
-                   help="train batches read from the dataset (if present) for the shape mix")
     p.add_argument("--programs", default=",".join(tp.PROGRAM_KINDS),
                    help="which programs to compile, of " + ",".join(tp.PROGRAM_KINDS))
     p.add_argument("--largest_shape_only", action="store_true",
@@ -414,9 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.json, "w") as f:
                     json.dump(rounded(report), f, indent=2)
             return 0
-        report = run(configs[0], args.topology or None, mix_batches=args.mix_batches,
-                     find_fix=not args.no_suggest, kinds=kinds,
-                     largest_only=args.largest_shape_only, slices=args.slices, progress=progress)
+        report = run(configs[0], args.topology or None, find_fix=not args.no_suggest,
+                     kinds=kinds, largest_only=args.largest_shape_only, slices=args.slices,
+                     progress=progress, compile_threads=args.compile_threads)
     except (cfg_lib.ConfigError, topo_lib.TopologyError, ValueError, FileNotFoundError) as e:
         print(f"preflight: {e}", file=sys.stderr)
         return 2

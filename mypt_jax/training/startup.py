@@ -23,7 +23,7 @@ from mypt_jax.training.compilation import compile_cache, compile_plan, fit_check
 from mypt_jax.training.evals import gate
 from mypt_jax.training.evals import val_loss as val_lib
 from mypt_jax.training.evals.accuracy import AccuracyPass
-from mypt_jax.training.evals.evaluator import Evaluator, load_eval_prompts
+from mypt_jax.training.evals.evaluator import Evaluator, load_eval_prompts, planned_reads
 from mypt_jax.training.observe.metrics import MetricsWriter
 from mypt_jax.training.observe.profiler import Profiler
 from mypt_jax.training.observe.step_log import StepLog
@@ -71,6 +71,9 @@ class Run:
     loop_s: float = 0.0  # the loop's wall-clock
     final_record: dict = dataclasses.field(default_factory=dict)  # the final eval's record
     exports: dict = dataclasses.field(default_factory=dict)  # summary key -> export written
+    hand_off: bool = False  # the end's writes in the background (training/handoff.py)
+    final_writes: Any = None  # () -> None: the exports, then the final save (hand-off)
+    next_init: Any = None  # InitSource: the final weights for the next phase (hand-off)
 
     @property
     def c(self):
@@ -182,13 +185,7 @@ def build_programs(run: Run, stack: contextlib.ExitStack, on_nan) -> None:
     stream = dict(data_inspect.iterator_kwargs(c), tokenizer=r.tokenizer, row_stats=True)
     train_source = data.make_source(c.dataset_dir, "train", **stream,
                                     draw_rows=semantics.draw_rows(c))
-    step_fn = ts.make_train_step(
-        run.mdef, run.tx, run.schedule, mesh, seed=c.seed, grad_accum_steps=c.grad_accum_steps,
-        loss_chunk_size=c.loss_chunk_size, optimizer=run.optimizer,
-        microbatch_means=semantics.microbatch_means(c))
-    step_fn.hyper = jax.device_put(step_fn.hyper, ts.replicated(mesh))
-    row_fn = val_lib.make_row_loss_step(run.mdef, mesh, loss_chunk_size=c.loss_chunk_size,
-                                        accuracy=semantics.accuracy_on(c))
+    step_fn, row_fn = step_functions(r, mesh, run.mdef, run.tx, run.schedule, run.optimizer)
 
     def eval_row_fn(params, batch):  # the evals call the planned programs by batch shape
         return progs.call("eval", batching.shape_of(batch), params, batch)
@@ -204,16 +201,14 @@ def build_programs(run: Run, stack: contextlib.ExitStack, on_nan) -> None:
         writer.write({"iter": run.start, "event": "shape_plan", **p.to_dict()})
     generate = None if evaluator.eval_prompts is None else compile_plan.generation_job(
         r, evaluator.eval_prompts, lambda: evaluator.generations(run.train_state.params))
+    stack.callback(progs.close)  # the compiles still going behind the steps, on any exit
+    # The preflight's memory check, on the real device, as each compile ends.
+    check = fit_check.program_check(mesh) if jax.default_backend() != "cpu" else None
     compile_plan.compile_run(planned, r, mesh, run.tx, step_fn, row_fn,
-                             threads=c.compile_threads, generate=generate)
+                             threads=c.compile_threads, generate=generate, start=run.start,
+                             check=check)
     for record in progs.records:
         writer.write({"iter": run.start, "event": "compile", "ahead": True, **record})
-    if jax.default_backend() != "cpu":  # the preflight's memory check, on the real device
-        problem = fit_check.check_programs(progs, mesh)
-        if problem:
-            raise cfg_lib.ConfigError(
-                f"remat/grad_accum_steps/mesh_fsdp: {problem}; `python -m mypt_jax.preflight "
-                "--config=<this config>` names the cheapest change that fits")
     run.step_fn, run.planned = step_fn, planned
     state = run.state
     position_of = semantics.train_positions(
@@ -225,3 +220,41 @@ def build_programs(run: Run, stack: contextlib.ExitStack, on_nan) -> None:
         run.start, depth=c.prefetch_batches)
     run.train_position_of = position_of
     stack.callback(run.feed.close)
+
+
+def step_functions(r, mesh, mdef, tx, schedule, optimizer) -> tuple[ts.TrainStep, Any]:
+    """The run's jitted train step (its hyperparameters on the devices) and eval row loss."""
+    c = r.config
+    step_fn = ts.make_train_step(
+        mdef, tx, schedule, mesh, seed=c.seed, grad_accum_steps=c.grad_accum_steps,
+        loss_chunk_size=c.loss_chunk_size, optimizer=optimizer,
+        microbatch_means=semantics.microbatch_means(c))
+    step_fn.hyper = jax.device_put(step_fn.hyper, ts.replicated(mesh))
+    row_fn = val_lib.make_row_loss_step(mdef, mesh, loss_chunk_size=c.loss_chunk_size,
+                                        accuracy=semantics.accuracy_on(c))
+    return step_fn, row_fn
+
+
+def plan_for(r, mesh, process_count: int, process_index: int, *,
+             timings: compile_cache.Timings, cost=None) -> compile_plan.RunPrograms:
+    """The plan a run of `r` makes at its start, from its config and dataset alone (no
+    weights, no devices touched): its train stream and its evals' reads as the trainer
+    builds them (`startup.build_evals`). For the preflight and the next phase's compiles."""
+    c = r.config
+    layout = batching.layout_from_config(
+        c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=process_count)
+    stream = dict(data_inspect.iterator_kwargs(c), tokenizer=r.tokenizer, row_stats=True,
+                  process_index=process_index, process_count=process_count)
+    train = data.make_source(c.dataset_dir, "train", **stream, draw_rows=semantics.draw_rows(c))
+    rows = dict(stream, batch_size=semantics.eval_rows(c))
+
+    def reader(path: str, split: str) -> val_lib.ValLoss:
+        return val_lib.ValLoss(data.make_source(path, split, **rows), None, mesh,
+                               layout.per_row, c.eval_iters)
+
+    sets = {name: reader(path, "val") for name, path in eval_sets.parse(c.eval_sets).items()}
+    accuracy = reader(c.dataset_dir, "train") if semantics.accuracy_on(c) else None
+    reads = planned_reads(c, reader(c.dataset_dir, "val"), sets, accuracy)
+    planned, _ = compile_plan.plan_run(r, mesh, layout, train, reads, timings=timings, cost=cost,
+                          print_fn=lambda m: None)
+    return planned

@@ -25,7 +25,8 @@ from typing import Any
 import jax
 from ml_collections import config_dict
 
-from mypt_jax.training import exports, startup
+from mypt_jax.data import paths
+from mypt_jax.training import exports, handoff, startup
 from mypt_jax.training.checkpoint import preemption
 from mypt_jax.training.checkpoint.manager import Checkpointer
 from mypt_jax.training.checkpoint.policy import SavePolicy
@@ -37,6 +38,7 @@ from mypt_jax.training.observe.profiler import Profiler, step_annotation
 from mypt_jax.training.observe.step_log import StepLog
 from mypt_jax.training.saver import Saver
 from mypt_jax.training.setup import config as cfg_lib
+from mypt_jax.training.setup.init_source import InitSource
 from mypt_jax.training.startup import Run
 
 log = logging.getLogger(__name__)
@@ -44,22 +46,34 @@ ACCURACY_KEYS = ("train_masked_token_acc", "val_masked_token_acc", "saturation_d
                  "saturation_step")
 
 
-def train(config: config_dict.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
-    """Trains (or resumes, or reports a finished run) and returns a summary dict."""
+def train(config: config_dict.ConfigDict, workdir: str | None = None, *,
+          init: InitSource | None = None, hand_off: bool = False) -> dict[str, Any]:
+    """Trains (or resumes, or reports a finished run) and returns a summary dict.
+
+    The curriculum in one process (training/handoff.py): `init` is the previous phase's
+    hand-off, its weights on the devices; `hand_off=True` leaves this run's exports and
+    final save to the background and puts its own `Handoff` under the summary's "handoff".
+    """
     t_start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         watcher = stack.enter_context(preemption.watching())  # before the restore and compiles
-        r = cfg_lib.resolve(config, workdir)
+        r = cfg_lib.resolve(config, workdir, init=init)
+        parts = stack.enter_context(contextlib.ExitStack())  # what the final writes use
         ckpt = Checkpointer(
             r.config.workdir, keep=r.config.keep_checkpoints, keep_best=r.config.keep_best,
             async_save={"auto": None, "on": True, "off": False}[r.config.async_checkpointing])
-        stack.callback(ckpt.close)
-        run = _setup(r, ckpt, stack, t_start, watcher)
+        parts.callback(ckpt.close)
+        run = _setup(r, ckpt, parts, t_start, watcher)
         if not isinstance(run, Run):
             return run  # finished before: the summary it recorded
+        run.hand_off = hand_off
         hooks = register_hooks(run)
         _loop(run, hooks)
-        return _finish(run, hooks)
+        summary = _finish(run, hooks)
+        if hand_off:  # the writes take over the checkpointer and the log
+            summary["handoff"] = handoff.Handoff(
+                run.next_init, handoff.FinalWrites(run.final_writes, parts.pop_all()))
+        return summary
 
 
 def _setup(r: cfg_lib.Resolved, ckpt: Checkpointer, stack: contextlib.ExitStack,
@@ -118,9 +132,13 @@ def register_hooks(run: Run) -> Hooks:
             saver.save(info.step, info.state, saver.triggers(info.step))
         hooks.reset_clock("save_clock")
 
-    hooks.add("export", lambda i: _export(run, i), at_end=True, sync=True, category="export")
-    hooks.add("save", save, when=lambda i: bool(saver.triggers(i.step)), at_end=True, sync=True,
-              category="save_blocking")
+    if run.hand_off:  # the exports and the final save, in the background
+        hooks.add("hand_off", lambda i: _hand_off(run, i), at_end=True, sync=True,
+                  category="export")
+    else:
+        hooks.add("export", lambda i: _export(run, i), at_end=True, sync=True, category="export")
+    hooks.add("save", save, when=lambda i: bool(saver.triggers(i.step)),
+              at_end=not run.hand_off, sync=True, category="save_blocking")
     return hooks
 
 
@@ -140,8 +158,10 @@ def _loop(run: Run, hooks: Hooks) -> None:
         # The feed read ahead assuming every eval draws as planned; the evals did.
         assert run.state.train_position_at(step) == run.train_position_of(step), step
         batch, batch_info = run.feed.next()
+        waited = progs.waited_s
         with step_annotation(step):
             state, metrics = progs.call("train", batch_info.shape, state, batch, hyper)
+        run.step_log.window.exclude(progs.waited_s - waited)  # a compile behind the steps
         run.shapes_seen.add(batch_info.shape)
         run.step_log.dispatched(step, metrics, batch_info)
         step += 1
@@ -153,8 +173,12 @@ def _loop(run: Run, hooks: Hooks) -> None:
 
 def _finish(run: Run, hooks: Hooks) -> dict[str, Any]:
     """The end hooks (final eval, exports, final save), the goodput table."""
-    c, writer = run.c, run.writer
+    c, writer, progs = run.c, run.writer, run.planned.programs
     in_loop = sum(hooks.seconds.values())
+    progs.join()  # a program the run never reached still compiled behind it: its record
+    for record in progs.behind:
+        writer.write({"iter": c.max_iters, "event": "compile", "ahead": True, "behind": True,
+                      **record})
     hooks.run(StepInfo(c.max_iters, run.train_state, run.start,
                        time.perf_counter() - run.t_start, run.step_log.window, final=True))
     summary = dict(run.state.summary, saves=list(run.state.saves), **run.exports)
@@ -162,11 +186,11 @@ def _finish(run: Run, hooks: Hooks) -> dict[str, Any]:
     run.step_log.input_wait_s += run.feed.take_wait_s()
     summary["goodput"] = table = goodput.table(
         time.perf_counter() - run.t_start, run.loop_s,
-        compile=run.planned.programs.ahead_wall_s + run.late_compile_s, restore=run.restore_s,
+        compile=progs.ahead_wall_s + progs.waited_s + run.late_compile_s, restore=run.restore_s,
         startup=run.startup_s, eval=hooks.seconds["eval"],
         save_blocking=hooks.seconds["save_blocking"], input_wait=run.step_log.input_wait_s,
         profile=hooks.seconds["profile"], export=hooks.seconds["export"],
-        in_loop=in_loop + run.late_compile_s + run.step_log.input_wait_s)
+        in_loop=in_loop + run.late_compile_s + progs.waited_s + run.step_log.input_wait_s)
     writer.write({"iter": c.max_iters, "event": "goodput", **table})
     for line in goodput.lines(table):
         writer.print(line)
@@ -223,14 +247,39 @@ def _export(run: Run, info: StepInfo) -> None:
     run.exports = exports.write(run.r, info.state.params, info.step)
 
 
+def _hand_off(run: Run, info: StepInfo) -> None:
+    """The end of a run that hands off: its summary now, a copy of its weights for the next
+    phase, and its final writes (the exports, then the final save that marks the run
+    finished) as `run.final_writes`, which `train` starts in the background."""
+    summary = _final_summary(run)
+    state, step, r = info.state, info.step, run.r
+    run.state.summary = summary
+    run.exports = {key: str(path) for key, path in exports.targets(r).items()}
+    run.next_init = InitSource("run", paths.as_path(r.config.workdir), r.model_config,
+                               r.tokenizer, r.config.to_dict(),
+                               params=handoff.weights_for_next(state.params))
+
+    def final_writes() -> None:
+        exports.write(r, state.params, step)
+        run.saver.save(step, state, ["final"], finished=True, summary=summary)
+        run.saver.log_committed(wait=True)
+
+    run.final_writes = final_writes
+
+
 def _final_save(run: Run, info: StepInfo) -> None:
     """The summary, then the final checkpoint (recording it), waited for."""
+    run.saver.save(info.step, info.state, ["final"], finished=True, summary=_final_summary(run))
+    run.saver.log_committed(wait=True)
+
+
+def _final_summary(run: Run) -> dict[str, Any]:
+    """The run's summary at its end; its measured compile seconds and step rate are kept for
+    the next run's plan (`compile_plan.remember`)."""
     step_time_s, flops_per_s = run.step_log.steady()
     if jax.process_index() == 0:
         compile_plan.remember(run.planned, run.timings, flops_per_s)
-    run.saver.save(info.step, info.state, ["final"], finished=True,
-                   summary=_summary(run, step_time_s, flops_per_s))
-    run.saver.log_committed(wait=True)
+    return _summary(run, step_time_s, flops_per_s)
 
 
 def _summary(run: Run, step_time_s: float | None, flops_per_s: float | None) -> dict[str, Any]:

@@ -37,6 +37,11 @@ def resolve_dir(value: str) -> str:
     return os.path.join(base, "mypt_jax", "xla")
 
 
+def current() -> str | None:
+    """The folder `use` pointed the cache at ("" = off), None before any run set it."""
+    return _current
+
+
 def use(value: str) -> str:
     """Points JAX's persistent cache at `value` (resolved); returns the folder, "" when off."""
     global _current

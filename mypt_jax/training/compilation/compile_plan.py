@@ -1,10 +1,13 @@
-"""A run's programs, planned from its data and compiled before step 0 (the trainer's setup).
+"""A run's programs, planned from its data and compiled around step 0 (the trainer's setup).
 
 1. The train stream's exact batch shapes over the whole run and the evals' (val split and
    eval sets) are read from the episode index; `shape_plan.plan` merges rare shapes into
    covering ones where the cost model says the padding is cheaper than a compile.
-2. Every planned train and eval program is lowered and compiled concurrently
-   (`programs.Programs.compile_ahead`), through the persistent compilation cache.
+2. Every planned program is lowered and compiled concurrently, through the persistent
+   compilation cache (`program_set.Programs.compile_ahead`): the eval programs, the
+   eval-prompt generation and the first update's program before step 0, then the other
+   train programs in the order the run reaches them, before step 0 too or behind the steps
+   (`compile_background`).
 3. The loop and the evals then call the compiled programs by shape.
 
 Cost model inputs: compile seconds and the step's FLOP rate measured by earlier runs of the
@@ -18,6 +21,7 @@ in a collective forever. Each reads its own timings file (its own cache folder),
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -87,6 +91,20 @@ class RunPrograms:
     train: shape_plan.ShapePlan
     eval: shape_plan.ShapePlan | None
     cost: shape_plan.Cost
+    train_sequence: list = dataclasses.field(default_factory=list)  # update -> its program
+
+    def first_use(self, start: int = 0) -> dict[batching.BatchShape, int]:
+        """Train program -> the first update from `start` on that calls it."""
+        first: dict[batching.BatchShape, int] = {}
+        for u, program in enumerate(self.train_sequence[start:], start):
+            first.setdefault(program, u)
+        return first
+
+    def reached(self, start: int = 0) -> list[batching.BatchShape]:
+        """The train programs in the order a run from update `start` first calls them (any
+        that it never calls last)."""
+        first = self.first_use(start)
+        return sorted(self.train.programs, key=lambda p: first.get(p, len(self.train_sequence)))
 
     def summary(self) -> dict[str, Any]:
         return {"train": self.train.to_dict(),
@@ -117,7 +135,8 @@ def plan_run(r, mesh, layout: batching.Layout, train_source, eval_reads: list, *
             cost.compile_s, kind=kind, max_extra=shape_plan.MAX_EXTRA_POSITIONS,
             exact=c.compile_plan == "exact")
 
-    train = planned("train", shape_plan.count_shapes(train_source, layout, train_positions(c)))
+    sequence = shape_plan.shape_sequence(train_source, layout, train_positions(c))
+    train = planned("train", collections.Counter(sequence))
     eval_plan = None
     if eval_reads:
         counts: dict[batching.BatchShape, int] = {}
@@ -125,7 +144,8 @@ def plan_run(r, mesh, layout: batching.Layout, train_source, eval_reads: list, *
             for s, n in reader.shape_counts(positions).items():
                 counts[s] = counts.get(s, 0) + n
         eval_plan = planned("eval", counts)
-    run = RunPrograms(Programs(print_fn), train, eval_plan, cost)
+    run = RunPrograms(Programs(print_fn), train, eval_plan, cost,
+                      [train.assigned[s] for s in sequence])
     agreement.check_values({"the shape plan": run.digest()}, hint=(
         "each host plans from its own copy of the dataset's episode index: every host needs "
         "identical dataset files and the same mypt_jax version"))
@@ -161,22 +181,41 @@ def generation_job(r, eval_prompts, generate) -> Job:
     return Job("generate", f"{B}x{P}+{N}", None, warm=warm)
 
 
-def compile_run(run: RunPrograms, r, mesh, tx, step_fn: ts.TrainStep, row_fn, *,
-                threads: int = 0, generate: Job | None = None) -> None:
-    """Compiles every planned program before step 0, and `generate` (`generation_job`)
-    (raises programs.CompileError)."""
+def background(c) -> bool:
+    """Whether the later train programs compile behind the steps (`compile_background`)."""
+    if c.compile_background == "auto":
+        return jax.default_backend() != "cpu"
+    return c.compile_background == "on"
+
+
+def program_jobs(run: RunPrograms, r, mesh, tx, step_fn: ts.TrainStep, row_fn,
+                 start: int = 0) -> tuple[list[Job], list[Job]]:
+    """(eval jobs, train jobs in the order a run from update `start` reaches them)."""
     state = ts.abstract_state(tx, r.model_config, mesh)
     params = ts.abstract_params(r.model_config, mesh)
     hyper = step_fn.hyper
+    evals = [] if run.eval is None else [
+        Job("eval", s, lambda s=s: row_fn.lower(params, sharded_batch(s, mesh)))
+        for s in run.eval.programs]
+    train = [Job("train", s, lambda s=s: step_fn.jitted.lower(state, sharded_batch(s, mesh), hyper))
+             for s in run.reached(start)]
+    return evals, train
+
+
+def compile_run(run: RunPrograms, r, mesh, tx, step_fn: ts.TrainStep, row_fn, *,
+                threads: int = 0, generate: Job | None = None, start: int = 0,
+                check=None) -> None:
+    """Compiles the planned programs and `generate` (`generation_job`): what the eval and
+    the update of step `start` need before it, the other train programs in the order the
+    run reaches them, behind the steps where `background(c)`. `check(kind, shape,
+    compiled)` raises for a program that does not fit (raises program_set.CompileError)."""
     progs = run.programs
     progs.register("train", lambda s, b, h: step_fn.jitted.lower(s, b, h))
     progs.register("eval", lambda p, b: row_fn.lower(p, b))
-    jobs = [Job("train", s, lambda s=s: step_fn.jitted.lower(state, sharded_batch(s, mesh), hyper))
-            for s in run.train.programs]
-    if run.eval is not None:
-        jobs += [Job("eval", s, lambda s=s: row_fn.lower(params, sharded_batch(s, mesh)))
-                 for s in run.eval.programs]
-    progs.compile_ahead(jobs + ([generate] if generate else []), threads)
+    evals, train = program_jobs(run, r, mesh, tx, step_fn, row_fn, start)
+    jobs = ([generate] if generate else []) + evals + train
+    progs.check = check
+    progs.compile_ahead(jobs, threads, len(jobs) - len(train) + 1 if background(r.config) else None)
 
 
 def remember(run: RunPrograms, timings: compile_cache.Timings, flops_per_s: float | None) -> None:

@@ -63,15 +63,22 @@ def check_train_step(step_fn: Any, r: cfg_lib.Resolved, tx: Any, mesh,
     return problem
 
 
-def check_programs(progs, mesh, capacity: int | None = None) -> str | None:
-    """The same check on a run's planned train programs, compiled already before step 0."""
+def program_check(mesh, capacity: int | None = None):
+    """`check(kind, shape, compiled)` for `Programs`: raises ConfigError where a compiled
+    train program needs more than the device holds (the preflight names the cheapest change
+    that fits); None where the device reports no limit (CPU)."""
     capacity = capacity or dm.device_capacity(dm.local_device(mesh))
     if capacity is None:
         return None
-    for (kind, shape), compiled in progs.compiled.items():
-        if kind == "train":
-            problem = dm.check(dm.from_compiled(compiled), capacity,
-                               f"the train step at batch shape {shape}")
-            if problem:
-                return problem
-    return None
+
+    def check(kind: str, shape, compiled) -> None:
+        if kind != "train":
+            return
+        problem = dm.check(dm.from_compiled(compiled), capacity,
+                           f"the train step at batch shape {shape}")
+        if problem:
+            raise cfg_lib.ConfigError(
+                f"remat/grad_accum_steps/mesh_fsdp: {problem}; `python -m mypt_jax.preflight "
+                "--config=<this config>` names the cheapest change that fits")
+
+    return check

@@ -85,17 +85,23 @@ class ShapePlan:
                 f"programs ({per}); {self.extra:+.1%} computed positions")
 
 
-def count_shapes(source, layout: Layout, batches: Iterable[int]) -> collections.Counter:
-    """Exact shape -> number of the stream's global batches `batches` (the episode index only)."""
+def shape_sequence(source, layout: Layout, batches: Iterable[int]) -> list[BatchShape]:
+    """The exact shape of each of the stream's global batches `batches`, in order (read from
+    the episode index only)."""
     kept_G, trained_G = source.stats_G()
-    counts: collections.Counter = collections.Counter()
     prepacked = source.split.segmented
+    out = []
     for k in batches:
         ids = source.global_episode_ids(k)
-        counts[natural_shape(kept_G[ids], trained_G[ids], layout,
-                             local_rows=source.local_batch_size,
-                             process_count=source.process_count, prepacked=prepacked)] += 1
-    return counts
+        out.append(natural_shape(kept_G[ids], trained_G[ids], layout,
+                                 local_rows=source.local_batch_size,
+                                 process_count=source.process_count, prepacked=prepacked))
+    return out
+
+
+def count_shapes(source, layout: Layout, batches: Iterable[int]) -> collections.Counter:
+    """Exact shape -> number of the stream's global batches `batches` (the episode index only)."""
+    return collections.Counter(shape_sequence(source, layout, batches))
 
 
 def plan(counts: dict[BatchShape, int], step_s: Callable[[BatchShape], float], compile_s: float,

@@ -37,6 +37,27 @@ def generate(model, tokenizer, eval_prompts, max_new_tokens: int) -> list[dict]:
     return list(eval_lib.evaluate(model, tokenizer, eval_prompts, max_new_tokens=max_new_tokens))
 
 
+def planned_reads(c, val_fn: ValLoss, sets: dict[str, ValLoss],
+                  accuracy_fn: ValLoss | None) -> list[tuple[ValLoss, list[int]]]:
+    """(eval reader, the window start of each of its reads over the whole run) of every
+    eval of a run from step 0 (steps 0, interval, ..., final): the eval shape plan's, the
+    run's and the preflight's. `accuracy_fn`: the train-split reader of the masked-token
+    accuracy, where it is scored."""
+    steps = semantics.eval_steps(c)
+    val_at = semantics.val_positions(c)
+    reads = [(val_fn, val_at), *((fn, [k * c.eval_iters for k in range(len(steps))])
+                                 for fn in sets.values())]
+    if accuracy_fn is not None:
+        newer = semantics.newer(c)
+        # The j-th eval of a dc62a0c run reads after s updates' draws and j evals' draws.
+        per_update = semantics.draws_per_update(c)
+        reads.append((accuracy_fn, [(s * per_update if newer else 0) + j * c.eval_iters
+                                    for j, s in enumerate(steps)]))
+        if newer:
+            reads.append((val_fn, [p + c.eval_iters for p in val_at]))
+    return reads
+
+
 class Evaluator:
     def __init__(self, r, mdef, mesh, writer: MetricsWriter, val_fn: ValLoss,
                  sets: dict[str, ValLoss], eval_prompts, schedule,
@@ -48,23 +69,9 @@ class Evaluator:
         self._decode_plan: layout_lib.DecodePlan | None = None
 
     def planned_reads(self) -> list[tuple[ValLoss, list[int]]]:
-        """(eval reader, the window start of each of its reads over the whole run) of every
-        eval of a run from step 0 (steps 0, interval, ..., final): the eval shape plan's."""
-        c = self.c
-        steps = semantics.eval_steps(c)
-        val_at = semantics.val_positions(c)
-        reads = [(self.val_fn, val_at), *((fn, [k * c.eval_iters for k in range(len(steps))])
-                                          for fn in self.sets.values())]
-        if self.accuracy is not None and self.accuracy.scores:
-            newer = semantics.newer(c)
-            # The j-th eval of a dc62a0c run reads after s updates' draws and j evals' draws.
-            per_update = semantics.draws_per_update(c)
-            reads.append((self.accuracy.train_fn,
-                          [(s * per_update if newer else 0) + j * c.eval_iters
-                           for j, s in enumerate(steps)]))
-            if newer:
-                reads.append((self.val_fn, [p + c.eval_iters for p in val_at]))
-        return reads
+        """`planned_reads` of this run's readers."""
+        train_fn = self.accuracy.train_fn if self.accuracy and self.accuracy.scores else None
+        return planned_reads(self.c, self.val_fn, self.sets, train_fn)
 
     def decode_plan(self) -> layout_lib.DecodePlan:
         """Whether the eval-prompt decode gathers the weights (`decode_layout.plan`), decided

@@ -46,9 +46,10 @@ SCHEMA: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
     "shape_plan": ("the batch shapes planned for the train or eval programs", {
         "iter": "int", "kind": "str", "exact_shapes": "int", "programs": "dict",
         "padded_up": "dict", "extra_positions": "float"}, {}),
-    "compile": ("a program compiled: ahead of step 0, or late with a warning", {
+    "compile": ("a program compiled: planned (before step 0, or behind the steps, logged at "
+                "the end), or late with a warning", {
         "iter": "int", "ahead": "bool", "program": "str", "shape": "str", "seconds": "float",
-        "cache_hit": "bool|null"}, {"warning": "str", "planned": "bool"}),
+        "cache_hit": "bool|null"}, {"warning": "str", "planned": "bool", "behind": "bool"}),
     "save": ("a committed checkpoint, with what triggered it", {
         "iter": "int", "step": "int", "trigger": "str", "triggers": "list",
         "blocking_s": "float", "total_s": "float", "overlapped_s": "float"}, {}),

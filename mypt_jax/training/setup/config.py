@@ -62,6 +62,7 @@ _CHOICES = {
     "batch_sampling_mode": ("epoch", "random"),
     "async_checkpointing": ("auto", "on", "off"),
     "compile_plan": ("auto", "exact"),
+    "compile_background": ("auto", "on", "off"),
     "upstream_semantics": semantics.CHOICES,
     "gold_selection": ("", "val_loss", "hybrid", "external_gate"),
     "gold_gate_metric_goal": ("max", "min"),
@@ -320,10 +321,11 @@ def _check_eval_prompts(config, tok: Tokenizer) -> str | None:
     return note
 
 
-def _describe_init(config, notes: list[str]) -> InitSource:
-    """Reads `init_from`; with inherit_init_config, takes the fields the upstream took from it."""
+def _describe_init(config, notes: list[str], init: InitSource | None = None) -> InitSource:
+    """Reads `init_from` (unless described already); with inherit_init_config, takes the
+    fields the upstream took from it."""
     try:
-        init = describe_init(config.init_from)
+        init = init or describe_init(config.init_from)
     except InitSourceError as e:
         raise ConfigError(str(e)) from None
     if config.inherit_init_config:
@@ -357,12 +359,15 @@ def resolve(
     num_devices: int | None = None,
     process_count: int | None = None,
     read_files: bool = True,
+    init: InitSource | None = None,
 ) -> Resolved:
     """Validates `config` and resolves derived values; raises ConfigError naming the field.
 
     `read_files=False` (the preflight, on a machine without the run's files): `init_from`
     and the dataset are not read; the tokenizer is the dataset's where it exists, else the
-    newer upstream token map.
+    newer upstream token map. `init`: what `init_from` holds, described already (the
+    curriculum's in-memory hand-off, whose final checkpoint may still be being written);
+    checked against the config as one read from `init_from` is.
     """
     config = config_dict.ConfigDict(config.to_dict())  # an unlocked copy we may fill in
     _check_fields(config)
@@ -374,7 +379,8 @@ def resolve(
         config.log_file = str(as_path(config.workdir) / "log.jsonl")
     notes: list[str] = []
 
-    init = _describe_init(config, notes) if config.init_from and read_files else None
+    if init is not None or (config.init_from and read_files):
+        init = _describe_init(config, notes, init)
     mc = model_config(config)
     config.param_dtype, config.dtype = mc.param_dtype, mc.dtype
     if init is not None:

@@ -25,6 +25,8 @@ def adapt_params(params: dict, source: ModelConfig, target: ModelConfig) -> dict
 
 
 def _init_source_params(init: InitSource, mesh) -> dict:
+    if init.params is not None:  # handed over on the devices (training/handoff.py)
+        return init.params
     if init.kind == "run":
         abstract = ts.abstract_params(init.model_config, mesh)
         params, _ = ckpt_lib.restore_params(init.path, abstract)

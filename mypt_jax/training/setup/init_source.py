@@ -40,6 +40,9 @@ class InitSource:
     model_config: ModelConfig
     tokenizer: Tokenizer | None
     fields: dict[str, Any]  # the init's loader/training fields where it records them
+    # The weights themselves, already on the devices: a finished phase handed to the next in
+    # one process (training/handoff.py); None = read them from `path`.
+    params: Any = None
 
 
 def _read_json(path: epath.Path, field: str) -> dict:
