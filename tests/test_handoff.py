@@ -19,8 +19,6 @@ from mypt_jax.curriculum import model_steps, pipeline
 from mypt_jax.interop import model_io
 from mypt_jax.training.checkpoint import manager as ckpt_lib
 
-pytestmark = pytest.mark.slow  # four tiny phases, twice: 40 s
-
 TINY = {"max_iters": 3, "eval_interval": 3, "eval_iters": 1, "n_embd": 32, "batch_size": 8,
         "log_interval": 1, "warmup_iters": 1}
 
@@ -56,7 +54,7 @@ def _final_params(workdir: str) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def both(tmp_path_factory):
+def both(tmp_path_factory):  # four tiny phases, twice: 40 s
     mp = pytest.MonkeyPatch()
     base = tmp_path_factory.mktemp("handoff")
     pipeline.run("all", root=base / "prep", preset="cpu", steps=("generate", "mix", "prepare"))
@@ -68,6 +66,7 @@ def both(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_the_in_memory_handoff_is_bit_identical_to_the_one_through_the_disk(both):
     disk, memory = both["disk"]["summaries"], both["memory"]["summaries"]
     assert [s["phase"] for s in memory] == list(pipeline.PHASES)
@@ -85,6 +84,7 @@ def test_the_in_memory_handoff_is_bit_identical_to_the_one_through_the_disk(both
         assert m["test"] == d["test"]
 
 
+@pytest.mark.slow
 def test_memory_reads_no_weights_back_and_disk_reads_each_phase(both):
     disk, memory = both["disk"], both["memory"]
     phases = len(pipeline.PHASES)
@@ -95,6 +95,7 @@ def test_memory_reads_no_weights_back_and_disk_reads_each_phase(both):
     assert memory["restores"] == [] and len(memory["loads"]) == 1
 
 
+@pytest.mark.slow
 def test_every_phase_is_finished_on_disk_with_its_exports_and_results(both):
     from mypt_jax.training.checkpoint.run_meta import finished_run
 
@@ -113,3 +114,52 @@ def test_every_phase_is_finished_on_disk_with_its_exports_and_results(both):
         log = [json.loads(x) for x in Path(t["log"]).read_text().splitlines()]
         saves = [r for r in log if r.get("event") == "save"]
         assert saves and saves[-1]["iter"] == TINY["max_iters"]
+
+
+# ----------------------------------------------------------------------------- the parts
+
+
+def test_final_writes_run_behind_and_raise_where_they_are_waited_for():
+    import contextlib
+    import threading
+
+    from mypt_jax.training import handoff
+
+    go, order = threading.Event(), []
+
+    def write():
+        assert go.wait(30)
+        order.append("written")
+
+    cleanup = contextlib.ExitStack()
+    cleanup.callback(lambda: order.append("closed"))
+    writes = handoff.FinalWrites(write, cleanup)
+    assert not writes.done() and order == []  # the caller goes on while it writes
+    go.set()
+    writes.wait()
+    assert writes.done() and order == ["written", "closed"]
+
+    def fail():
+        raise OSError("No space left on device")
+
+    closed = contextlib.ExitStack()
+    closed.callback(lambda: order.append("closed again"))
+    failing = handoff.FinalWrites(fail, closed)
+    with pytest.raises(OSError, match="No space left"):
+        failing.wait()
+    assert order[-1] == "closed again"  # the checkpointer and the log are closed anyway
+
+
+def test_the_next_phase_gets_its_own_copy_of_the_weights():
+    import jax
+    import jax.numpy as jnp
+
+    from mypt_jax.training import handoff
+
+    final = {"w": jnp.arange(8.0), "b": {"x": jnp.ones((2, 3), jnp.bfloat16)}}
+    mine = handoff.weights_for_next(final)
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(mine), strict=True):
+        assert a.dtype == b.dtype and a.sharding == b.sharding
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+        b.delete()  # the next phase's first update donates its copy...
+        assert np.asarray(a).size  # ...while the final save still reads the original
