@@ -17,11 +17,11 @@ seed document's layout (`data/sft_format_lock_alpha/...`, `data/sft_ready/phase3
 `--phase all` is one job: every phase's Steps 1-2 first, then each phase's Steps 3-4 in
 order. Each phase starts from the previous one's weights as they are on the devices, and
 answers its test prompts from them, while the previous phase's exports and final checkpoint
-are written in the background (training/handoff.py), and (on accelerators) the next phase's
-programs compile (training/next_phase.py); a phase's summary is made once its writes are on
-disk. That is bit-identical to reading the weights back from the previous run (`--handoff
-disk`, what a process per phase does). With several processes, pass `--steps train`
-(`--distributed` forces jax.distributed on).
+are written in the background (training/handoff.py). On accelerators with one process, the
+next phase's programs compile meanwhile (training/next_phase.py). A phase's summary is made
+once its writes are on disk. That is bit-identical to reading the weights back from the
+previous run (`--handoff disk`, what a process per phase does). With several processes,
+pass `--steps train` (`--distributed` forces jax.distributed on).
 
 Mixes: the seed commands concatenate their inputs whole (100% + 100%) and shuffle, and so
 do we by default; `--replay_share 0.15` makes the replayed inputs 15% of the mix instead.

@@ -79,7 +79,7 @@ def _run_plan(r: cfg_lib.Resolved, mesh, hosts: int, platform: str) -> compile_p
     """The shape plan the run makes from its dataset on its first run on the target."""
     no_measurements = compile_cache.Timings("", "")  # as the run's first time on the target
     return startup.plan_for(r, mesh, hosts, 0, timings=no_measurements,
-                                 cost=compile_plan.cost_for(no_measurements, mesh.size, platform))
+                            cost=compile_plan.cost_for(no_measurements, mesh.size, platform))
 
 
 def plan_phase(r: cfg_lib.Resolved, mesh, hosts: int, platform: str,

@@ -1,12 +1,14 @@
 """The next phase's programs, compiled while this phase trains (the curriculum as one job).
 
 `pipeline --phase all` starts `NextPhase(config)` for phase k+1 as phase k starts. A thread
-plans k+1's run from its config and dataset as k+1's start-up will (`compile_plan.plan_for`,
+plans k+1's run from its config and dataset as k+1's start-up will (`startup.plan_for`,
 with the same cost model) and compiles its eval and train programs into the persistent
 compilation cache, where k+1's start-up finds them. It runs only where programs compile
 behind the steps anyway (`compile_plan.background`: accelerators, whose host cores idle
 while the devices step; on CPU the cores that would compile are the ones stepping) and the
-cache is on. The eval-prompt generation is left to k+1: it compiles by running on weights.
+cache is on, with one process: with several, planning compares the plans across them, a
+collective that must not run beside the phase's own. The eval-prompt generation is left to
+k+1: it compiles by running on weights.
 
 Nothing here can change what k+1 runs: a plan that differs by then (phase k's end records
 its measured compile seconds, which the cost model reads) compiles its own programs at k+1's
@@ -37,7 +39,8 @@ def wanted(config) -> bool:
     under the phase that is running)."""
     folder = compile_cache.resolve_dir(config.compilation_cache_dir)
     now = compile_cache.current()
-    return compile_plan.background(config) and bool(folder) and now in (None, folder)
+    return (compile_plan.background(config) and bool(folder) and now in (None, folder)
+            and jax.process_count() == 1)
 
 
 class NextPhase:

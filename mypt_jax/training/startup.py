@@ -154,17 +154,24 @@ def announce(run: Run) -> None:
                       "devices": jax.device_count(), "processes": jax.process_count()})
 
 
-def build_evals(run: Run, layout: batching.Layout, stream: dict, eval_row_fn,
-                on_nan) -> Evaluator:
-    """The val loss and each eval set's, at their saved positions, the accuracy pass and the
-    eval prompts. Eval batches hold `semantics.eval_rows` rows."""
-    c, mesh = run.c, run.mesh
+def eval_reader(c, mesh, layout: batching.Layout, stream: dict, eval_row_fn):
+    """`reader(path, split, name="")`: a split's eval reader, `semantics.eval_rows` rows a
+    batch, one episode a row."""
     stream = dict(stream, batch_size=semantics.eval_rows(c))
 
     def reader(path: str, split: str, name: str = "") -> val_lib.ValLoss:
         return val_lib.ValLoss(data.make_source(path, split, **stream), eval_row_fn, mesh,
                                layout.per_row, c.eval_iters, name=name)
 
+    return reader
+
+
+def build_evals(run: Run, layout: batching.Layout, stream: dict, eval_row_fn,
+                on_nan) -> Evaluator:
+    """The val loss and each eval set's, at their saved positions, the accuracy pass and the
+    eval prompts. Eval batches hold `semantics.eval_rows` rows."""
+    c, mesh = run.c, run.mesh
+    reader = eval_reader(c, mesh, layout, stream, eval_row_fn)
     val_fn = reader(c.dataset_dir, "val")
     saved = run.state.set_positions
     sets = {name: reader(path, "val", name)  # checked on disk by resolve
@@ -238,23 +245,19 @@ def step_functions(r, mesh, mdef, tx, schedule, optimizer) -> tuple[ts.TrainStep
 def plan_for(r, mesh, process_count: int, process_index: int, *,
              timings: compile_cache.Timings, cost=None) -> compile_plan.RunPrograms:
     """The plan a run of `r` makes at its start, from its config and dataset alone (no
-    weights, no devices touched): its train stream and its evals' reads as the trainer
-    builds them (`startup.build_evals`). For the preflight and the next phase's compiles."""
+    weights): its train stream and its evals' reads as `build_evals` builds them. For the
+    preflight and the next phase's compiles. With several processes it meets the others
+    (the plans are compared), so call it where they all do."""
     c = r.config
     layout = batching.layout_from_config(
         c, data_shards=mesh.shape["data"] * mesh.shape["fsdp"], process_count=process_count)
     stream = dict(data_inspect.iterator_kwargs(c), tokenizer=r.tokenizer, row_stats=True,
                   process_index=process_index, process_count=process_count)
     train = data.make_source(c.dataset_dir, "train", **stream, draw_rows=semantics.draw_rows(c))
-    rows = dict(stream, batch_size=semantics.eval_rows(c))
-
-    def reader(path: str, split: str) -> val_lib.ValLoss:
-        return val_lib.ValLoss(data.make_source(path, split, **rows), None, mesh,
-                               layout.per_row, c.eval_iters)
-
+    reader = eval_reader(c, mesh, layout, stream, None)
     sets = {name: reader(path, "val") for name, path in eval_sets.parse(c.eval_sets).items()}
     accuracy = reader(c.dataset_dir, "train") if semantics.accuracy_on(c) else None
     reads = planned_reads(c, reader(c.dataset_dir, "val"), sets, accuracy)
-    planned, _ = compile_plan.plan_run(r, mesh, layout, train, reads, timings=timings, cost=cost,
-                          print_fn=lambda m: None)
+    planned, _ = compile_plan.plan_run(r, mesh, layout, train, reads, timings=timings,
+                                       cost=cost, print_fn=lambda m: None)
     return planned
