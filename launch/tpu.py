@@ -171,6 +171,9 @@ def run_commands(
     args: argparse.Namespace, extra: Sequence[str], recreated: bool = False
 ) -> list[ll.Command]:
     workers = slice_workers(args)
+    if getattr(args, "process_per_phase", False) and args.phase != "all":
+        raise ll.LaunchError("--process_per_phase: only with --phase all (a process per phase "
+                             "of the whole curriculum)")
     if getattr(args, "phase", None):
         workdir = curriculum_root(args, workers)
     else:

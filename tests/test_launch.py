@@ -829,6 +829,8 @@ def test_tpu_run_of_the_curriculum_is_one_job_on_every_worker(capsys):
     (command,) = dry(tpu.main, [*slice_, "--shared_workdir", "/mnt/fs/mypt"], capsys)
     argv = trainer_argv_in(script_of(command))
     assert "--root=/mnt/fs/mypt" in argv and "--distributed" in argv
+    with pytest.raises(launchlib.LaunchError, match="--process_per_phase: only with --phase all"):
+        tpu.run_commands(tpu.build_parser().parse_args([*base, *one, "--process_per_phase"]), [])
     with pytest.raises(launchlib.LaunchError, match="--dataset_dir: with --phase"):
         tpu.run_commands(tpu.build_parser().parse_args([*base, *one, "--phase", "all",
                                                         "--dataset_dir", "d"]), [])
