@@ -237,7 +237,7 @@ def data_steps(root: Path, done: _Steps, replay_share: float | None,
     done.seconds += time.perf_counter() - t0
 
 
-def model_steps(root: Path, done: _Steps, config, replays: Sequence[tuple[str, float]], *,
+def train_and_test(root: Path, done: _Steps, config, replays: Sequence[tuple[str, float]], *,
                 init=None, hand_off: bool = False) -> PhaseRun:
     """Steps 3 and 4 of a phase; `init`/`hand_off` as `train_step` takes them."""
     t0, phase = time.perf_counter(), done.phase
@@ -283,8 +283,8 @@ def run_phases(root: Path, names: Sequence[str], configs: dict, steps: Sequence[
             if memory and later and next_phase.wanted(configs[later]):
                 ahead[later] = next_phase.NextPhase(configs[later])
             init = done.handoff.init if done is not None and done.handoff is not None else None
-            current = model_steps(root, phases[name], configs[name], replays[name], init=init,
-                                  hand_off=memory and i < len(names) - 1)
+            current = train_and_test(root, phases[name], configs[name], replays[name],
+                                     init=init, hand_off=memory and i < len(names) - 1)
             running.append(current)
             if done is not None:  # its writes went on while this phase trained
                 summaries.append(done.finish())

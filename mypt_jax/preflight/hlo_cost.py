@@ -189,6 +189,12 @@ def _group_size(attrs: str) -> int:
     return int(m.group(2)) if m else 1
 
 
+def _is_collective(i: _Instr) -> bool:
+    """An all-reduce, all-gather, reduce-scatter, all-to-all or collective-permute (or the
+    -start of one)."""
+    return i.op.startswith(_COLLECTIVE)
+
+
 def _is_matmul(i: _Instr) -> bool:
     return i.op in ("dot", "convolution") or _KERNEL_TARGET.search(i.attrs) is not None
 
@@ -217,17 +223,17 @@ class _Module:
 
     def is_async_collective(self, i: _Instr) -> bool:
         """A collective's `*-start`, or an `async-start` of a computation running one."""
-        if i.op.endswith("-start") and any(i.op.startswith(c) for c in _COLLECTIVE):
+        if i.op.endswith("-start") and _is_collective(i):
             return True
         return i.op == "async-start" and any(
-            any(j.op.startswith(c) for c in _COLLECTIVE)
+            _is_collective(j)
             for comp in _called(i.attrs, "calls") for j in self.comps.get(comp, []))
 
     def collective_bytes(self, comp: str) -> float:
         """Link bytes of the collectives in a fused computation (and in those it calls)."""
         total = 0.0
         for i in self.comps.get(comp, []):
-            if any(i.op.startswith(c) for c in _COLLECTIVE):
+            if _is_collective(i):
                 total += self.link_bytes(i, scatter=comp.startswith("all-reduce-scatter"))
             elif i.op == "fusion":
                 total += sum(self.collective_bytes(c) for c in _called(i.attrs, "calls"))
@@ -385,7 +391,7 @@ class _Module:
                     sum(self.collective_bytes(c) for c in _called(i.attrs, "calls"))
                     if i.op == "async-start" else self.link_bytes(i))
                 out.async_copy += times * nbytes  # its HBM side moves beside the compute
-            elif any(i.op.startswith(c) for c in _COLLECTIVE):
+            elif _is_collective(i):
                 out.collective += times * nbytes
                 out.link_sync += times * self.link_bytes(i)
             elif matmul:

@@ -170,7 +170,7 @@ def phase_row(plan: PhasePlan, results: dict[str, dict], new: set[str], *, hosts
     compile_s = [results[j.program.name]["compile_s"] if j.program.name in new else 0.0
                  for j in plan.jobs]
     serial_s = sum(compile_s)
-    behind = c.compile_background == "on" or (c.compile_background == "auto" and accelerator)
+    behind = compile_plan.background(c, accelerator)
     late = compiled_ahead(plan, compile_s, ahead_s) if behind and ahead_s else 0.0
     # A program is reached after its share of the run's steps and evals; one never called
     # (a length bucket compiled for its memory only) is not waited for.

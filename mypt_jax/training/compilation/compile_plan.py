@@ -181,10 +181,11 @@ def generation_job(r, eval_prompts, generate) -> Job:
     return Job("generate", f"{B}x{P}+{N}", None, warm=warm)
 
 
-def background(c) -> bool:
-    """Whether the later train programs compile behind the steps (`compile_background`)."""
+def background(c, accelerator: bool | None = None) -> bool:
+    """Whether the later train programs compile behind the steps (`compile_background`),
+    on an accelerator or not (default: this process's backend; the preflight's target)."""
     if c.compile_background == "auto":
-        return jax.default_backend() != "cpu"
+        return jax.default_backend() != "cpu" if accelerator is None else accelerator
     return c.compile_background == "on"
 
 
